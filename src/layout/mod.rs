@@ -1,0 +1,1 @@
+//! Layout store: allocator, file extent maps, grants, commit, recall, fencing, journal, guard.

@@ -1,0 +1,1 @@
+//! NVMe command set: admin and I/O commands, identify/log/feature structures.

@@ -1,0 +1,1 @@
+//! NVMe-oF: TCP transport, fabrics commands, controllers, subsystems, discovery.

@@ -1,0 +1,1 @@
+//! Persistent reservations: one engine per volume, shared by SCSI and NVMe.

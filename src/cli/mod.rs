@@ -1,5 +1,6 @@
 //! The `palisade` command: `serve` (the daemon), `rpc` (JSON-RPC client in rpc.py's style).
 
+pub mod perf;
 pub mod rpc_client;
 pub mod rpc_specs;
 pub mod serve;

@@ -9,6 +9,7 @@
 //! Upper layers plug in through [`Handler`] and [`Poller`]; completions are a plain [`IoEvent`] so
 //! this layer knows nothing of block devices.
 
+pub mod alloc;
 pub mod buf;
 
 use std::any::Any;
@@ -350,6 +351,9 @@ impl Reactor {
                 stats.idle.fetch_add(spent, Ordering::Relaxed);
             }
             self.core.now = end;
+            if alloc::enabled() {
+                stats.allocs.store(alloc::thread_allocations(), Ordering::Relaxed);
+            }
         }
         for h in self.handlers() {
             self.remove(h);
@@ -365,6 +369,8 @@ pub struct ReactorStats {
     pub busy: AtomicU64,
     pub idle: AtomicU64,
     pub tid: AtomicU64,
+    /// Allocations made by the reactor thread so far (only counted with feature `count-alloc`).
+    pub allocs: AtomicU64,
 }
 
 struct Shared {
@@ -522,6 +528,10 @@ impl ReactorSet {
     pub fn stats(&self, i: usize) -> (u64, u64, u64) {
         let s = &self.shared.stats[i];
         (s.busy.load(Ordering::Relaxed), s.idle.load(Ordering::Relaxed), s.tid.load(Ordering::Relaxed))
+    }
+    /// Allocations made by reactor `i`'s thread so far; None unless built with `count-alloc`.
+    pub fn allocations(&self, i: usize) -> Option<u64> {
+        alloc::enabled().then(|| self.shared.stats[i].allocs.load(Ordering::Relaxed))
     }
     pub fn in_interrupt(&self, i: usize) -> bool {
         self.shared.sleeping[i].load(Ordering::Relaxed)

@@ -65,7 +65,7 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
         .map(|i| {
             let (busy, idle, tid) = set.stats(i);
             let core = set.cores()[i];
-            json!({
+            let mut r = json!({
                 "lcore": core,
                 "tid": tid,
                 "busy": busy,
@@ -75,7 +75,11 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
                 "sys_stat": 0,
                 "usr_stat": 0,
                 "lw_threads": [{"name": format!("reactor_{core}"), "id": i + 1, "cpumask": format!("{:x}", 1u64 << core), "elapsed": busy + idle}]
-            })
+            });
+            if let Some(n) = set.allocations(i) {
+                r["allocations"] = json!(n); // feature count-alloc only
+            }
+            r
         })
         .collect();
     Ok(json!({

@@ -149,6 +149,14 @@ async fn apply_pass<'a>(
     Ok(rest)
 }
 
+/// The entries of `cfg` that run after framework_start_init.
+fn runtime_entries<'a>(app: &App, cfg: &'a Config) -> Vec<crate::config::Located<'a>> {
+    cfg.entries()
+        .into_iter()
+        .filter(|e| app.registry.get(&e.entry.method).is_some_and(|m| m.states & crate::rpc::STARTUP == 0))
+        .collect()
+}
+
 async fn serve(app: Arc<App>, a: ServeArgs, config: Option<(Config, String)>, tcp: Option<std::net::SocketAddr>) -> i32 {
     // Startup-state entries first (as SPDK's loader does), then init, then the rest.
     if let Some((cfg, path)) = &config {
@@ -167,30 +175,34 @@ async fn serve(app: Arc<App>, a: ServeArgs, config: Option<(Config, String)>, tc
         },
         None => None,
     };
+    if !a.wait_for_rpc {
+        // Without --wait-for-rpc the whole config is applied before the first RPC is accepted.
+        app.start_init();
+        if let Some((cfg, path)) = &config {
+            let rest = runtime_entries(&app, cfg);
+            if let Err(e) = apply_pass(&app, rest, path).await {
+                return fail(e);
+            }
+        }
+    }
     let exit_code = Arc::new(std::sync::atomic::AtomicI32::new(0));
     let server = tokio::spawn(rpc::server::serve_unix(app.clone(), listener));
     let tcp_server = tcp_listener.map(|l| tokio::spawn(rpc::server::serve_tcp(app.clone(), l)));
-    if !a.wait_for_rpc {
-        app.start_init();
-    }
-    if let Some((cfg, path)) = config {
-        // The runtime entries wait for framework_start_init (at once without --wait-for-rpc).
+    if let (true, Some((cfg, path))) = (a.wait_for_rpc, config) {
+        // The runtime entries run after framework_start_init; framework_wait_init returns once
+        // they are applied. A failed entry stops the target.
+        app.hold_init();
         let (app2, code) = (app.clone(), exit_code.clone());
-        let runtime_pass = async move {
-            app2.wait_init().await;
-            let rest: Vec<_> = cfg.entries().into_iter().filter(|e| {
-                app2.registry.get(&e.entry.method).is_some_and(|m| m.states & crate::rpc::STARTUP == 0)
-            }).collect();
-            if let Err(e) = apply_pass(&app2, rest, &path).await {
+        tokio::spawn(async move {
+            app2.wait_started().await;
+            let rest = runtime_entries(&app2, &cfg);
+            let res = apply_pass(&app2, rest, &path).await;
+            app2.release_init();
+            if let Err(e) = res {
                 code.store(fail(e), std::sync::atomic::Ordering::SeqCst);
                 app2.request_shutdown();
             }
-        };
-        if a.wait_for_rpc {
-            tokio::spawn(runtime_pass);
-        } else {
-            runtime_pass.await;
-        }
+        });
     }
     tracing::info!(socket = %a.rpc_socket.display(), reactors = app.reactors.len(), "palisade serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");

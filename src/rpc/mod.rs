@@ -31,6 +31,10 @@ pub struct App {
     pub registry: Registry,
     state: AtomicU8,
     init_done: tokio::sync::watch::Sender<bool>,
+    /// framework_start_init was called (state is RUNTIME), config may still be loading.
+    started: tokio::sync::watch::Sender<bool>,
+    /// Set while a config's runtime entries are pending: init is done only once they are applied.
+    hold_init: AtomicBool,
     shutdown: tokio::sync::watch::Sender<bool>,
     shutting_down: AtomicBool,
     log_level: Mutex<String>,
@@ -55,6 +59,8 @@ impl App {
             registry,
             state: AtomicU8::new(state),
             init_done: tokio::sync::watch::channel(!wait_for_rpc).0,
+            started: tokio::sync::watch::channel(!wait_for_rpc).0,
+            hold_init: AtomicBool::new(false),
             shutdown: tokio::sync::watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
             log_level: Mutex::new("NOTICE".into()),
@@ -71,11 +77,35 @@ impl App {
     pub fn start_init(&self) -> bool {
         let ok = self.state.compare_exchange(STARTUP, RUNTIME, Ordering::AcqRel, Ordering::Acquire).is_ok();
         if ok {
-            self.init_done.send_replace(true);
+            self.started.send_replace(true);
+            if !self.hold_init.load(Ordering::Acquire) {
+                self.init_done.send_replace(true);
+            }
         }
         ok
     }
 
+    /// Keep framework_wait_init waiting after framework_start_init until [`App::release_init`]
+    /// (used while a config's runtime entries are applied).
+    pub fn hold_init(&self) {
+        self.hold_init.store(true, Ordering::Release);
+    }
+
+    /// The held initialisation is complete.
+    pub fn release_init(&self) {
+        self.hold_init.store(false, Ordering::Release);
+        if self.state() == RUNTIME {
+            self.init_done.send_replace(true);
+        }
+    }
+
+    /// Wait until framework_start_init has been called (the state is RUNTIME).
+    pub async fn wait_started(&self) {
+        let mut rx = self.started.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Wait until initialisation, including the start-up config, is complete.
     pub async fn wait_init(&self) {
         let mut rx = self.init_done.subscribe();
         let _ = rx.wait_for(|v| *v).await;

@@ -34,6 +34,8 @@ impl Call {
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
         let v = match &self.params {
             None | Some(Value::Null) => Value::Object(Default::default()),
+            // SPDK decodes params as an object only; serde would accept a struct as a sequence.
+            Some(Value::Array(_)) => return Err(RpcError::invalid_params("params must be an object, not an array")),
             Some(v) => v.clone(),
         };
         serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {

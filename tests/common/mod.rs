@@ -25,7 +25,11 @@ pub fn free_port() -> u16 {
 impl Target {
     /// Start `palisade serve` with extra args; waits until the RPC socket answers.
     pub fn start(extra: &[&str]) -> Target {
-        let dir = tempfile::tempdir().unwrap();
+        Target::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Start in a given temp dir (the socket and any files the test puts there live in it).
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Target {
         let sock = dir.path().join("rpc.sock");
         let child = Command::new(BIN)
             .arg("serve")
@@ -42,7 +46,7 @@ impl Target {
         t
     }
 
-    /// Start with a config document written to a temp file.
+    /// Start with a config document written to a temp file (in the target's own temp dir).
     pub fn start_with_config(config: &Value, extra: &[&str]) -> Target {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.json");
@@ -50,11 +54,7 @@ impl Target {
         let cfg = cfg.to_str().unwrap().to_string();
         let mut args = vec!["-c", cfg.as_str()];
         args.extend_from_slice(extra);
-        let mut t = Target::start(&args);
-        // keep the config dir alive as long as the target
-        std::mem::swap(&mut t.dir, &mut tempfile::tempdir().unwrap());
-        let _ = dir.keep();
-        t
+        Target::start_in(dir, &args)
     }
 
     fn wait_ready(&self) {
@@ -149,4 +149,102 @@ pub fn require(cmd: &str) -> bool {
     }
     eprintln!("skipping: {cmd} not installed (run scripts/setup.sh)");
     false
+}
+
+/// A raw JSON-RPC connection for framing tests: write any bytes, read back JSON values.
+pub struct RawConn {
+    pub stream: std::os::unix::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub fn connect(sock: &Path) -> RawConn {
+        let stream = std::os::unix::net::UnixStream::connect(sock).expect("connect to RPC socket");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        RawConn { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
+    /// Read the next complete JSON value (None if the server closed the connection first).
+    pub fn recv(&mut self) -> Option<Value> {
+        use std::io::Read;
+        loop {
+            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match it.next() {
+                Some(Ok(v)) => {
+                    let used = it.byte_offset();
+                    self.buf.drain(..used);
+                    return Some(v);
+                }
+                Some(Err(e)) if !e.is_eof() => panic!("server sent invalid JSON: {e}"),
+                _ => {}
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("reading from the RPC socket: {e}"),
+            }
+        }
+    }
+
+    /// Is the connection closed by the server (EOF within `timeout`, no further data)?
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut chunk = [0u8; 4096];
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Run `palisade serve` expecting it to refuse to start: (exit status, stderr). Panics if it is
+/// still running after `timeout`.
+pub fn serve_expect_exit(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn palisade");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (st, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("palisade serve {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Names of the bdevs a target has.
+pub fn bdev_names(t: &Target) -> Vec<String> {
+    t.rpc("bdev_get_bdevs", Value::Null)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
 }

@@ -60,7 +60,7 @@ fn bdev_malloc_lifecycle_and_errors() {
         -32602,
         "Invalid parameters: colour: unknown field `colour`, expected one of `name`, `num_blocks`, `block_size`, `uuid`, `physical_block_size`, `optimal_io_boundary`, `md_size`, `md_interleave`, `dif_type`, `dif_is_head_of_md`, `dif_pi_format`, `numa_id`",
     );
-    fails_unchanged(&t, "bdev_malloc_create", json!({"name": "X", "num_blocks": 16, "block_size": 512, "uuid": "nope"}), -32602, "Invalid parameters: uuid: \"nope\" is not a UUID: invalid character: expected an optional prefix of `urn:uuid:` followed by [0-9a-fA-F-], found `n` at 1");
+    fails_unchanged(&t, "bdev_malloc_create", json!({"name": "X", "num_blocks": 16, "block_size": 512, "uuid": "nope"}), -32602, "Invalid parameters: uuid: \"nope\" is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
     fails_unchanged(&t, "bdev_malloc_create", json!({"name": "a b", "num_blocks": 16, "block_size": 512}), -32602, "Invalid parameters: name: \"a b\" is not a valid bdev name");
     // the same UUID twice is a duplicate too
     fails_unchanged(

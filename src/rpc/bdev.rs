@@ -35,7 +35,7 @@ fn bdev_config(app: &App) -> Vec<Entry> {
 
 fn parse_uuid(s: &Option<String>) -> Result<Option<uuid::Uuid>, RpcError> {
     s.as_deref()
-        .map(|u| uuid::Uuid::parse_str(u).map_err(|e| RpcError::invalid_params(format!("uuid: {u:?} is not a UUID: {e}"))))
+        .map(|u| uuid::Uuid::parse_str(u).map_err(|_| RpcError::invalid_params(format!("uuid: {u:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))))
         .transpose()
 }
 

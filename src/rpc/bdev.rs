@@ -187,15 +187,20 @@ async fn delete(c: Call, product: &'static str) -> RpcResult {
 #[serde(deny_unknown_fields)]
 struct GetBdevs {
     name: Option<String>,
-    timeout: Option<u64>,
+    /// Milliseconds. A number, not only an integer: rpc.py's batch mode sends its own float
+    /// `-t` timeout (e.g. 30.0) under this key.
+    timeout: Option<f64>,
 }
 
 async fn bdev_get_bdevs(c: Call) -> RpcResult {
     let p: GetBdevs = c.params()?;
+    if p.timeout.is_some_and(|t| !(0.0..=3_600_000.0).contains(&t)) {
+        return Err(RpcError::invalid_params("timeout: must be 0 to 3600000 milliseconds"));
+    }
     let describe = |b: &Arc<dyn Bdev>| bdev::describe(b.as_ref(), !c.app.bdevs.claims(&b.info().name).is_empty());
     match p.name {
         Some(name) => {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(p.timeout.unwrap_or(0));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(p.timeout.unwrap_or(0.0) as u64);
             loop {
                 if let Some(b) = c.app.bdevs.get(&name) {
                     return Ok(json!([describe(&b)]));

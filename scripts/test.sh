@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test suite: installs what the tests need, builds, runs unit, integration and compliance tests.
+# The test suite: installs what the tests need, builds, runs unit, integration, SPDK
+# compatibility and compliance tests. Every external peer is required (a missing one fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export PATH="$PWD/.venv/bin:$PATH"
 export PALISADE_REQUIRE_PEERS=1
 cargo build --all-targets

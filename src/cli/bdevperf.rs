@@ -141,6 +141,8 @@ pub fn check_block(block: &[u8], lba: u64) -> BlockCheck {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Report {
     pub bdev: String,
+    /// uring only: the file is opened with O_DIRECT.
+    pub direct_io: Option<bool>,
     pub workload: String,
     pub queue_depth: usize,
     pub io_size: usize,
@@ -406,6 +408,7 @@ pub fn run_bench(a: &BdevperfArgs) -> Result<Report, String> {
     if a.rwmixread > 100 {
         return Err("rwmixread must be 0..=100".into());
     }
+    let mut direct_io = None;
     let bdev: Arc<dyn Bdev> = match (a.malloc, a.null, &a.uring) {
         (Some(mb), None, None) => {
             let bs = a.bdev_block_size.unwrap_or(512);
@@ -415,7 +418,11 @@ pub fn run_bench(a: &BdevperfArgs) -> Result<Report, String> {
             let bs = a.bdev_block_size.unwrap_or(512);
             Arc::new(bdev::null::NullBdev::new("Null0", mb * 1024 * 1024 / bs as u64, bs, None).map_err(|e| e.to_string())?)
         }
-        (None, None, Some(f)) => Arc::new(bdev::uring::UringBdev::new("Uring0", f, a.bdev_block_size, None).map_err(|e| e.to_string())?),
+        (None, None, Some(f)) => {
+            let u = bdev::uring::UringBdev::new("Uring0", f, a.bdev_block_size, None).map_err(|e| e.to_string())?;
+            direct_io = Some(u.is_direct());
+            Arc::new(u)
+        }
         _ => return Err("choose exactly one bdev: --malloc MIB, --null MIB or --uring FILE".into()),
     };
     let info = bdev.info().clone();
@@ -468,6 +475,7 @@ pub fn run_bench(a: &BdevperfArgs) -> Result<Report, String> {
                     hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
                     rep: Report {
                         bdev: format!("{} ({})", info.name, info.product_name),
+                        direct_io,
                         workload: format!("{:?}", a2.workload).to_lowercase(),
                         queue_depth: a2.queue_depth,
                         io_size: a2.io_size,

@@ -137,6 +137,13 @@ fn bdev_get_iostat_shape_and_filters() {
     let two = t.rpc("bdev_get_iostat", json!({"names": ["A", "B"]}));
     assert_eq!(two["bdevs"].as_array().unwrap().len(), 2);
     assert_eq!(err(&t, "bdev_get_iostat", json!({"name": "C"})), (-19, "No such device: bdev C not found".into()));
+    // SPDK's per-channel form (no I/O has run, so no channel is open yet)
+    let pc = t.rpc("bdev_get_iostat", json!({"name": "A", "per_channel": true}));
+    assert_eq!((pc["name"].clone(), pc["channels"].clone()), (json!("A"), json!([])), "{pc}");
+    assert_eq!(
+        err(&t, "bdev_get_iostat", json!({"per_channel": true})),
+        (-32602, "Invalid parameters: per_channel: needs exactly one bdev name".into())
+    );
     assert_eq!(
         err(&t, "bdev_get_iostat", json!({"reset_mode": "sometimes"})),
         (-32602, "Invalid parameters: reset_mode: \"sometimes\" is not one of all, maxmin, error, none".into())

@@ -8,6 +8,8 @@ use super::IoOp;
 
 #[derive(Default)]
 pub struct ChannelStats {
+    /// The reactor's lightweight-thread id (reactor index + 1, as framework_get_reactors shows).
+    pub thread_id: u64,
     bytes_read: AtomicU64,
     num_read_ops: AtomicU64,
     bytes_written: AtomicU64,
@@ -91,28 +93,51 @@ pub struct StatsRegistry {
 }
 
 impl StatsRegistry {
+    /// Stats of a new channel, owned by the calling reactor.
     pub fn new_channel(&self) -> Arc<ChannelStats> {
-        let s = Arc::new(ChannelStats::default());
+        let thread_id = crate::reactor::current_reactor().map(|r| r as u64 + 1).unwrap_or(0);
+        let s = Arc::new(ChannelStats { thread_id, ..Default::default() });
         self.channels.lock().unwrap().push(s.clone());
         s
     }
     pub fn sum(&self) -> IoStat {
         let mut t = IoStat { io_error: serde_json::json!({}), ..Default::default() };
         for c in self.channels.lock().unwrap().iter() {
-            let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            t.bytes_read += g(&c.bytes_read);
-            t.num_read_ops += g(&c.num_read_ops);
-            t.bytes_written += g(&c.bytes_written);
-            t.num_write_ops += g(&c.num_write_ops);
-            t.bytes_unmapped += g(&c.bytes_unmapped);
-            t.num_unmap_ops += g(&c.num_unmap_ops);
-            t.bytes_copied += g(&c.bytes_copied);
-            t.read_latency_ticks += g(&c.read_latency_ticks);
-            t.write_latency_ticks += g(&c.write_latency_ticks);
-            t.unmap_latency_ticks += g(&c.unmap_latency_ticks);
-            t.max_read_latency_ticks = t.max_read_latency_ticks.max(g(&c.max_read_latency_ticks));
-            t.max_write_latency_ticks = t.max_write_latency_ticks.max(g(&c.max_write_latency_ticks));
+            t.add(c);
         }
         t
+    }
+
+    /// Per-channel statistics: (thread id, stats), in channel creation order.
+    pub fn per_channel(&self) -> Vec<(u64, IoStat)> {
+        self.channels
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let mut t = IoStat { io_error: serde_json::json!({}), ..Default::default() };
+                t.add(c);
+                (c.thread_id, t)
+            })
+            .collect()
+    }
+}
+
+impl IoStat {
+    fn add(&mut self, c: &ChannelStats) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let t = self;
+        t.bytes_read += g(&c.bytes_read);
+        t.num_read_ops += g(&c.num_read_ops);
+        t.bytes_written += g(&c.bytes_written);
+        t.num_write_ops += g(&c.num_write_ops);
+        t.bytes_unmapped += g(&c.bytes_unmapped);
+        t.num_unmap_ops += g(&c.num_unmap_ops);
+        t.bytes_copied += g(&c.bytes_copied);
+        t.read_latency_ticks += g(&c.read_latency_ticks);
+        t.write_latency_ticks += g(&c.write_latency_ticks);
+        t.unmap_latency_ticks += g(&c.unmap_latency_ticks);
+        t.max_read_latency_ticks = t.max_read_latency_ticks.max(g(&c.max_read_latency_ticks));
+        t.max_write_latency_ticks = t.max_write_latency_ticks.max(g(&c.max_write_latency_ticks));
     }
 }

@@ -424,6 +424,15 @@ pub fn parse_core_mask(s: &str) -> Result<u64, String> {
     u64::from_str_radix(hex, 16).map_err(|_| format!("bad core mask {s:?}: expected hex like 0x3"))
 }
 
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the reactor running on the calling thread (None off the reactors).
+pub fn current_reactor() -> Option<u32> {
+    CURRENT.with(|c| c.get())
+}
+
 fn pin_to_core(core: usize) {
     // SAFETY: plain libc calls on a zeroed cpu_set_t.
     unsafe {
@@ -484,6 +493,7 @@ impl ReactorSet {
             let init = init.clone();
             let t = std::thread::Builder::new().name(format!("reactor_{core_no}")).spawn(move || {
                 pin_to_core(core_no);
+                CURRENT.with(|c| c.set(Some(i as u32)));
                 let mut r = Reactor {
                     core: Core {
                         id: i as u32,

@@ -232,13 +232,31 @@ async fn bdev_get_iostat(c: Call) -> RpcResult {
             return Err(RpcError::invalid_params(format!("reset_mode: {m:?} is not one of all, maxmin, error, none")));
         }
     }
-    let _ = p.per_channel;
     let mut wanted: Vec<String> = p.names.unwrap_or_default();
     wanted.extend(p.name);
     for n in &wanted {
         if c.app.bdevs.get(n).is_none() {
             return Err(RpcError::errno(libc::ENODEV, format!("bdev {n} not found")));
         }
+    }
+    let ticks = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    if p.per_channel {
+        // SPDK's per-channel form: one bdev, its channels by thread.
+        let [name] = wanted.as_slice() else {
+            return Err(RpcError::invalid_params("per_channel: needs exactly one bdev name"));
+        };
+        let b = c.app.bdevs.get(name).expect("checked above");
+        let channels: Vec<Value> = b
+            .stats()
+            .per_channel()
+            .into_iter()
+            .map(|(tid, s)| {
+                let mut v = serde_json::to_value(s).expect("stats serialize");
+                v["thread_id"] = json!(tid);
+                v
+            })
+            .collect();
+        return Ok(json!({"tick_rate": 1_000_000_000u64, "ticks": ticks, "name": b.info().name, "channels": channels}));
     }
     let bdevs: Vec<Value> = c
         .app
@@ -252,6 +270,5 @@ async fn bdev_get_iostat(c: Call) -> RpcResult {
             v
         })
         .collect();
-    let ticks = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     Ok(json!({"tick_rate": 1_000_000_000u64, "ticks": ticks, "bdevs": bdevs}))
 }

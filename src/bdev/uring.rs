@@ -16,7 +16,7 @@ use slab::Slab;
 
 use super::stats::{ChannelStats, StatsRegistry};
 use super::{Bdev, BdevChannel, BdevError, BdevInfo, IoOp, IoRequest};
-use crate::reactor::{Core, IoBuf, WAKE_TOKEN};
+use crate::reactor::{Core, IoBuf, PollMode, WAKE_TOKEN};
 
 pub const PRODUCT: &str = "URING bdev";
 const RING_ENTRIES: u32 = 512;
@@ -128,16 +128,34 @@ impl Bdev for UringBdev {
         &self.info
     }
     fn create_channel(&self, core: &mut Core) -> std::io::Result<Box<dyn BdevChannel>> {
-        let ring = IoUring::new(RING_ENTRIES)?;
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: efd is a fresh descriptor we own.
-        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ring.submitter().register_eventfd(efd.as_raw_fd())?;
-        core.registry().register(&mut mio::unix::SourceFd(&efd.as_raw_fd()), WAKE_TOKEN, mio::Interest::READABLE)?;
+        // A busy-polling reactor reaps completions without sleeping: it needs no eventfd (the
+        // kernel would signal it on every completion for nothing) and no IPI to run completion
+        // task work, since the reactor enters the kernel on every loop (COOP_TASKRUN). An
+        // adaptive reactor sleeps in epoll and must be woken by the ring's eventfd.
+        let busy = core.mode == PollMode::Busy;
+        let ring = if busy {
+            IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .build(RING_ENTRIES)
+                .or_else(|_| IoUring::new(RING_ENTRIES))?
+        } else {
+            IoUring::new(RING_ENTRIES)?
+        };
+        let efd = if busy {
+            None
+        } else {
+            // SAFETY: eventfd returns a new descriptor or -1.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: efd is a fresh descriptor we own.
+            let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+            ring.submitter().register_eventfd(efd.as_raw_fd())?;
+            core.registry().register(&mut mio::unix::SourceFd(&efd.as_raw_fd()), WAKE_TOKEN, mio::Interest::READABLE)?;
+            Some(efd)
+        };
         Ok(Box::new(UringChannel {
             ring,
             _efd: efd,
@@ -192,7 +210,7 @@ struct Inflight {
 
 struct UringChannel {
     ring: IoUring,
-    _efd: OwnedFd,
+    _efd: Option<OwnedFd>,
     file: Arc<File>,
     bs: u64,
     nblocks: u64,

@@ -124,3 +124,11 @@ fn bad_command_lines_are_refused() {
     assert!(!st.success());
     assert!(err.contains("cannot read config"), "{err}");
 }
+
+#[test]
+fn sigterm_right_after_the_socket_answers() {
+    // The signal handler must be in place before the first RPC is answered.
+    for _ in 0..5 {
+        Target::start(&["-c", "default"]).stop();
+    }
+}

@@ -158,6 +158,16 @@ fn runtime_entries<'a>(app: &App, cfg: &'a Config) -> Vec<crate::config::Located
 }
 
 async fn serve(app: Arc<App>, a: ServeArgs, config: Option<(Config, String)>, tcp: Option<std::net::SocketAddr>) -> i32 {
+    // Catch SIGTERM/SIGINT before anyone can learn the socket is up (a signal that arrives
+    // between the first answered RPC and the handler would otherwise kill us with status 15).
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot handle SIGTERM: {e}")),
+    };
+    let mut int = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot handle SIGINT: {e}")),
+    };
     // Startup-state entries first (as SPDK's loader does), then init, then the rest.
     if let Some((cfg, path)) = &config {
         if let Err(e) = apply_pass(&app, cfg.entries(), path).await {
@@ -205,8 +215,6 @@ async fn serve(app: Arc<App>, a: ServeArgs, config: Option<(Config, String)>, tc
         });
     }
     tracing::info!(socket = %a.rpc_socket.display(), reactors = app.reactors.len(), "palisade serving");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("signal handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),

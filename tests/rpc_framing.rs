@@ -238,3 +238,20 @@ fn tcp_listener_on_loopback() {
     assert!(!st.success());
     assert!(err.contains("only loopback addresses are allowed"), "{err}");
 }
+
+#[test]
+fn large_request_in_small_pieces_is_not_quadratic() {
+    let t = Target::start(&[]);
+    let mut c = RawConn::connect(&t.sock);
+    let pad = "a".repeat(4 << 20);
+    let body = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 9, "method": "spdk_get_version", "params": {"pad": pad}})).unwrap();
+    let t0 = Instant::now();
+    for piece in body.chunks(512) {
+        c.send(piece).unwrap();
+    }
+    let r = c.recv().unwrap();
+    assert_eq!(r["id"], 9);
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
+    t.stop();
+}

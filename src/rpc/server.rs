@@ -154,12 +154,16 @@ pub async fn serve_conn<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(app: Arc<Ap
     let conn = Arc::new(Conn { id: NEXT_CONN.fetch_add(1, Ordering::Relaxed), notify: tx });
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
+    // Whether the buffer may now hold a complete value. Re-parsing the whole buffered prefix on
+    // every read would make a slowly dripped large request quadratic, so after a parse that
+    // stopped at an incomplete value we parse again only when new bytes could complete one.
+    let mut may_complete = false;
     loop {
         // Answer every complete value already buffered, in order.
         let mut consumed = 0;
         let mut fatal: Option<RpcError> = None;
         let mut values = Vec::new();
-        {
+        if may_complete {
             let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
             loop {
                 match it.next() {
@@ -202,9 +206,16 @@ pub async fn serve_conn<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(app: Arc<Ap
         tokio::select! {
             n = r.read(&mut chunk) => match n {
                 Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    // A value can only end at a closing bracket, a quote or a delimiter; a new
+                    // value's first bytes are parsed at once so garbage is refused early.
+                    may_complete = buf.is_empty()
+                        || chunk[..n].iter().any(|b| matches!(b, b'}' | b']' | b'"' | b' ' | b'\n' | b'\r' | b'\t' | b','));
+                    buf.extend_from_slice(&chunk[..n]);
+                }
             },
             Some(note) = notes.recv() => {
+                may_complete = false;
                 if send(&mut w, &note).await.is_err() {
                     return;
                 }

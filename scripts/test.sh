@@ -9,3 +9,5 @@ export PATH="$PWD/.venv/bin:$PATH"
 export PALISADE_REQUIRE_PEERS=1
 cargo build --all-targets
 cargo test --no-fail-fast -- --test-threads=2
+# The counting allocator (benchmark builds): the data path makes no allocation per I/O.
+cargo test --features count-alloc --lib -- --test-threads=2

@@ -572,4 +572,23 @@ mod tests {
         assert_eq!((r.errors, r.mismatches), (0, 0), "{r:?}");
         assert!(r.verified_blocks > 0);
     }
+
+    /// The data path allocates nothing per I/O after warm-up (malloc and uring, reads and writes).
+    #[cfg(feature = "count-alloc")]
+    #[test]
+    fn zero_allocations_per_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.img");
+        std::fs::write(&f, vec![0u8; 4 << 20]).unwrap();
+        let f = f.to_str().unwrap().to_string();
+        for w in ["randread", "randwrite"] {
+            for bdev in [vec!["--malloc", "4"], vec!["--uring", f.as_str()]] {
+                let mut a = bdev.clone();
+                a.extend(["-w", w, "-t", "0.3", "--warmup", "0.2", "--poll", "adaptive"]);
+                let r = run_bench(&args(&a)).unwrap();
+                assert!(r.ios > 100, "{r:?}");
+                assert_eq!(r.allocations_per_io, Some(0.0), "{a:?}: {r:?}");
+            }
+        }
+    }
 }

@@ -77,9 +77,14 @@ mod tests {
         let v: Vec<u64> = Vec::with_capacity(16);
         std::hint::black_box(&v);
         assert!(super::thread_allocations() > before);
-        let t0 = super::thread_allocations();
-        std::thread::spawn(|| std::hint::black_box(vec![1u8; 100])).join().unwrap();
-        // the spawn itself allocates here, but the child's vec does not count on this thread
-        let _ = t0;
+        // another thread's allocations land in that thread's counter
+        let other = std::thread::spawn(|| {
+            let before = super::thread_allocations();
+            std::hint::black_box(vec![1u8; 100]);
+            super::thread_allocations() - before
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other, 1);
     }
 }

@@ -349,6 +349,12 @@ impl Reactor {
                 stats.busy.fetch_add(spent, Ordering::Relaxed);
             } else {
                 stats.idle.fetch_add(spent, Ordering::Relaxed);
+                // Nothing to do this round: let anything else runnable on this core go first.
+                // The kernel threads that complete our own I/O (ksoftirqd for the device's
+                // interrupts, io_uring workers) share the reactor's core; a poller that never
+                // yields delays them by a whole scheduler slice and builds millisecond tails.
+                // With nothing else runnable this is a cheap syscall and we keep polling.
+                std::thread::yield_now();
             }
             self.core.now = end;
             if alloc::enabled() {

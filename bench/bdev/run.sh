@@ -15,6 +15,7 @@ FILE="${FILE:-/var/tmp/palisade-bench.img}"
 CORE="${CORE:-0}"
 QD="${QD:-32}"
 BS="${BS:-4096}"
+REPS="${REPS:-1}"   # runs per cell, alternating Palisade and fio; the table shows medians
 
 command -v fio >/dev/null || { echo "fio is not installed (bash scripts/setup.sh)" >&2; exit 1; }
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -47,13 +48,18 @@ print("%.0f %.0f" % (j[k]["iops"], j[k]["clat_ns"]["percentile"].get("99.000000"
 direct=$("$BIN" bdevperf --uring "$FILE" -q 1 -t 0.2 --warmup 0 --json | python3 -c 'import json,sys; print("O_DIRECT" if json.load(sys.stdin)["direct_io"] else "buffered (no O_DIRECT)")')
 echo "| workload | bdev | Palisade IOPS | fio IOPS | ratio | Palisade p99 us | fio p99 us | allocs/IO |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+median() { python3 -c 'import sys; v=sorted(sys.argv[1:], key=float); print(v[(len(v)-1)//2])' "$@"; }
 for w in randread randwrite; do
-  read -r m_iops m_alloc m_p99 < <(ours --malloc "$SIZE_MB" --bdev-block-size 512 "$w")
-  echo "| $w 4k QD$QD | malloc | $m_iops | - | - | $m_p99 | - | $m_alloc |"
-  read -r u_iops u_alloc u_p99 < <(ours --uring "$FILE" "$w")
-  read -r f_iops f_p99 < <(fio_run "$w")
+  mi=(); ma=(); mp=(); ui=(); ua=(); up=(); fi=(); fp=()
+  for _ in $(seq "$REPS"); do
+    read -r a b c < <(ours --malloc "$SIZE_MB" --bdev-block-size 512 "$w"); mi+=("$a"); ma=("$b"); mp+=("$c")
+    read -r a b c < <(ours --uring "$FILE" "$w"); ui+=("$a"); ua=("$b"); up+=("$c")
+    read -r a b < <(fio_run "$w"); fi+=("$a"); fp+=("$b")
+  done
+  m_iops=$(median "${mi[@]}"); u_iops=$(median "${ui[@]}"); f_iops=$(median "${fi[@]}")
   ratio=$(python3 -c "print('%.2f' % ($u_iops / max($f_iops, 1)))")
-  echo "| $w 4k QD$QD | uring (file) | $u_iops | $f_iops | $ratio | $u_p99 | $f_p99 | $u_alloc |"
+  echo "| $w 4k QD$QD | malloc | $m_iops | - | - | $(median "${mp[@]}") | - | ${ma[0]} |"
+  echo "| $w 4k QD$QD | uring (file) | $u_iops | $f_iops | $ratio | $(median "${up[@]}") | $(median "${fp[@]}") | ${ua[0]} |"
 done
 echo
-echo "time per run ${TIME}s, one reactor on core $CORE (busy poll), fio pinned to core $CORE; file $FILE ($SIZE_MB MiB, Palisade $direct, $(df -T "$(dirname "$FILE")" | awk 'NR==2{print $2}')); $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "time per run ${TIME}s x $REPS (medians), one reactor on core $CORE (busy poll), fio pinned to core $CORE; file $FILE ($SIZE_MB MiB, Palisade $direct, $(df -T "$(dirname "$FILE")" | awk 'NR==2{print $2}')); $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u '+%Y-%m-%d %H:%M UTC')"

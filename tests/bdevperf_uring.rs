@@ -55,7 +55,8 @@ fn uring_random_writes_then_verified_reads_visible_in_file() {
             BlockCheck::Bad => panic!("block {lba} of the file holds neither zeros nor its pattern"),
         }
     }
-    assert!(pattern > (data.len() / 512) as u64 / 2, "{pattern} pattern blocks, {zero} zero blocks");
+    // hundreds of random 4 KiB writes landed: at least 100 distinct units hold their pattern
+    assert!(pattern >= 800, "{pattern} pattern blocks, {zero} zero blocks");
 }
 
 #[test]

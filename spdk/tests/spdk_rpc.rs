@@ -99,6 +99,8 @@ fn spdk_rpc_drives_the_bdev_methods() {
     let st = ok(&t, &["bdev_get_iostat", "--names", "Null0"]);
     assert_eq!(st["bdevs"][0]["name"], "Null0");
     assert_eq!(st["bdevs"][0]["num_read_ops"], 0);
+    let pc = ok(&t, &["bdev_get_iostat", "-c", "--names", "Null0"]);
+    assert_eq!((pc["name"].clone(), pc["channels"].clone()), (json!("Null0"), json!([])), "{pc}");
     assert_eq!(ok(&t, &["bdev_get_bdevs"]).as_array().unwrap().len(), 5);
 
     ok(&t, &["bdev_malloc_delete", "Malloc1"]);

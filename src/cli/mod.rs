@@ -22,6 +22,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Call a JSON-RPC method of a running target (rpc.py usage).
     Rpc(rpc_client::RpcArgs),
+    /// Load generator and test initiator (NVMe/TCP; iSCSI later).
+    Perf(perf::PerfArgs),
 }
 
 /// Entry point; returns the process exit code.
@@ -30,5 +32,6 @@ pub fn main() -> i32 {
     match cli.cmd {
         Cmd::Serve(a) => serve::run(a),
         Cmd::Rpc(a) => rpc_client::run(a),
+        Cmd::Perf(a) => perf::run(a),
     }
 }

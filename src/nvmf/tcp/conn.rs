@@ -718,6 +718,11 @@ impl Conn {
         self.wbuf.clear();
         self.wpos = 0;
         if self.phase == Phase::Closing {
+            // Discard unread input first: closing with unread bytes makes the kernel send a reset,
+            // which can destroy the termination request before the host reads it.
+            let mut sink = [0u8; 4096];
+            while matches!(self.sock.read(&mut sink), Ok(n) if n > 0) {}
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
             core.close(self.me);
         }
     }

@@ -501,7 +501,9 @@ fn namespace_hot_add_raises_an_aen() {
     assert_eq!((ns.nsze, ns.block_size), (2048, 4096));
     // Removal raises the next one (re-armed by reading the log).
     s.t.rpc("nvmf_subsystem_remove_ns", json!({"nqn": NQN, "nsid": 5}));
+    let t0 = Instant::now();
     let ev = c.admin.wait_event(Duration::from_secs(5)).unwrap().expect("an event for the removal");
+    eprintln!("removal event after {:?}", t0.elapsed());
     assert_eq!((ev.dw0 >> 16) & 0xff, lid::CHANGED_NS_LIST as u32);
     assert_eq!(c.namespaces().unwrap(), vec![1]);
     // Abort of a parked AER completes it with Abort Requested.

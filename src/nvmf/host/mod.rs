@@ -299,6 +299,8 @@ impl Queue {
                     if let Some(i) = self.aer_cids.iter().position(|&c| c == cqe.cid) {
                         self.aer_cids.remove(i);
                         self.events.push(cqe);
+                        // Counts as progress so a waiter on `events` wakes up.
+                        n += 1;
                         continue;
                     }
                     let r = self.reqs.get_mut(cqe.cid as usize).filter(|r| r.active).ok_or_else(|| proto(format!("response for idle cid {}", cqe.cid)))?;

@@ -266,6 +266,8 @@ pub mod cns {
     pub const CONTROLLER: u8 = 0x01;
     pub const ACTIVE_NS_LIST: u8 = 0x02;
     pub const NS_ID_DESCRIPTORS: u8 = 0x03;
+    pub const CS_NAMESPACE: u8 = 0x05;
+    pub const CS_CONTROLLER: u8 = 0x06;
 }
 
 /// Log page identifiers (Base 5.16.1).

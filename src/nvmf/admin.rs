@@ -98,6 +98,13 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
             Some(n) => spec::ns_id_descriptors(&n.eui64, &n.nguid, n.uuid.as_bytes(), &mut page),
             None => return done(Status::generic(sc::INVALID_NAMESPACE)),
         },
+        // I/O command set specific structures for the NVM command set (CSI 0): all-zero means
+        // no extra limits (NVM Command Set 4.1.5.2 / 4.1.5.3). Linux asks for them on 1.4 hosts.
+        cns::CS_NAMESPACE | cns::CS_CONTROLLER if !discovery && (sqe.cdw(11) >> 24) == 0 => {
+            if cns_ == cns::CS_NAMESPACE && !namespaces.iter().any(|n| n.nsid == nsid) {
+                return done(Status::generic(sc::INVALID_NAMESPACE));
+            }
+        }
         _ => return done(Status::generic(sc::INVALID_FIELD)),
     }
     out.extend_from_slice(&page);

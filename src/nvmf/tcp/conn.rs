@@ -7,13 +7,15 @@
 //! command once the connection is warm. A malformed PDU gets a C2HTermReq and closes this
 //! connection only.
 
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::outq::OutQueue;
 use super::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp, Layout, PduError};
 use crate::bdev::{IoOp, IoRequest};
 use crate::nvme::io::{self as nio, Dir, IoKind};
@@ -105,8 +107,7 @@ pub struct Conn {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    out: OutQueue,
     slots: Vec<Slot>,
     free: Vec<u16>,
     ctrlr: Option<Arc<Ctrlr>>,
@@ -155,8 +156,7 @@ impl Conn {
             rbuf: vec![0u8; rsize],
             rstart: 0,
             rend: 0,
-            wbuf: Vec::with_capacity(256 << 10),
-            wpos: 0,
+            out: OutQueue::with_capacity(256 << 10),
             slots: (0..2).map(|_| Slot::new()).collect(),
             free: vec![1, 0],
             ctrlr: None,
@@ -184,7 +184,7 @@ impl Conn {
     fn fatal(&mut self, core: &mut Core, e: PduError, hdr: &[u8]) {
         tracing::warn!(peer = %self.peer, "NVMe/TCP: {e}; terminating the connection");
         let (fes, fei) = e.fes_fei();
-        pdu::encode_term_req(&mut self.wbuf, ty::C2H_TERM_REQ, fes, fei, hdr);
+        pdu::encode_term_req(&mut self.out.bytes, ty::C2H_TERM_REQ, fes, fei, hdr);
         self.begin_close(core);
     }
 
@@ -269,7 +269,7 @@ impl Conn {
                 let r = IcReq::decode(p)?;
                 self.dg = r.digests;
                 self.hpda = r.hpda;
-                IcResp { pfv: 0, cpda: 0, digests: r.digests, maxh2cdata: self.opts.maxh2cdata() }.encode(&mut self.wbuf);
+                IcResp { pfv: 0, cpda: 0, digests: r.digests, maxh2cdata: self.opts.maxh2cdata() }.encode(&mut self.out.bytes);
                 core.want_flush(self.me);
                 self.phase = Phase::Ready;
                 Ok(())
@@ -342,7 +342,7 @@ impl Conn {
                         s.state = SlotState::AwaitH2C;
                         // One R2T for the whole transfer; the host splits it into H2CData PDUs of
                         // at most MAXH2CDATA.
-                        pdu::encode_r2t(&mut self.wbuf, self.dg, DataHeader { cccid: sqe.cid(), ttag: idx as u16, offset: 0, length: len });
+                        pdu::encode_r2t(&mut self.out.bytes, self.dg, DataHeader { cccid: sqe.cid(), ttag: idx as u16, offset: 0, length: len });
                         core.want_flush(self.me);
                     }
                     _ => self.complete_err(core, idx, Status::generic(sc::SGL_DESCRIPTOR_TYPE_INVALID)),
@@ -640,13 +640,11 @@ impl Conn {
         let err = s.err;
         match s.job {
             Job::Read if err.is_ok() => {
-                let b = s.buf.take();
-                let data = b.as_deref().unwrap_or(&[]);
+                let b = s.buf.take().unwrap_or_else(|| IoBuf::new(0));
                 // SUCCESS flag: the data PDU doubles as the completion, allowed only when the host
                 // turned SQ flow control off (there is no SQ head to report).
                 let success = self.opts.c2h_success && self.sqflow_disabled;
-                self.c2h(cid, data, success);
-                drop(b);
+                self.c2h_buf(cid, b, success);
                 if success {
                     self.free_slot(idx);
                     core.want_flush(self.me);
@@ -669,9 +667,22 @@ impl Conn {
     fn c2h(&mut self, cid: u16, data: &[u8], success: bool) {
         let fl = flags::LAST_PDU | if success { flags::SUCCESS } else { 0 };
         let h = DataHeader { cccid: cid, ttag: 0, offset: 0, length: data.len() as u32 };
-        pdu::encode_data_header(&mut self.wbuf, ty::C2H_DATA, self.dg, self.hpda, h, fl);
-        self.wbuf.extend_from_slice(data);
-        pdu::put_data_digest(&mut self.wbuf, self.dg, data);
+        pdu::encode_data_header(&mut self.out.bytes, ty::C2H_DATA, self.dg, self.hpda, h, fl);
+        self.out.bytes.extend_from_slice(data);
+        pdu::put_data_digest(&mut self.out.bytes, self.dg, data);
+    }
+
+    /// C2HData whose payload is a pooled buffer: it goes out by reference (writev), not copied.
+    fn c2h_buf(&mut self, cid: u16, data: IoBuf, success: bool) {
+        let fl = flags::LAST_PDU | if success { flags::SUCCESS } else { 0 };
+        let h = DataHeader { cccid: cid, ttag: 0, offset: 0, length: data.len() as u32 };
+        pdu::encode_data_header(&mut self.out.bytes, ty::C2H_DATA, self.dg, self.hpda, h, fl);
+        let digest = self.dg.data && !data.is_empty();
+        let crc = if digest { crc32c::crc32c(&data) } else { 0 };
+        self.out.push_buf(data);
+        if digest {
+            self.out.bytes.extend_from_slice(&crc.to_le_bytes());
+        }
     }
 
     fn complete_err(&mut self, core: &mut Core, idx: usize, st: Status) {
@@ -688,7 +699,7 @@ impl Conn {
     fn send_cqe(&mut self, core: &mut Core, mut cqe: Cqe) {
         cqe.sqhd = self.sqhd as u16;
         cqe.sqid = self.qid;
-        pdu::encode_capsule_resp(&mut self.wbuf, self.dg, &cqe.encode());
+        pdu::encode_capsule_resp(&mut self.out.bytes, self.dg, &cqe.encode());
         core.want_flush(self.me);
     }
 
@@ -701,22 +712,15 @@ impl Conn {
     }
 
     fn flush(&mut self, core: &mut Core) {
-        while self.wpos < self.wbuf.len() {
-            match self.sock.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => break,
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.wbuf.clear();
-                    self.wpos = 0;
-                    core.close(self.me);
-                    return;
-                }
+        match self.out.write_to(self.sock.as_raw_fd()) {
+            Ok(true) => {}
+            Ok(false) => return, // the writable event resumes it
+            Err(_) => {
+                self.out.clear();
+                core.close(self.me);
+                return;
             }
         }
-        self.wbuf.clear();
-        self.wpos = 0;
         if self.phase == Phase::Closing {
             // Discard unread input first: closing with unread bytes makes the kernel send a reset,
             // which can destroy the termination request before the host reads it.
@@ -748,7 +752,7 @@ fn errno_status(errno: i32, read: bool) -> Status {
 
 impl Handler for Conn {
     fn on_ready(&mut self, core: &mut Core, _me: HandlerRef, ev: &mio::event::Event) {
-        if ev.is_writable() && self.wpos < self.wbuf.len() {
+        if ev.is_writable() && self.out.pending() {
             self.flush(core);
         }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {

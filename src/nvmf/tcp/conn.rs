@@ -203,6 +203,7 @@ impl Conn {
                 self.rend -= self.rstart;
                 self.rstart = 0;
             }
+            let space = self.rbuf.len() - self.rend;
             match self.sock.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => {
                     core.close(self.me);
@@ -212,6 +213,11 @@ impl Conn {
                 Ok(n) => {
                     self.rend += n;
                     self.process(core);
+                    // A short read drained the socket: skip the EAGAIN read (new data raises a
+                    // new edge-triggered event).
+                    if n < space {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

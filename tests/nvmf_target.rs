@@ -140,6 +140,13 @@ fn connect_identify_and_logs() {
     assert_eq!(ctrls[0]["num_io_qpairs"], 1);
     let qp = s.t.rpc("nvmf_subsystem_get_qpairs", json!({"nqn": NQN}));
     assert_eq!(qp.as_array().unwrap().len(), 2);
+    // Normal shutdown through CC.SHN: CSTS.SHST reports complete.
+    assert_eq!(c.admin.property_get(spec::prop::CSTS, false).unwrap() & 1, 1);
+    c.admin.property_set(spec::prop::CC, 1 | (6 << 16) | (4 << 20) | (1 << 14)).unwrap();
+    assert_eq!((c.admin.property_get(spec::prop::CSTS, false).unwrap() >> 2) & 3, 2);
+    // CAP: MQES from max_queue_depth, NVM command set.
+    let cap = c.admin.property_get(spec::prop::CAP, true).unwrap();
+    assert_eq!((cap & 0xffff, (cap >> 37) & 1), (127, 1));
     c.shutdown().unwrap();
     s.t.stop();
 }

@@ -30,6 +30,8 @@ const RBUF_MIN: usize = 256 << 10;
 const MAX_AERS: usize = 4;
 /// How long a closing connection may take to drain its termination request.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a new connection may take to send its ICReq.
+const ICREQ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -100,6 +102,7 @@ pub struct Conn {
     listen: Arc<ListenAddr>,
     peer: String,
     phase: Phase,
+    created: Instant,
     closing_since: Option<Instant>,
     dg: Digests,
     hpda: u8,
@@ -149,6 +152,7 @@ impl Conn {
             listen,
             peer: peer.to_string(),
             phase: Phase::AwaitIcReq,
+            created: core.now,
             closing_since: None,
             dg: Digests::default(),
             hpda: 0,
@@ -792,6 +796,11 @@ impl Handler for Conn {
             if core.now.duration_since(since) > CLOSE_GRACE {
                 core.close(me);
             }
+            return;
+        }
+        if self.phase == Phase::AwaitIcReq && core.now.duration_since(self.created) > ICREQ_TIMEOUT {
+            // Connected but never spoke NVMe/TCP: do not hold the slot forever.
+            core.close(me);
             return;
         }
         let Some(c) = self.ctrlr.clone() else { return };

@@ -25,6 +25,8 @@ enum Cmd {
     Rpc(rpc_client::RpcArgs),
     /// Measure the reactor + bdev path: one reactor, one bdev, a workload at a queue depth.
     Bdevperf(bdevperf::BdevperfArgs),
+    /// Load generator and test initiator (NVMe/TCP; iSCSI later).
+    Perf(perf::PerfArgs),
 }
 
 /// Entry point; returns the process exit code.
@@ -34,5 +36,6 @@ pub fn main() -> i32 {
         Cmd::Serve(a) => serve::run(a),
         Cmd::Rpc(a) => rpc_client::run(a),
         Cmd::Bdevperf(a) => bdevperf::run(a),
+        Cmd::Perf(a) => perf::run(a),
     }
 }

@@ -98,8 +98,8 @@ pub fn build_params(method: &str, words: &[String]) -> Result<Option<Value>, Str
                 .iter()
                 .find(|s| !s.positional && (s.short.as_deref() == Some(flag) || s.long.as_deref() == Some(flag)))
                 .ok_or_else(|| format!("{method}: unknown option {flag}"))?;
-            if s.ty == "flag" {
-                params.insert(s.key.clone(), json!(true));
+            if s.ty == "flag" || s.ty == "noflag" {
+                params.insert(s.key.clone(), json!(s.ty == "flag"));
             } else {
                 let v = match inline {
                     Some(v) => v,
@@ -124,6 +124,17 @@ pub fn build_params(method: &str, words: &[String]) -> Result<Option<Value>, Str
         let bs = params.get("block_size").and_then(Value::as_u64).ok_or("block_size is required with total_size")?;
         let bytes = mb.as_f64().unwrap_or(0.0) * 1024.0 * 1024.0;
         params.insert("num_blocks".into(), json!((bytes as u64) / bs.max(1)));
+    }
+    // Dotted keys group arguments into an object, as rpc.py's group_as does
+    // (listen_address.traddr, namespace.bdev_name).
+    let dotted: Vec<String> = params.keys().filter(|k| k.contains('.')).cloned().collect();
+    for k in dotted {
+        let v = params.remove(&k).unwrap();
+        let (outer, inner) = k.split_once('.').unwrap();
+        let o = params.entry(outer.to_string()).or_insert_with(|| json!({}));
+        if let Some(m) = o.as_object_mut() {
+            m.insert(inner.to_string(), v);
+        }
     }
     Ok(Some(Value::Object(params)))
 }

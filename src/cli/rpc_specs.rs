@@ -4,7 +4,9 @@
 //! and long form, JSON key, type); `total_size:mb` is a positional; a trailing `?` makes a
 //! positional optional. Types: `str`, `int`, `float`, `bool` (an option taking true/false),
 //! `flag` (store-true option), `list` (comma-separated strings), `json` (a JSON value), and
-//! `mb` (megabytes turned into `num_blocks` with the `block_size` argument, as rpc.py does).
+//! `mb` (megabytes turned into `num_blocks` with the `block_size` argument, as rpc.py does),
+//! `noflag` (store-false option, argparse's --no-X). A dotted key (`listen_address.traddr`) puts
+//! the value in a nested object, as rpc.py's `group_as` does.
 
 pub const SPECS: &[(&str, &str)] = &[
     // framework
@@ -31,6 +33,21 @@ pub const SPECS: &[(&str, &str)] = &[
     ("bdev_get_bdevs", "-b/--name=name:str -t/--timeout-ms=timeout:int"),
     ("bdev_get_iostat", "-b/--name=name:str -c/--per-channel=per_channel:flag --reset-mode=reset_mode:str --names=names:list"),
     // nvmf (issue: NVMe-oF/TCP) — add lines here
+    ("nvmf_create_transport", "-t/--trtype=trtype:str -g/--tgt-name=tgt_name:str -q/--max-queue-depth=max_queue_depth:int -m/--max-io-qpairs-per-ctrlr=max_io_qpairs_per_ctrlr:int -c/--in-capsule-data-size=in_capsule_data_size:int -i/--max-io-size=max_io_size:int -u/--io-unit-size=io_unit_size:int -a/--max-aq-depth=max_aq_depth:int -n/--num-shared-buffers=num_shared_buffers:int -b/--buf-cache-size=buf_cache_size:int -z/--zcopy=zcopy:flag -o/--c2h-success=c2h_success:bool -f/--dif-insert-or-strip=dif_insert_or_strip:flag -y/--sock-priority=sock_priority:int -x/--abort-timeout-sec=abort_timeout_sec:int"),
+    ("nvmf_get_transports", "--trtype=trtype:str -t/--tgt-name=tgt_name:str"),
+    ("nvmf_create_subsystem", "nqn:str -t/--tgt-name=tgt_name:str -s/--serial-number=serial_number:str -d/--model-number=model_number:str -a/--allow-any-host=allow_any_host:flag -m/--max-namespaces=max_namespaces:int -r/--ana-reporting=ana_reporting:flag -i/--min-cntlid=min_cntlid:int -I/--max-cntlid=max_cntlid:int"),
+    ("nvmf_delete_subsystem", "nqn:str -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_add_listener", "nqn:str -t/--trtype=listen_address.trtype:str -a/--traddr=listen_address.traddr:str -f/--adrfam=listen_address.adrfam:str -s/--trsvcid=listen_address.trsvcid:str -p/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_remove_listener", "nqn:str -t/--trtype=listen_address.trtype:str -a/--traddr=listen_address.traddr:str -f/--adrfam=listen_address.adrfam:str -s/--trsvcid=listen_address.trsvcid:str -p/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_add_ns", "nqn:str namespace.bdev_name:str -t/--tgt-name=tgt_name:str -n/--nsid=namespace.nsid:int -g/--nguid=namespace.nguid:str -e/--eui64=namespace.eui64:str -u/--uuid=namespace.uuid:str"),
+    ("nvmf_subsystem_remove_ns", "nqn:str nsid:int -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_add_host", "nqn:str host:str -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_remove_host", "nqn:str host:str -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_allow_any_host", "nqn:str --allow-any-host=allow_any_host:flag --no-allow-any-host=allow_any_host:noflag -t/--tgt-name=tgt_name:str"),
+    ("nvmf_get_subsystems", "nqn:str? -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_get_controllers", "nqn:str -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_get_qpairs", "nqn:str -t/--tgt-name=tgt_name:str"),
+    ("nvmf_subsystem_get_listeners", "nqn:str -t/--tgt-name=tgt_name:str"),
     // iscsi (issue: iSCSI) — add lines here
     // reservation (issue: persistent reservations) — add lines here
     // layout (issue: layout backend) — add lines here

@@ -1,1 +1,5 @@
-//! NVMe command set: admin and I/O commands, identify/log/feature structures.
+//! NVMe command set: wire structures (spec), and the NVM I/O command decoding that turns a command
+//! into volume I/O (io). Knows nothing of the transport (nvmf/ sits above).
+
+pub mod io;
+pub mod spec;

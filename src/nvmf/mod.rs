@@ -1,1 +1,338 @@
-//! NVMe-oF: TCP transport, fabrics commands, controllers, subsystems, discovery.
+//! NVMe-oF: the TCP transport (tcp/), fabrics commands (fabrics), admin command handling (admin),
+//! subsystems and controllers (subsystem), discovery (discovery), and an NVMe/TCP host (host/)
+//! used by `palisade perf` and the tests.
+
+pub mod admin;
+pub mod discovery;
+pub mod fabrics;
+pub mod host;
+pub mod subsystem;
+pub mod tcp;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::bdev::BdevError;
+use crate::reactor::{HandlerRef, ReactorSet};
+use crate::volume::VolumeRegistry;
+pub use subsystem::{Ctrlr, ListenAddr, Namespace, SubType, Subsystem, SubsystemParams};
+
+/// TCP transport options, SPDK's names and defaults (nvmf_create_transport / nvmf_get_transports).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TransportOpts {
+    pub trtype: String,
+    pub max_queue_depth: u32,
+    pub max_io_qpairs_per_ctrlr: u32,
+    pub in_capsule_data_size: u32,
+    pub max_io_size: u32,
+    pub io_unit_size: u32,
+    pub max_aq_depth: u32,
+    pub num_shared_buffers: u32,
+    pub buf_cache_size: u32,
+    pub dif_insert_or_strip: bool,
+    pub zcopy: bool,
+    pub c2h_success: bool,
+    pub sock_priority: u32,
+    pub abort_timeout_sec: u32,
+    pub ack_timeout: u32,
+    pub data_wr_pool_size: u32,
+}
+
+impl Default for TransportOpts {
+    fn default() -> Self {
+        TransportOpts {
+            trtype: "TCP".into(),
+            max_queue_depth: 128,
+            max_io_qpairs_per_ctrlr: 127,
+            in_capsule_data_size: 4096,
+            max_io_size: 131072,
+            io_unit_size: 131072,
+            max_aq_depth: 128,
+            num_shared_buffers: 511,
+            buf_cache_size: 4294967295,
+            dif_insert_or_strip: false,
+            zcopy: false,
+            c2h_success: true,
+            sock_priority: 0,
+            abort_timeout_sec: 1,
+            ack_timeout: 0,
+            data_wr_pool_size: 0,
+        }
+    }
+}
+
+impl TransportOpts {
+    /// MAXH2CDATA we announce: the I/O unit size, within the spec's 4 KiB minimum and 128 KiB.
+    pub fn maxh2cdata(&self) -> u32 {
+        (self.io_unit_size.clamp(4096, 131072) / 4) * 4
+    }
+    /// In-capsule data accepted on the admin queue (Connect carries 1 KiB; Linux expects 8 KiB).
+    pub fn admin_icd(&self) -> u32 {
+        self.in_capsule_data_size.max(8192)
+    }
+    /// MDTS as Identify reports it: log2 of max_io_size in 4 KiB pages.
+    pub fn mdts(&self) -> u8 {
+        let pages = (self.max_io_size / 4096).max(1);
+        (31 - pages.leading_zeros()) as u8
+    }
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_queue_depth < 2 || self.max_queue_depth > 65535 {
+            return Err(format!("max_queue_depth {} must be 2..65535", self.max_queue_depth));
+        }
+        if self.max_aq_depth < 2 || self.max_aq_depth > 4096 {
+            return Err(format!("max_aq_depth {} must be 2..4096", self.max_aq_depth));
+        }
+        if self.max_io_qpairs_per_ctrlr == 0 || self.max_io_qpairs_per_ctrlr > 65534 {
+            return Err(format!("max_io_qpairs_per_ctrlr {} must be 1..65534", self.max_io_qpairs_per_ctrlr));
+        }
+        if self.max_io_size < 4096 || self.max_io_size > (8 << 20) || !self.max_io_size.is_power_of_two() {
+            return Err(format!("max_io_size {} must be a power of two between 4096 and 8 MiB", self.max_io_size));
+        }
+        if self.in_capsule_data_size % 16 != 0 || self.in_capsule_data_size > 131072 {
+            return Err(format!("in_capsule_data_size {} must be a multiple of 16, at most 131072", self.in_capsule_data_size));
+        }
+        if self.io_unit_size < 512 || self.io_unit_size > self.max_io_size.max(131072) {
+            return Err(format!("io_unit_size {} is out of range", self.io_unit_size));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NvmfError {
+    #[error("transport {0} already exists")]
+    TransportExists(String),
+    #[error("transport {0} does not exist")]
+    NoTransport(String),
+    #[error("subsystem {0} already exists")]
+    SubsystemExists(String),
+    #[error("subsystem {0} not found")]
+    NoSubsystem(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("namespace {0} already exists")]
+    NsExists(u32),
+    #[error("namespace {0} not found")]
+    NoNs(u32),
+    #[error("listener {0}:{1} already exists")]
+    ListenerExists(String, String),
+    #[error("listener {0}:{1} not found")]
+    NoListener(String, String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error(transparent)]
+    Bdev(#[from] BdevError),
+}
+
+impl NvmfError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            NvmfError::TransportExists(_) | NvmfError::SubsystemExists(_) | NvmfError::NsExists(_) | NvmfError::ListenerExists(..) => libc::EEXIST,
+            NvmfError::NoTransport(_) | NvmfError::NoSubsystem(_) | NvmfError::NoNs(_) | NvmfError::NoListener(..) => libc::ENODEV,
+            NvmfError::Invalid(_) => libc::EINVAL,
+            NvmfError::Listen(_, e) => e.raw_os_error().unwrap_or(libc::EIO),
+            NvmfError::Bdev(e) => -e.errno(),
+        }
+    }
+}
+
+struct ListenerEntry {
+    addr: ListenAddr,
+    handler: HandlerRef,
+}
+
+/// The NVMe-oF target: the TCP transport, its listeners and the subsystems.
+pub struct Target {
+    pub reactors: ReactorSet,
+    pub volumes: Arc<VolumeRegistry>,
+    transport: RwLock<Option<Arc<TransportOpts>>>,
+    subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
+    listeners: Mutex<Vec<ListenerEntry>>,
+    /// Discovery log generation counter: bumped whenever what discovery reports changes.
+    pub genctr: std::sync::atomic::AtomicU64,
+}
+
+impl Target {
+    pub fn new(reactors: ReactorSet, volumes: Arc<VolumeRegistry>) -> Arc<Target> {
+        let t = Target {
+            reactors,
+            volumes,
+            transport: RwLock::new(None),
+            subsystems: RwLock::new(BTreeMap::new()),
+            listeners: Mutex::new(Vec::new()),
+            genctr: std::sync::atomic::AtomicU64::new(0),
+        };
+        let disc = Subsystem::new(
+            spec_discovery_nqn(),
+            SubType::Discovery,
+            SubsystemParams {
+                serial_number: String::new(),
+                model_number: String::new(),
+                max_namespaces: 0,
+                min_cntlid: 1,
+                max_cntlid: 0xffef,
+                ana_reporting: false,
+            },
+            true,
+        );
+        t.subsystems.write().unwrap().insert(disc.nqn.clone(), Arc::new(disc));
+        Arc::new(t)
+    }
+
+    fn bump(&self) {
+        self.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn transport(&self) -> Option<Arc<TransportOpts>> {
+        self.transport.read().unwrap().clone()
+    }
+
+    pub fn create_transport(&self, opts: TransportOpts) -> Result<(), NvmfError> {
+        let mut t = self.transport.write().unwrap();
+        if t.is_some() {
+            return Err(NvmfError::TransportExists(opts.trtype));
+        }
+        opts.validate().map_err(NvmfError::Invalid)?;
+        *t = Some(Arc::new(opts));
+        Ok(())
+    }
+
+    pub fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.subsystems.read().unwrap().get(nqn).cloned()
+    }
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        self.subsystems.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn create_subsystem(&self, s: Subsystem) -> Result<Arc<Subsystem>, NvmfError> {
+        let mut m = self.subsystems.write().unwrap();
+        if m.contains_key(&s.nqn) {
+            return Err(NvmfError::SubsystemExists(s.nqn));
+        }
+        let s = Arc::new(s);
+        m.insert(s.nqn.clone(), s.clone());
+        drop(m);
+        self.bump();
+        Ok(s)
+    }
+
+    /// Delete a subsystem: controllers torn down, namespaces released, listeners dropped.
+    pub fn delete_subsystem(&self, nqn: &str) -> Result<(), NvmfError> {
+        let s = {
+            let mut m = self.subsystems.write().unwrap();
+            match m.get(nqn) {
+                Some(s) if s.subtype == SubType::Discovery => {
+                    return Err(NvmfError::Invalid("the discovery subsystem cannot be deleted".into()))
+                }
+                Some(_) => m.remove(nqn).unwrap(),
+                None => return Err(NvmfError::NoSubsystem(nqn.into())),
+            }
+        };
+        for c in s.ctrlrs.lock().unwrap().drain(..) {
+            c.dead.store(true, std::sync::atomic::Ordering::Release);
+        }
+        for ns in s.namespaces().iter() {
+            s.remove_ns(ns.nsid);
+            self.volumes.close(&ns.bdev_name, &owner(&s.nqn));
+        }
+        let addrs: Vec<ListenAddr> = s.listeners.lock().unwrap().drain(..).collect();
+        for a in addrs {
+            self.release_listener(&a);
+        }
+        self.bump();
+        Ok(())
+    }
+
+    pub fn add_ns(&self, s: &Arc<Subsystem>, bdev_name: &str, nsid: Option<u32>, nguid: Option<[u8; 16]>, eui64: Option<[u8; 8]>, uuid: Option<uuid::Uuid>) -> Result<u32, NvmfError> {
+        let nsid = match nsid {
+            Some(0) | None => s.free_nsid().ok_or_else(|| NvmfError::Invalid("no free namespace id".into()))?,
+            Some(id) => {
+                if id == u32::MAX || (s.params.max_namespaces != 0 && id > s.params.max_namespaces) {
+                    return Err(NvmfError::Invalid(format!("nsid {id} is out of range (max_namespaces {})", s.params.max_namespaces)));
+                }
+                if s.namespaces().iter().any(|n| n.nsid == id) {
+                    return Err(NvmfError::NsExists(id));
+                }
+                id
+            }
+        };
+        let volume = self.volumes.open(bdev_name, &owner(&s.nqn))?;
+        let u = volume.uuid();
+        let ns = Namespace {
+            nsid,
+            bdev_name: volume.name().to_string(),
+            nguid: nguid.unwrap_or_else(|| crate::volume::identity::nguid(&u)),
+            eui64: eui64.unwrap_or_else(|| crate::volume::identity::eui64(&u)),
+            uuid: uuid.unwrap_or(u),
+            explicit: (nguid.is_some(), eui64.is_some(), uuid.is_some()),
+            volume,
+        };
+        s.add_ns(Arc::new(ns));
+        Ok(nsid)
+    }
+
+    pub fn remove_ns(&self, s: &Arc<Subsystem>, nsid: u32) -> Result<(), NvmfError> {
+        let ns = s.remove_ns(nsid).ok_or(NvmfError::NoNs(nsid))?;
+        self.volumes.close(&ns.bdev_name, &owner(&s.nqn));
+        Ok(())
+    }
+
+    /// Add a listen address to a subsystem, opening the socket on first use.
+    pub fn add_listener(self: &Arc<Self>, s: &Arc<Subsystem>, addr: ListenAddr) -> Result<(), NvmfError> {
+        if self.transport().is_none() {
+            return Err(NvmfError::NoTransport(addr.trtype.clone()));
+        }
+        if s.listens_on(&addr) {
+            return Err(NvmfError::ListenerExists(addr.traddr, addr.trsvcid));
+        }
+        let mut ls = self.listeners.lock().unwrap();
+        if !ls.iter().any(|l| l.addr.same(&addr)) {
+            let h = tcp::listener::start(self, &addr).map_err(|e| NvmfError::Listen(format!("{}:{}", addr.traddr, addr.trsvcid), e))?;
+            ls.push(ListenerEntry { addr: addr.clone(), handler: h });
+        }
+        drop(ls);
+        s.listeners.lock().unwrap().push(addr);
+        self.bump();
+        Ok(())
+    }
+
+    pub fn remove_listener(&self, s: &Arc<Subsystem>, addr: &ListenAddr) -> Result<(), NvmfError> {
+        {
+            let mut l = s.listeners.lock().unwrap();
+            let i = l.iter().position(|x| x.same(addr)).ok_or_else(|| NvmfError::NoListener(addr.traddr.clone(), addr.trsvcid.clone()))?;
+            l.remove(i);
+        }
+        self.release_listener(addr);
+        self.bump();
+        Ok(())
+    }
+
+    /// Close the socket when no subsystem listens on the address any more.
+    fn release_listener(&self, addr: &ListenAddr) {
+        let in_use = self.subsystems.read().unwrap().values().any(|s| s.listens_on(addr));
+        if in_use {
+            return;
+        }
+        let mut ls = self.listeners.lock().unwrap();
+        if let Some(i) = ls.iter().position(|l| l.addr.same(addr)) {
+            let h = ls.remove(i).handler;
+            self.reactors.send(h.reactor, move |r| {
+                r.with_handler(h, |_, core, me| core.close(me));
+            });
+        }
+    }
+
+    /// Every listen address (for discovery).
+    pub fn listen_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners.lock().unwrap().iter().map(|l| l.addr.clone()).collect()
+    }
+}
+
+/// Claim name of a subsystem on its bdevs (shows in bdev claims).
+pub fn owner(nqn: &str) -> String {
+    format!("nvmf:{nqn}")
+}
+
+fn spec_discovery_nqn() -> String {
+    crate::nvme::spec::DISCOVERY_NQN.to_string()
+}

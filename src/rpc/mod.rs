@@ -28,6 +28,8 @@ pub struct App {
     pub reactors: ReactorSet,
     pub bdevs: Arc<BdevRegistry>,
     pub volumes: Arc<VolumeRegistry>,
+    /// The NVMe-oF target (transport, subsystems, listeners).
+    pub nvmf: Arc<crate::nvmf::Target>,
     pub registry: Registry,
     state: AtomicU8,
     init_done: tokio::sync::watch::Sender<bool>,
@@ -52,9 +54,12 @@ impl App {
         nvmf::register(&mut registry);
         iscsi::register(&mut registry);
         let state = if wait_for_rpc { STARTUP } else { RUNTIME };
+        let volumes = Arc::new(VolumeRegistry::new(bdevs.clone()));
+        let nvmf = crate::nvmf::Target::new(reactors.clone(), volumes.clone());
         Arc::new(App {
             reactors,
-            volumes: Arc::new(VolumeRegistry::new(bdevs.clone())),
+            nvmf,
+            volumes,
             bdevs,
             registry,
             state: AtomicU8::new(state),

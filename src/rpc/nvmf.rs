@@ -1,13 +1,592 @@
-//! nvmf_* methods (SPDK names and parameters) and the nvmf subsystem's saved config.
+//! nvmf_* methods (SPDK names, parameters and result shapes) and the nvmf subsystem's saved config.
 
-use super::registry::{Registry, Subsystem};
-use super::App;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::registry::{Call, Registry, Subsystem, RUNTIME};
+use super::{ok, App, RpcError, RpcResult};
 use crate::config::Entry;
+use crate::nvme::spec::DISCOVERY_NQN;
+use crate::nvmf::{self, ListenAddr, NvmfError, SubType, SubsystemParams, TransportOpts};
+use crate::volume::identity::hex;
 
 pub fn register(r: &mut Registry) {
+    r.add("nvmf_create_transport", RUNTIME, nvmf_create_transport);
+    r.add("nvmf_get_transports", RUNTIME, nvmf_get_transports);
+    r.add("nvmf_create_subsystem", RUNTIME, nvmf_create_subsystem);
+    r.add("nvmf_delete_subsystem", RUNTIME, nvmf_delete_subsystem);
+    r.add("nvmf_subsystem_add_listener", RUNTIME, |c| listener(c, true));
+    r.add("nvmf_subsystem_remove_listener", RUNTIME, |c| listener(c, false));
+    r.add("nvmf_subsystem_add_ns", RUNTIME, nvmf_subsystem_add_ns);
+    r.add("nvmf_subsystem_remove_ns", RUNTIME, nvmf_subsystem_remove_ns);
+    r.add("nvmf_subsystem_add_host", RUNTIME, nvmf_subsystem_add_host);
+    r.add("nvmf_subsystem_remove_host", RUNTIME, nvmf_subsystem_remove_host);
+    r.add("nvmf_subsystem_allow_any_host", RUNTIME, nvmf_subsystem_allow_any_host);
+    r.add("nvmf_get_subsystems", RUNTIME, nvmf_get_subsystems);
+    r.add("nvmf_subsystem_get_controllers", RUNTIME, nvmf_subsystem_get_controllers);
+    r.add("nvmf_subsystem_get_qpairs", RUNTIME, nvmf_subsystem_get_qpairs);
+    r.add("nvmf_subsystem_get_listeners", RUNTIME, nvmf_subsystem_get_listeners);
     r.add_subsystem(Subsystem { name: "nvmf", depends_on: &["bdev"], config: nvmf_config });
 }
 
-fn nvmf_config(_app: &App) -> Vec<Entry> {
-    Vec::new()
+impl From<NvmfError> for RpcError {
+    fn from(e: NvmfError) -> Self {
+        RpcError::errno(e.errno(), e)
+    }
+}
+
+fn check_tgt(t: &Option<String>) -> Result<(), RpcError> {
+    match t.as_deref() {
+        None | Some("nvmf_tgt") => Ok(()),
+        Some(o) => Err(RpcError::errno(libc::ENODEV, format!("target {o:?} not found (only the default target exists)"))),
+    }
+}
+
+fn sub_of(app: &App, nqn: &str) -> Result<Arc<nvmf::Subsystem>, RpcError> {
+    app.nvmf.subsystem(nqn).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("subsystem {nqn} not found")))
+}
+
+/// An NQN as the spec allows (NVMe Base 4.5): at most 223 bytes, "nqn." prefix.
+fn check_nqn(nqn: &str) -> Result<(), RpcError> {
+    if nqn.len() > 223 || !nqn.starts_with("nqn.") || nqn.chars().any(|c| c.is_control()) {
+        return Err(RpcError::invalid_params(format!("nqn: {nqn:?} is not a valid NQN")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTransport {
+    trtype: String,
+    tgt_name: Option<String>,
+    max_queue_depth: Option<u32>,
+    max_qpairs_per_ctrlr: Option<u32>,
+    max_io_qpairs_per_ctrlr: Option<u32>,
+    in_capsule_data_size: Option<u32>,
+    max_io_size: Option<u32>,
+    io_unit_size: Option<u32>,
+    max_aq_depth: Option<u32>,
+    num_shared_buffers: Option<u32>,
+    buf_cache_size: Option<u32>,
+    iobuf_small_cache_size: Option<u32>,
+    iobuf_large_cache_size: Option<u32>,
+    dif_insert_or_strip: Option<bool>,
+    zcopy: Option<bool>,
+    c2h_success: Option<bool>,
+    sock_priority: Option<u32>,
+    abort_timeout_sec: Option<u32>,
+    acceptor_backlog: Option<i32>,
+    ack_timeout: Option<u32>,
+    data_wr_pool_size: Option<u32>,
+    // RDMA / VFIO-USER options rpc.py may send: accepted, meaningless for TCP.
+    num_cqe: Option<i32>,
+    max_srq_depth: Option<i32>,
+    no_srq: Option<bool>,
+    no_wr_batching: Option<bool>,
+    control_msg_num: Option<u32>,
+    disable_mappable_bar0: Option<bool>,
+    disable_adaptive_irq: Option<bool>,
+    disable_shadow_doorbells: Option<bool>,
+    acceptor_poll_rate: Option<u32>,
+    disable_command_passthru: Option<bool>,
+    kas: Option<u32>,
+    min_kato: Option<u32>,
+    masked_oncs: Option<Vec<String>>,
+    masked_fuses: Option<Vec<String>>,
+}
+
+async fn nvmf_create_transport(c: Call) -> RpcResult {
+    let p: CreateTransport = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _ = (p.iobuf_small_cache_size, p.iobuf_large_cache_size, p.acceptor_backlog, p.num_cqe, p.max_srq_depth, p.no_srq, p.no_wr_batching);
+    let _ = (p.control_msg_num, p.disable_mappable_bar0, p.disable_adaptive_irq, p.disable_shadow_doorbells, p.acceptor_poll_rate);
+    let _ = (p.disable_command_passthru, p.kas, p.min_kato, &p.masked_oncs, &p.masked_fuses);
+    if !p.trtype.eq_ignore_ascii_case("tcp") {
+        return Err(RpcError::errno(libc::EINVAL, format!("transport type {} is not supported (only TCP)", p.trtype)));
+    }
+    let d = TransportOpts::default();
+    let opts = TransportOpts {
+        trtype: "TCP".into(),
+        max_queue_depth: p.max_queue_depth.unwrap_or(d.max_queue_depth),
+        max_io_qpairs_per_ctrlr: p.max_io_qpairs_per_ctrlr.or(p.max_qpairs_per_ctrlr.map(|n| n.saturating_sub(1))).unwrap_or(d.max_io_qpairs_per_ctrlr),
+        in_capsule_data_size: p.in_capsule_data_size.unwrap_or(d.in_capsule_data_size),
+        max_io_size: p.max_io_size.unwrap_or(d.max_io_size),
+        io_unit_size: p.io_unit_size.unwrap_or(d.io_unit_size),
+        max_aq_depth: p.max_aq_depth.unwrap_or(d.max_aq_depth),
+        num_shared_buffers: p.num_shared_buffers.unwrap_or(d.num_shared_buffers),
+        buf_cache_size: p.buf_cache_size.unwrap_or(d.buf_cache_size),
+        dif_insert_or_strip: p.dif_insert_or_strip.unwrap_or(false),
+        zcopy: p.zcopy.unwrap_or(false),
+        c2h_success: p.c2h_success.unwrap_or(true),
+        sock_priority: p.sock_priority.unwrap_or(0),
+        abort_timeout_sec: p.abort_timeout_sec.unwrap_or(d.abort_timeout_sec),
+        ack_timeout: p.ack_timeout.unwrap_or(0),
+        data_wr_pool_size: p.data_wr_pool_size.unwrap_or(0),
+    };
+    let _g = c.app.mgmt.lock().await;
+    c.app.nvmf.create_transport(opts).map_err(|e| match e {
+        NvmfError::Invalid(m) => RpcError::invalid_params(m),
+        e => e.into(),
+    })?;
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetTransports {
+    trtype: Option<String>,
+    tgt_name: Option<String>,
+}
+
+async fn nvmf_get_transports(c: Call) -> RpcResult {
+    let p: GetTransports = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let t = c.app.nvmf.transport();
+    if let Some(tt) = &p.trtype {
+        if !tt.eq_ignore_ascii_case("tcp") || t.is_none() {
+            return Err(RpcError::errno(libc::EINVAL, format!("transport {tt} not found")));
+        }
+    }
+    Ok(json!(t.map(|o| vec![serde_json::to_value(&*o).unwrap()]).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSubsystem {
+    nqn: String,
+    tgt_name: Option<String>,
+    serial_number: Option<String>,
+    model_number: Option<String>,
+    allow_any_host: Option<bool>,
+    max_namespaces: Option<u32>,
+    ana_reporting: Option<bool>,
+    min_cntlid: Option<u16>,
+    max_cntlid: Option<u16>,
+    dmrsl: Option<u32>,
+    wzsl: Option<u32>,
+    passthrough: Option<bool>,
+    enable_nssr: Option<bool>,
+    admin_label: Option<String>,
+}
+
+async fn nvmf_create_subsystem(c: Call) -> RpcResult {
+    let p: CreateSubsystem = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    check_nqn(&p.nqn)?;
+    let _ = (p.dmrsl, p.wzsl, &p.admin_label);
+    if p.passthrough == Some(true) {
+        return Err(RpcError::invalid_params("passthrough: NVMe passthrough subsystems are not supported"));
+    }
+    if p.enable_nssr == Some(true) {
+        return Err(RpcError::invalid_params("enable_nssr: NVM subsystem reset is not supported"));
+    }
+    let sn = p.serial_number.unwrap_or_else(|| "00000000000000000000".into());
+    if sn.len() > 20 || !sn.is_ascii() {
+        return Err(RpcError::invalid_params(format!("serial_number: {sn:?} must be at most 20 ASCII characters")));
+    }
+    let mn = p.model_number.unwrap_or_else(|| "Palisade NVMe Controller".into());
+    if mn.len() > 40 || !mn.is_ascii() {
+        return Err(RpcError::invalid_params(format!("model_number: {mn:?} must be at most 40 ASCII characters")));
+    }
+    let (lo, hi) = (p.min_cntlid.unwrap_or(1), p.max_cntlid.unwrap_or(0xffef));
+    if lo == 0 || hi > 0xffef || lo > hi {
+        return Err(RpcError::invalid_params(format!("min_cntlid {lo} / max_cntlid {hi}: need 1 <= min <= max <= 65519")));
+    }
+    let params = SubsystemParams {
+        serial_number: sn,
+        model_number: mn,
+        max_namespaces: p.max_namespaces.unwrap_or(32),
+        min_cntlid: lo,
+        max_cntlid: hi,
+        ana_reporting: p.ana_reporting.unwrap_or(false),
+    };
+    let _g = c.app.mgmt.lock().await;
+    c.app.nvmf.create_subsystem(nvmf::Subsystem::new(p.nqn, SubType::Nvme, params, p.allow_any_host.unwrap_or(false)))?;
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NqnOnly {
+    nqn: String,
+    tgt_name: Option<String>,
+}
+
+async fn nvmf_delete_subsystem(c: Call) -> RpcResult {
+    let p: NqnOnly = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _g = c.app.mgmt.lock().await;
+    c.app.nvmf.delete_subsystem(&p.nqn)?;
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenAddress {
+    trtype: String,
+    adrfam: Option<String>,
+    traddr: String,
+    trsvcid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerParams {
+    nqn: String,
+    tgt_name: Option<String>,
+    listen_address: ListenAddress,
+    secure_channel: Option<bool>,
+    ana_state: Option<String>,
+    anagrpid: Option<u32>,
+    sock_impl: Option<String>,
+    numa_id: Option<i32>,
+}
+
+fn listen_addr(a: ListenAddress) -> Result<ListenAddr, RpcError> {
+    let trsvcid = a.trsvcid.ok_or_else(|| RpcError::invalid_params("listen_address.trsvcid is required for TCP"))?;
+    let adrfam = match a.adrfam.as_deref() {
+        None => if a.traddr.contains(':') { "IPv6" } else { "IPv4" }.to_string(),
+        Some(f) if f.eq_ignore_ascii_case("ipv4") => "IPv4".into(),
+        Some(f) if f.eq_ignore_ascii_case("ipv6") => "IPv6".into(),
+        Some(f) => return Err(RpcError::invalid_params(format!("listen_address.adrfam: {f:?} is not supported (IPv4, IPv6)"))),
+    };
+    if !a.trtype.eq_ignore_ascii_case("tcp") {
+        return Err(RpcError::invalid_params(format!("listen_address.trtype: {} is not supported (TCP)", a.trtype)));
+    }
+    Ok(ListenAddr { trtype: "TCP".into(), adrfam, traddr: a.traddr, trsvcid })
+}
+
+async fn listener(c: Call, add: bool) -> RpcResult {
+    let p: ListenerParams = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _ = (&p.ana_state, p.anagrpid, &p.sock_impl, p.numa_id);
+    if p.secure_channel == Some(true) {
+        return Err(RpcError::invalid_params("secure_channel: TLS is not supported"));
+    }
+    let nqn = if p.nqn == "discovery" { DISCOVERY_NQN.to_string() } else { p.nqn };
+    let addr = listen_addr(p.listen_address)?;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &nqn)?;
+    let t = c.app.nvmf.clone();
+    if add {
+        t.add_listener(&s, addr)?;
+    } else {
+        t.remove_listener(&s, &addr)?;
+    }
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NsParams {
+    bdev_name: String,
+    nsid: Option<u32>,
+    nguid: Option<String>,
+    eui64: Option<String>,
+    uuid: Option<String>,
+    ptpl_file: Option<String>,
+    anagrpid: Option<u32>,
+    no_auto_visible: Option<bool>,
+    hide_metadata: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNs {
+    nqn: String,
+    tgt_name: Option<String>,
+    namespace: NsParams,
+}
+
+fn parse_hex<const N: usize>(field: &str, s: &str) -> Result<[u8; N], RpcError> {
+    let h: String = s.chars().filter(|c| *c != '-').collect();
+    let bad = || RpcError::invalid_params(format!("namespace.{field}: {s:?} is not {N} bytes of hex"));
+    if h.len() != N * 2 {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+async fn nvmf_subsystem_add_ns(c: Call) -> RpcResult {
+    let p: AddNs = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let n = p.namespace;
+    let _ = (n.anagrpid, n.hide_metadata);
+    if n.ptpl_file.is_some() {
+        return Err(RpcError::invalid_params("namespace.ptpl_file: persistent reservations are not supported yet"));
+    }
+    if n.no_auto_visible == Some(true) {
+        return Err(RpcError::invalid_params("namespace.no_auto_visible: per-host namespace visibility is not supported"));
+    }
+    let nguid = n.nguid.as_deref().map(|s| parse_hex::<16>("nguid", s)).transpose()?;
+    let eui64 = n.eui64.as_deref().map(|s| parse_hex::<8>("eui64", s)).transpose()?;
+    let uuid = n
+        .uuid
+        .as_deref()
+        .map(|u| uuid::Uuid::parse_str(u).map_err(|e| RpcError::invalid_params(format!("namespace.uuid: {u:?}: {e}"))))
+        .transpose()?;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &p.nqn)?;
+    if s.subtype == SubType::Discovery {
+        return Err(RpcError::invalid_params("the discovery subsystem has no namespaces"));
+    }
+    let nsid = c.app.nvmf.add_ns(&s, &n.bdev_name, n.nsid, nguid, eui64, uuid)?;
+    Ok(json!(nsid))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveNs {
+    nqn: String,
+    nsid: u32,
+    tgt_name: Option<String>,
+}
+
+async fn nvmf_subsystem_remove_ns(c: Call) -> RpcResult {
+    let p: RemoveNs = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &p.nqn)?;
+    c.app.nvmf.remove_ns(&s, p.nsid)?;
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostParams {
+    nqn: String,
+    host: String,
+    tgt_name: Option<String>,
+    psk: Option<String>,
+    dhchap_key: Option<String>,
+    dhchap_ctrlr_key: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn nvmf_subsystem_add_host(c: Call) -> RpcResult {
+    let p: HostParams = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    if p.psk.is_some() || p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some() {
+        return Err(RpcError::invalid_params("psk / dhchap keys: TLS and DH-HMAC-CHAP are not supported"));
+    }
+    check_nqn(&p.host)?;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &p.nqn)?;
+    let mut h = s.hosts.lock().unwrap();
+    if h.contains(&p.host) {
+        return Err(RpcError::errno(libc::EINVAL, format!("host {} is already allowed", p.host)));
+    }
+    h.push(p.host);
+    drop(h);
+    c.app.nvmf.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    ok()
+}
+
+async fn nvmf_subsystem_remove_host(c: Call) -> RpcResult {
+    let p: HostParams = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _ = p.timeout_ms;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &p.nqn)?;
+    s.hosts.lock().unwrap().retain(|h| *h != p.host);
+    // SPDK disconnects the host's controllers when it loses access.
+    if !s.allow_any_host.load(std::sync::atomic::Ordering::Acquire) {
+        for ctrl in s.ctrlrs.lock().unwrap().iter().filter(|c| c.hostnqn == p.host) {
+            ctrl.dead.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+    c.app.nvmf.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowAny {
+    nqn: String,
+    allow_any_host: bool,
+    tgt_name: Option<String>,
+}
+
+async fn nvmf_subsystem_allow_any_host(c: Call) -> RpcResult {
+    let p: AllowAny = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &p.nqn)?;
+    s.allow_any_host.store(p.allow_any_host, std::sync::atomic::Ordering::Release);
+    c.app.nvmf.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    ok()
+}
+
+fn addr_json(a: &ListenAddr) -> Value {
+    json!({"trtype": a.trtype, "adrfam": a.adrfam, "traddr": a.traddr, "trsvcid": a.trsvcid})
+}
+
+fn describe(s: &nvmf::Subsystem) -> Value {
+    let listeners: Vec<Value> = s.listeners.lock().unwrap().iter().map(addr_json).collect();
+    let hosts: Vec<Value> = s.hosts.lock().unwrap().iter().map(|h| json!({"nqn": h})).collect();
+    let mut v = json!({
+        "nqn": s.nqn,
+        "subtype": if s.subtype == SubType::Discovery { "Discovery" } else { "NVMe" },
+        "listen_addresses": listeners,
+        "allow_any_host": s.allow_any_host.load(std::sync::atomic::Ordering::Acquire),
+        "hosts": hosts,
+    });
+    if s.subtype == SubType::Nvme {
+        let ns: Vec<Value> = s
+            .namespaces()
+            .iter()
+            .map(|n| {
+                json!({
+                    "nsid": n.nsid,
+                    "bdev_name": n.bdev_name,
+                    "name": n.bdev_name,
+                    "nguid": hex(&n.nguid).to_uppercase(),
+                    "eui64": hex(&n.eui64).to_uppercase(),
+                    "uuid": n.uuid.to_string(),
+                })
+            })
+            .collect();
+        let o = v.as_object_mut().unwrap();
+        o.insert("serial_number".into(), json!(s.params.serial_number));
+        o.insert("model_number".into(), json!(s.params.model_number));
+        o.insert("max_namespaces".into(), json!(s.params.max_namespaces));
+        o.insert("min_cntlid".into(), json!(s.params.min_cntlid));
+        o.insert("max_cntlid".into(), json!(s.params.max_cntlid));
+        o.insert("namespaces".into(), json!(ns));
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetSubsystems {
+    nqn: Option<String>,
+    tgt_name: Option<String>,
+}
+
+async fn nvmf_get_subsystems(c: Call) -> RpcResult {
+    let p: GetSubsystems = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let subs = match &p.nqn {
+        Some(n) => vec![sub_of(&c.app, n)?],
+        None => c.app.nvmf.subsystems(),
+    };
+    Ok(json!(subs.iter().map(|s| describe(s)).collect::<Vec<_>>()))
+}
+
+async fn nvmf_subsystem_get_controllers(c: Call) -> RpcResult {
+    let p: NqnOnly = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let s = sub_of(&c.app, &p.nqn)?;
+    let v: Vec<Value> = s
+        .ctrlrs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|ct| {
+            json!({
+                "cntlid": ct.cntlid,
+                "hostnqn": ct.hostnqn,
+                "hostid": uuid::Uuid::from_bytes(ct.hostid).to_string(),
+                "num_io_qpairs": nvmf::fabrics::num_io_qpairs(ct),
+            })
+        })
+        .collect();
+    Ok(json!(v))
+}
+
+async fn nvmf_subsystem_get_qpairs(c: Call) -> RpcResult {
+    let p: NqnOnly = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let s = sub_of(&c.app, &p.nqn)?;
+    let mut v = Vec::new();
+    for ct in s.ctrlrs.lock().unwrap().iter() {
+        for q in ct.state.lock().unwrap().qpairs.iter() {
+            v.push(json!({
+                "cntlid": ct.cntlid,
+                "qid": q.qid,
+                "state": "active",
+                "thread": format!("reactor_{}", q.reactor),
+                "hostnqn": ct.hostnqn,
+                "peer_address": {"trtype": "TCP", "traddr": q.peer},
+                "listen_address": addr_json(&q.listen),
+            }));
+        }
+    }
+    Ok(json!(v))
+}
+
+async fn nvmf_subsystem_get_listeners(c: Call) -> RpcResult {
+    let p: NqnOnly = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let s = sub_of(&c.app, &p.nqn)?;
+    let v: Vec<Value> = s
+        .listeners
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| json!({"address": addr_json(a), "ana_state": "optimized", "ana_states": [{"ana_group": 1, "ana_state": "optimized"}]}))
+        .collect();
+    Ok(json!(v))
+}
+
+/// The calls that recreate the transport, subsystems, namespaces, hosts and listeners.
+fn nvmf_config(app: &App) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let e = |method: &str, params: Value| Entry { method: method.into(), params: Some(params) };
+    if let Some(t) = app.nvmf.transport() {
+        let mut v = serde_json::to_value(&*t).unwrap();
+        v.as_object_mut().unwrap().remove("ack_timeout");
+        v.as_object_mut().unwrap().remove("data_wr_pool_size");
+        out.push(e("nvmf_create_transport", v));
+    }
+    for s in app.nvmf.subsystems() {
+        if s.subtype == SubType::Discovery {
+            for a in s.listeners.lock().unwrap().iter() {
+                out.push(e("nvmf_subsystem_add_listener", json!({"nqn": s.nqn, "listen_address": addr_json(a)})));
+            }
+            continue;
+        }
+        out.push(e(
+            "nvmf_create_subsystem",
+            json!({
+                "nqn": s.nqn,
+                "serial_number": s.params.serial_number,
+                "model_number": s.params.model_number,
+                "allow_any_host": s.allow_any_host.load(std::sync::atomic::Ordering::Acquire),
+                "max_namespaces": s.params.max_namespaces,
+                "min_cntlid": s.params.min_cntlid,
+                "max_cntlid": s.params.max_cntlid,
+                "ana_reporting": s.params.ana_reporting,
+            }),
+        ));
+        for h in s.hosts.lock().unwrap().iter() {
+            out.push(e("nvmf_subsystem_add_host", json!({"nqn": s.nqn, "host": h})));
+        }
+        for n in s.namespaces().iter() {
+            let mut ns = json!({"bdev_name": n.bdev_name, "nsid": n.nsid});
+            let o = ns.as_object_mut().unwrap();
+            // Defaults derive from the bdev UUID; write them only if the user chose them.
+            if n.explicit.0 {
+                o.insert("nguid".into(), json!(hex(&n.nguid).to_uppercase()));
+            }
+            if n.explicit.1 {
+                o.insert("eui64".into(), json!(hex(&n.eui64).to_uppercase()));
+            }
+            if n.explicit.2 {
+                o.insert("uuid".into(), json!(n.uuid.to_string()));
+            }
+            out.push(e("nvmf_subsystem_add_ns", json!({"nqn": s.nqn, "namespace": ns})));
+        }
+        for a in s.listeners.lock().unwrap().iter() {
+            out.push(e("nvmf_subsystem_add_listener", json!({"nqn": s.nqn, "listen_address": addr_json(a)})));
+        }
+    }
+    out
 }

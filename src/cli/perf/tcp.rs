@@ -1,0 +1,94 @@
+//! NVMe/TCP queues for `palisade perf`, on the host library in `nvmf::host`.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use super::{PerfArgs, PerfQueue};
+use crate::nvmf::host::{rw_sqe, Controller, HostOpts, Queue};
+
+pub struct TcpQueue {
+    q: Queue,
+    nsid: u32,
+    bs: u32,
+    nblocks: u64,
+    depth: usize,
+}
+
+impl PerfQueue for TcpQueue {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+    fn block_size(&self) -> u32 {
+        self.bs
+    }
+    fn num_blocks(&self) -> u64 {
+        self.nblocks
+    }
+    fn submit(&mut self, tag: u32, write: bool, lba: u64, blocks: u32, data: &[u8]) -> std::io::Result<()> {
+        let sqe = rw_sqe(write, self.nsid, lba, blocks);
+        let len = blocks as usize * self.bs as usize;
+        self.q
+            .submit(tag as u16, sqe, if write { Some(&data[..len]) } else { None }, if write { 0 } else { len })
+            .map_err(std::io::Error::other)
+    }
+    fn poll(&mut self, timeout: Duration, done: &mut dyn FnMut(u32, Result<(), String>, &[u8])) -> std::io::Result<usize> {
+        self.q
+            .poll(timeout, &mut |cid, cqe, data| {
+                let r = if cqe.status.is_ok() { Ok(()) } else { Err(format!("NVMe status {}", cqe.status)) };
+                done(cid as u32, r, data)
+            })
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// The admin queue stays connected for the run (keep-alives go through it).
+pub struct Session {
+    pub ctrlr: Controller,
+    pub nsid: u32,
+}
+
+impl Session {
+    pub fn keep_alive(&mut self) {
+        let _ = self.ctrlr.admin.keep_alive();
+    }
+}
+
+/// Connect, identify, and open `args.queues` I/O queues of depth `args.qd`.
+pub fn open(a: &PerfArgs) -> Result<(Session, Vec<Box<dyn PerfQueue>>), String> {
+    let nqn = a.nqn.clone().ok_or("--nqn is required for --transport tcp")?;
+    let port = a.port.unwrap_or(4420);
+    let addr = (a.addr.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{}:{port}: {e}", a.addr))?
+        .next()
+        .ok_or_else(|| format!("{}:{port}: no address", a.addr))?;
+    let mut o = HostOpts::new(addr, &nqn);
+    if let Some(h) = &a.hostnqn {
+        o.hostnqn = h.clone();
+    }
+    o.hdgst = a.hdgst;
+    o.ddgst = a.ddgst;
+    o.kato_ms = 30_000;
+    let mut c = Controller::connect(&o).map_err(|e| format!("connect to {addr} {nqn}: {e}"))?;
+    let nsid = match a.nsid {
+        Some(n) => n,
+        None => *c.namespaces().map_err(|e| format!("identify: {e}"))?.first().ok_or("the subsystem has no namespace")?,
+    };
+    let ns = c.namespace(nsid).map_err(|e| format!("identify namespace {nsid}: {e}"))?;
+    if ns.nsze == 0 || ns.block_size == 0 {
+        return Err(format!("namespace {nsid} is not active"));
+    }
+    let granted = c.set_num_queues(a.queues).map_err(|e| format!("set number of queues: {e}"))?;
+    if granted < a.queues {
+        return Err(format!("the controller grants {granted} I/O queues, {} asked", a.queues));
+    }
+    let mqes = c.max_entries().map_err(|e| format!("CAP: {e}"))?;
+    let entries = (a.qd as u32 + 1).min(mqes).min(65535) as u16;
+    let depth = (entries as usize - 1).max(1);
+    let mut qs: Vec<Box<dyn PerfQueue>> = Vec::new();
+    for qid in 1..=a.queues {
+        let q = c.io_queue(qid, entries).map_err(|e| format!("connect I/O queue {qid}: {e}"))?;
+        qs.push(Box::new(TcpQueue { q, nsid, bs: ns.block_size, nblocks: ns.nsze, depth }));
+    }
+    Ok((Session { ctrlr: c, nsid }, qs))
+}

@@ -1,0 +1,838 @@
+//! One NVMe/TCP queue pair: a connection living on one reactor for its whole life.
+//!
+//! Receive: bytes land in a large buffer and every complete PDU in it is handled in one pass (many
+//! commands per `read`). Send: responses and read data are appended to one output buffer and
+//! written with one `write` per loop iteration in `on_flush`. Commands use preallocated slots
+//! (index = R2T transfer tag = bdev tag), data uses pooled [`IoBuf`]s: no heap allocation per
+//! command once the connection is warm. A malformed PDU gets a C2HTermReq and closes this
+//! connection only.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use super::outq::OutQueue;
+use super::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp, Layout, PduError};
+use crate::bdev::{IoOp, IoRequest};
+use crate::nvme::io::{self as nio, Dir, IoKind};
+use crate::nvme::spec::{admin as aop, fctype, io as iop, sc, sgl, Cqe, Sqe, Status};
+use crate::nvmf::admin::{self, Outcome};
+use crate::nvmf::fabrics;
+use crate::nvmf::{Ctrlr, ListenAddr, Namespace, SubType, Target, TransportOpts};
+use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
+use crate::volume::{Denied, Initiator};
+
+const RBUF_MIN: usize = 256 << 10;
+const MAX_AERS: usize = 4;
+/// How long a closing connection may take to drain its termination request.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a new connection may take to send its ICReq.
+const ICREQ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitIcReq,
+    Ready,
+    Closing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    AwaitH2C,
+    Exec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Other,
+    Read,
+    Compare,
+}
+
+struct Slot {
+    state: SlotState,
+    /// Bumped on every use so a stale completion cannot complete a reused slot.
+    seq: u16,
+    sqe: Sqe,
+    /// Host data (writes, compare, DSM ranges, Connect data) or data read for the host.
+    buf: Option<IoBuf>,
+    /// Compare: what the medium holds.
+    buf2: Option<IoBuf>,
+    /// Host buffer length from the SGL.
+    len: u32,
+    /// H2C bytes received so far.
+    got: u32,
+    pending: u32,
+    err: Status,
+    job: Job,
+    bytes: u32,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: SlotState::Free,
+            seq: 0,
+            sqe: Sqe::default(),
+            buf: None,
+            buf2: None,
+            len: 0,
+            got: 0,
+            pending: 0,
+            err: Status::SUCCESS,
+            job: Job::Other,
+            bytes: 0,
+        }
+    }
+}
+
+/// Message to an admin queue pair: an asynchronous event is pending.
+pub struct AenKick;
+
+pub struct Conn {
+    t: Arc<Target>,
+    opts: Arc<TransportOpts>,
+    me: HandlerRef,
+    sock: TcpStream,
+    listen: Arc<ListenAddr>,
+    peer: String,
+    phase: Phase,
+    created: Instant,
+    closing_since: Option<Instant>,
+    dg: Digests,
+    hpda: u8,
+    max_plen: usize,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    out: OutQueue,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    ctrlr: Option<Arc<Ctrlr>>,
+    initiator: Initiator,
+    qid: u16,
+    sq_entries: u32,
+    sqhd: u32,
+    sqflow_disabled: bool,
+    aers: Vec<u16>,
+    ns_cache: Arc<Vec<Arc<Namespace>>>,
+    ns_gen: u64,
+    scratch: Vec<u8>,
+}
+
+impl Conn {
+    /// Constructor for `Reactor::add_handler`: registers the socket for this handler.
+    pub fn start(
+        core: &mut Core,
+        me: HandlerRef,
+        t: Arc<Target>,
+        listen: Arc<ListenAddr>,
+        mut sock: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<Box<dyn Handler>> {
+        let opts = t.transport()?;
+        if let Err(e) = core.registry().register(&mut sock, me.token(), mio::Interest::READABLE | mio::Interest::WRITABLE) {
+            tracing::warn!("cannot register NVMe/TCP connection: {e}");
+            return None;
+        }
+        let icd = opts.admin_icd().max(opts.in_capsule_data_size) as usize;
+        let max_plen = (72 + icd).max(24 + opts.maxh2cdata() as usize) + 2 * pdu::DIGEST_LEN + 128;
+        let rsize = RBUF_MIN.max(2 * max_plen);
+        tracing::debug!(%peer, reactor = me.reactor, "NVMe/TCP connection");
+        Some(Box::new(Conn {
+            t,
+            opts,
+            me,
+            sock,
+            listen,
+            peer: peer.to_string(),
+            phase: Phase::AwaitIcReq,
+            created: core.now,
+            closing_since: None,
+            dg: Digests::default(),
+            hpda: 0,
+            max_plen,
+            rbuf: vec![0u8; rsize],
+            rstart: 0,
+            rend: 0,
+            out: OutQueue::with_capacity(256 << 10),
+            slots: (0..2).map(|_| Slot::new()).collect(),
+            free: vec![1, 0],
+            ctrlr: None,
+            initiator: Initiator::Nvme { host_id: [0; 16], host_nqn: String::new() },
+            qid: 0,
+            sq_entries: 1,
+            sqhd: 0,
+            sqflow_disabled: false,
+            aers: Vec::with_capacity(MAX_AERS),
+            ns_cache: Arc::new(Vec::new()),
+            ns_gen: u64::MAX,
+            scratch: Vec::new(),
+        }))
+    }
+
+    fn begin_close(&mut self, core: &mut Core) {
+        if self.phase != Phase::Closing {
+            self.phase = Phase::Closing;
+            self.closing_since = Some(core.now);
+        }
+        core.want_flush(self.me);
+    }
+
+    /// A fatal transport error: C2HTermReq with the offending header, then close.
+    fn fatal(&mut self, core: &mut Core, e: PduError, hdr: &[u8]) {
+        tracing::warn!(peer = %self.peer, "NVMe/TCP: {e}; terminating the connection");
+        let (fes, fei) = e.fes_fei();
+        pdu::encode_term_req(&mut self.out.bytes, ty::C2H_TERM_REQ, fes, fei, hdr);
+        self.begin_close(core);
+    }
+
+    fn read_socket(&mut self, core: &mut Core) {
+        loop {
+            if self.phase == Phase::Closing {
+                return;
+            }
+            if self.rend == self.rbuf.len() {
+                if self.rstart == 0 {
+                    // Cannot happen: the buffer holds two of the largest PDUs we accept.
+                    self.fatal(core, PduError::BadPlen(0), &[]);
+                    return;
+                }
+                self.rbuf.copy_within(self.rstart..self.rend, 0);
+                self.rend -= self.rstart;
+                self.rstart = 0;
+            }
+            let space = self.rbuf.len() - self.rend;
+            match self.sock.read(&mut self.rbuf[self.rend..]) {
+                Ok(0) => {
+                    core.close(self.me);
+                    self.phase = Phase::Closing;
+                    return;
+                }
+                Ok(n) => {
+                    self.rend += n;
+                    self.process(core);
+                    // A short read drained the socket: skip the EAGAIN read (new data raises a
+                    // new edge-triggered event).
+                    if n < space {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    core.close(self.me);
+                    self.phase = Phase::Closing;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handle every complete PDU in the receive buffer.
+    fn process(&mut self, core: &mut Core) {
+        let rbuf = std::mem::take(&mut self.rbuf);
+        while self.phase != Phase::Closing && self.rend - self.rstart >= pdu::CH_LEN {
+            let at = self.rstart;
+            let Some(ch) = CommonHeader::parse(&rbuf[at..self.rend]) else { break };
+            let (dg, max) = match self.phase {
+                Phase::AwaitIcReq => (Digests::default(), 128),
+                _ => (self.dg, self.max_plen),
+            };
+            let l = match pdu::frame(ch, dg, max) {
+                Ok(l) => l,
+                Err(e) => {
+                    let end = self.rend.min(at + pdu::MAX_HLEN);
+                    self.fatal(core, e, &rbuf[at..end]);
+                    break;
+                }
+            };
+            if self.rend - at < l.total {
+                break;
+            }
+            let p = &rbuf[at..at + l.total];
+            if let Err(e) = l.check_digests(p) {
+                self.fatal(core, e, &p[..l.hlen]);
+                break;
+            }
+            self.rstart += l.total;
+            if let Err(e) = self.handle(core, &l, p) {
+                self.fatal(core, e, &p[..l.hlen]);
+                break;
+            }
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+        self.rbuf = rbuf;
+    }
+
+    fn handle(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<(), PduError> {
+        match (self.phase, l.ch.pdu_type) {
+            (Phase::AwaitIcReq, ty::ICREQ) => {
+                let r = IcReq::decode(p)?;
+                self.dg = r.digests;
+                self.hpda = r.hpda;
+                IcResp { pfv: 0, cpda: 0, digests: r.digests, maxh2cdata: self.opts.maxh2cdata() }.encode(&mut self.out.bytes);
+                core.want_flush(self.me);
+                self.phase = Phase::Ready;
+                Ok(())
+            }
+            (Phase::AwaitIcReq, _) => Err(PduError::Sequence),
+            (_, ty::CAPSULE_CMD) => self.on_capsule(core, l, p),
+            (_, ty::H2C_DATA) => self.on_h2c(core, l, p),
+            (_, ty::H2C_TERM_REQ) => {
+                let t = pdu::TermReq::decode(p)?;
+                tracing::info!(peer = %self.peer, fes = t.fes, fei = t.fei, "host terminated the connection");
+                core.close(self.me);
+                self.phase = Phase::Closing;
+                Ok(())
+            }
+            (_, ty::ICREQ) => Err(PduError::Sequence),
+            (_, t) => Err(PduError::BadType(t)),
+        }
+    }
+
+    fn on_capsule(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<(), PduError> {
+        let sqe = Sqe::from_slice(&p[8..72]).ok_or(PduError::BadPlen(l.ch.plen))?;
+        // More commands than the SQ holds: the host broke flow control.
+        let idx = self.free.pop().ok_or(PduError::Sequence)? as usize;
+        self.sqhd = (self.sqhd + 1) % self.sq_entries.max(1);
+        {
+            let s = &mut self.slots[idx];
+            s.state = SlotState::Exec;
+            s.seq = s.seq.wrapping_add(1);
+            s.sqe = sqe;
+            s.len = 0;
+            s.got = 0;
+            s.pending = 0;
+            s.err = Status::SUCCESS;
+            s.job = Job::Other;
+            s.bytes = 0;
+        }
+        let fabrics_cmd = sqe.opcode() == aop::FABRICS;
+        let dir = if fabrics_cmd { nio::direction(sqe.fctype()) } else { nio::direction(sqe.opcode()) };
+        let g = sqe.sgl();
+        let data = l.data(p);
+        match dir {
+            Dir::HostToCtrl if g.length > 0 => {
+                let len = g.length;
+                let admin_q = fabrics_cmd || self.qid == 0;
+                let limit = if admin_q { self.opts.max_io_size.max(self.opts.admin_icd()) } else { self.opts.max_io_size };
+                if len > limit {
+                    self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+                    return Ok(());
+                }
+                match g.id {
+                    sgl::DATA_BLOCK_OFFSET => {
+                        let icd = if admin_q { self.opts.admin_icd() } else { self.opts.in_capsule_data_size.max(if fabrics_cmd { 1024 } else { 0 }) };
+                        let off = g.address as usize;
+                        let end = off.checked_add(len as usize);
+                        if len > icd || end.is_none_or(|e| e > data.len()) {
+                            self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+                            return Ok(());
+                        }
+                        let mut b = IoBuf::new(len as usize);
+                        b.copy_from_slice(&data[off..off + len as usize]);
+                        let s = &mut self.slots[idx];
+                        s.buf = Some(b);
+                        s.len = len;
+                        self.execute(core, idx);
+                    }
+                    sgl::TRANSPORT_DATA_BLOCK => {
+                        let s = &mut self.slots[idx];
+                        s.buf = Some(IoBuf::new(len as usize));
+                        s.len = len;
+                        s.state = SlotState::AwaitH2C;
+                        // One R2T for the whole transfer; the host splits it into H2CData PDUs of
+                        // at most MAXH2CDATA.
+                        pdu::encode_r2t(&mut self.out.bytes, self.dg, DataHeader { cccid: sqe.cid(), ttag: idx as u16, offset: 0, length: len });
+                        core.want_flush(self.me);
+                    }
+                    _ => self.complete_err(core, idx, Status::generic(sc::SGL_DESCRIPTOR_TYPE_INVALID)),
+                }
+            }
+            Dir::CtrlToHost => {
+                if g.length > 0 && g.id != sgl::TRANSPORT_DATA_BLOCK {
+                    self.complete_err(core, idx, Status::generic(sc::SGL_DESCRIPTOR_TYPE_INVALID));
+                    return Ok(());
+                }
+                self.slots[idx].len = g.length;
+                self.execute(core, idx);
+            }
+            _ => self.execute(core, idx),
+        }
+        Ok(())
+    }
+
+    fn on_h2c(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<(), PduError> {
+        let h = DataHeader::decode(p)?;
+        let data = l.data(p);
+        let idx = h.ttag as usize;
+        let s = self.slots.get_mut(idx).ok_or(PduError::BadField(10))?;
+        if s.state != SlotState::AwaitH2C || s.sqe.cid() != h.cccid {
+            return Err(PduError::BadField(10));
+        }
+        if data.len() != h.length as usize {
+            return Err(PduError::BadField(16));
+        }
+        if h.offset != s.got || h.length > self.opts.maxh2cdata() || s.got + h.length > s.len {
+            return Err(PduError::DataOutOfRange);
+        }
+        let b = s.buf.as_mut().ok_or(PduError::Sequence)?;
+        b[h.offset as usize..(h.offset + h.length) as usize].copy_from_slice(data);
+        s.got += h.length;
+        if s.got == s.len {
+            s.state = SlotState::Exec;
+            self.execute(core, idx);
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, core: &mut Core, idx: usize) {
+        let sqe = self.slots[idx].sqe;
+        if sqe.opcode() == aop::FABRICS {
+            return self.fabrics(core, idx, sqe);
+        }
+        let Some(ctrlr) = self.ctrlr.clone() else {
+            return self.complete_err(core, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR));
+        };
+        if self.qid == 0 {
+            self.admin(core, idx, sqe, &ctrlr)
+        } else {
+            self.io(core, idx, sqe)
+        }
+    }
+
+    fn fabrics(&mut self, core: &mut Core, idx: usize, sqe: Sqe) {
+        match sqe.fctype() {
+            fctype::CONNECT => {
+                if self.ctrlr.is_some() {
+                    return self.complete_err(core, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR));
+                }
+                let data = self.slots[idx].buf.take();
+                let r = fabrics::connect(&self.t, &self.opts, &self.listen, &sqe, data.as_deref().unwrap_or(&[]), self.me.reactor, &self.peer);
+                match r {
+                    Ok(c) => {
+                        self.qid = c.qid;
+                        self.sq_entries = c.sq_entries;
+                        self.sqhd = 1 % c.sq_entries;
+                        self.sqflow_disabled = c.sqflow_disabled;
+                        self.initiator = c.ctrlr.initiator.clone();
+                        let cntlid = c.ctrlr.cntlid;
+                        if c.qid == 0 {
+                            *c.ctrlr.admin.lock().unwrap() = Some(self.me);
+                            let reactors = self.t.reactors.clone();
+                            let me = self.me;
+                            *c.ctrlr.aen_kick.lock().unwrap() = Some(Box::new(move || {
+                                reactors.send(me.reactor, move |r| {
+                                    r.send_to_handler(me, Box::new(AenKick));
+                                });
+                            }));
+                        }
+                        self.ctrlr = Some(c.ctrlr);
+                        // Preallocate one slot per SQ entry now that the depth is known.
+                        let n = c.sq_entries as usize;
+                        if self.slots.len() < n {
+                            let old = self.slots.len();
+                            self.slots.resize_with(n, Slot::new);
+                            self.free.extend((old as u16..n as u16).rev());
+                        }
+                        tracing::debug!(peer = %self.peer, qid = self.qid, cntlid, "connected");
+                        self.respond(core, idx, Status::SUCCESS, cntlid as u32, 0);
+                    }
+                    Err((st, dw0)) => {
+                        tracing::info!(peer = %self.peer, "Connect refused: {st}");
+                        self.respond(core, idx, st, dw0, 0)
+                    }
+                }
+            }
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET if self.qid != 0 || self.ctrlr.is_none() => {
+                self.complete_err(core, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR))
+            }
+            fctype::PROPERTY_GET => {
+                let c = self.ctrlr.clone().unwrap();
+                match fabrics::property_get(&c, &self.opts, &sqe) {
+                    Ok(v) => self.respond(core, idx, Status::SUCCESS, v as u32, (v >> 32) as u32),
+                    Err(st) => self.complete_err(core, idx, st),
+                }
+            }
+            fctype::PROPERTY_SET => {
+                let c = self.ctrlr.clone().unwrap();
+                let st = fabrics::property_set(&c, &sqe);
+                self.respond(core, idx, st, 0, 0)
+            }
+            fctype::DISCONNECT => {
+                self.respond(core, idx, Status::SUCCESS, 0, 0);
+                self.begin_close(core);
+            }
+            _ => self.complete_err(core, idx, Status::generic(sc::INVALID_OPCODE)),
+        }
+    }
+
+    fn admin(&mut self, core: &mut Core, idx: usize, sqe: Sqe, c: &Arc<Ctrlr>) {
+        let buf = self.slots[idx].buf.take();
+        let out = admin::execute(&self.t, &self.opts, c, &sqe, buf.as_deref().unwrap_or(&[]), &mut self.scratch);
+        drop(buf);
+        match out {
+            Outcome::Complete { status, dw0 } => {
+                if status.is_ok() && !self.scratch.is_empty() {
+                    let n = self.scratch.len().min(self.slots[idx].len as usize);
+                    if n > 0 {
+                        let scratch = std::mem::take(&mut self.scratch);
+                        self.c2h(sqe.cid(), &scratch[..n], false);
+                        self.scratch = scratch;
+                    }
+                }
+                self.respond(core, idx, status, dw0, 0)
+            }
+            Outcome::Aer => {
+                if self.aers.len() >= MAX_AERS {
+                    return self.complete_err(core, idx, Status::specific(sc::ASYNC_EVENT_LIMIT_EXCEEDED));
+                }
+                self.aers.push(sqe.cid());
+                self.free_slot(idx);
+                self.deliver_aens(core);
+            }
+            Outcome::Abort => {
+                let sqid = sqe.cdw(10) & 0xffff;
+                let cid = (sqe.cdw(10) >> 16) as u16;
+                // Only parked AERs can be aborted; I/O in flight runs to completion (dw0 bit 0 = 1).
+                if sqid == 0 {
+                    if let Some(i) = self.aers.iter().position(|&a| a == cid) {
+                        self.aers.remove(i);
+                        self.send_cqe(core, Cqe { cid, status: Status::generic(sc::ABORT_REQUESTED), ..Default::default() });
+                        return self.respond(core, idx, Status::SUCCESS, 0, 0);
+                    }
+                }
+                self.respond(core, idx, Status::SUCCESS, 1, 0)
+            }
+        }
+    }
+
+    /// Complete parked AERs with pending events.
+    fn deliver_aens(&mut self, core: &mut Core) {
+        let Some(c) = self.ctrlr.clone() else { return };
+        while !self.aers.is_empty() {
+            let ev = {
+                let mut st = c.state.lock().unwrap();
+                if st.pending_events.is_empty() {
+                    return;
+                }
+                st.pending_events.remove(0)
+            };
+            let cid = self.aers.remove(0);
+            self.send_cqe(core, Cqe { dw0: ev, cid, ..Default::default() });
+        }
+    }
+
+    fn lookup_ns(&mut self, nsid: u32) -> Option<Arc<Namespace>> {
+        let c = self.ctrlr.as_ref()?;
+        let g = c.sub.ns_generation();
+        if g != self.ns_gen {
+            self.ns_cache = c.sub.namespaces();
+            self.ns_gen = g;
+        }
+        let i = self.ns_cache.binary_search_by_key(&nsid, |n| n.nsid).ok()?;
+        Some(self.ns_cache[i].clone())
+    }
+
+    fn io(&mut self, core: &mut Core, idx: usize, sqe: Sqe) {
+        if self.ctrlr.as_ref().is_some_and(|c| c.sub.subtype == SubType::Discovery) {
+            return self.complete_err(core, idx, Status::generic(sc::INVALID_OPCODE));
+        }
+        if sqe.opcode() == iop::FLUSH && sqe.nsid() == 0xffff_ffff {
+            // Flush every namespace.
+            let all: Vec<u32> = {
+                self.lookup_ns(0);
+                self.ns_cache.iter().map(|n| n.nsid).collect()
+            };
+            for nsid in all {
+                if let Some(ns) = self.lookup_ns(nsid) {
+                    self.submit(core, idx, &ns, IoOp::Flush, 0, 0, None, false);
+                }
+            }
+            return self.maybe_finish(core, idx);
+        }
+        let Some(ns) = self.lookup_ns(sqe.nsid()) else {
+            return self.complete_err(core, idx, Status::generic(sc::INVALID_NAMESPACE));
+        };
+        let bs = ns.volume.block_size();
+        let plan = match nio::plan(&sqe, ns.volume.num_blocks(), bs, self.opts.max_io_size) {
+            Ok(p) => p,
+            Err(st) => return self.complete_err(core, idx, st),
+        };
+        let s = &mut self.slots[idx];
+        s.bytes = plan.bytes;
+        match plan.kind {
+            IoKind::Read => {
+                if s.len < plan.bytes {
+                    return self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+                }
+                s.job = Job::Read;
+                let b = IoBuf::new(plan.bytes as usize);
+                self.submit(core, idx, &ns, IoOp::Read, plan.slba, plan.nlb, Some(b), false);
+            }
+            IoKind::Write | IoKind::Compare => {
+                let Some(mut b) = s.buf.take().filter(|b| b.len() >= plan.bytes as usize) else {
+                    return self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+                };
+                b.set_len(plan.bytes as usize);
+                if plan.kind == IoKind::Write {
+                    self.submit(core, idx, &ns, IoOp::Write, plan.slba, plan.nlb, Some(b), plan.fua);
+                } else {
+                    s.job = Job::Compare;
+                    s.buf = Some(b);
+                    let r = IoBuf::new(plan.bytes as usize);
+                    self.submit(core, idx, &ns, IoOp::Read, plan.slba, plan.nlb, Some(r), false);
+                }
+            }
+            IoKind::Flush => self.submit(core, idx, &ns, IoOp::Flush, 0, 0, None, false),
+            IoKind::WriteZeroes => self.submit(core, idx, &ns, IoOp::WriteZeroes, plan.slba, plan.nlb, None, plan.fua),
+            IoKind::Deallocate => {
+                let Some(ranges) = s.buf.take().filter(|b| b.len() >= plan.bytes as usize) else {
+                    return self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+                };
+                let n = plan.nlb as usize;
+                let nblocks = ns.volume.num_blocks();
+                // Check every range first so the command fails whole, never half done.
+                for i in 0..n {
+                    let (slba, nlb) = nio::dsm_range(&ranges, i).unwrap_or((0, 0));
+                    if slba.checked_add(nlb).is_none_or(|e| e > nblocks) {
+                        return self.complete_err(core, idx, Status::generic(sc::LBA_OUT_OF_RANGE));
+                    }
+                }
+                for i in 0..n {
+                    let (slba, nlb) = nio::dsm_range(&ranges, i).unwrap_or((0, 0));
+                    if nlb > 0 {
+                        self.submit(core, idx, &ns, IoOp::Unmap, slba, nlb, None, false);
+                    }
+                }
+            }
+            IoKind::DsmHint => {}
+        }
+        self.maybe_finish(core, idx);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit(&mut self, core: &mut Core, idx: usize, ns: &Arc<Namespace>, op: IoOp, off: u64, n: u64, buf: Option<IoBuf>, fua: bool) {
+        let s = &mut self.slots[idx];
+        let tag = idx as u64 | (s.seq as u64) << 16;
+        s.pending += 1;
+        let req = IoRequest { op, offset_blocks: off, num_blocks: n, buf, fua, owner: self.me, tag };
+        if let Err((req, why)) = ns.volume.submit(core, &self.initiator, req) {
+            let s = &mut self.slots[idx];
+            s.pending -= 1;
+            if s.err.is_ok() {
+                s.err = denied_status(why);
+            }
+            drop(req);
+        }
+    }
+
+    fn maybe_finish(&mut self, core: &mut Core, idx: usize) {
+        let s = &self.slots[idx];
+        if s.state == SlotState::Exec && s.pending == 0 {
+            self.finish(core, idx);
+        }
+    }
+
+    /// All volume work of a command is done: send data and/or the response, free the slot.
+    fn finish(&mut self, core: &mut Core, idx: usize) {
+        let s = &mut self.slots[idx];
+        let cid = s.sqe.cid();
+        let err = s.err;
+        match s.job {
+            Job::Read if err.is_ok() => {
+                let b = s.buf.take().unwrap_or_else(|| IoBuf::new(0));
+                // SUCCESS flag: the data PDU doubles as the completion, allowed only when the host
+                // turned SQ flow control off (there is no SQ head to report).
+                let success = self.opts.c2h_success && self.sqflow_disabled;
+                self.c2h_buf(cid, b, success);
+                if success {
+                    self.free_slot(idx);
+                    core.want_flush(self.me);
+                    return;
+                }
+                self.respond(core, idx, Status::SUCCESS, 0, 0)
+            }
+            Job::Compare if err.is_ok() => {
+                let same = match (&s.buf, &s.buf2) {
+                    (Some(a), Some(b)) => a[..s.bytes as usize] == b[..s.bytes as usize],
+                    _ => false,
+                };
+                let st = if same { Status::SUCCESS } else { Status::media(sc::COMPARE_FAILURE) };
+                self.respond(core, idx, st, 0, 0)
+            }
+            _ => self.respond(core, idx, err, 0, 0),
+        }
+    }
+
+    fn c2h(&mut self, cid: u16, data: &[u8], success: bool) {
+        let fl = flags::LAST_PDU | if success { flags::SUCCESS } else { 0 };
+        let h = DataHeader { cccid: cid, ttag: 0, offset: 0, length: data.len() as u32 };
+        pdu::encode_data_header(&mut self.out.bytes, ty::C2H_DATA, self.dg, self.hpda, h, fl);
+        self.out.bytes.extend_from_slice(data);
+        pdu::put_data_digest(&mut self.out.bytes, self.dg, data);
+    }
+
+    /// C2HData whose payload is a pooled buffer: it goes out by reference (writev), not copied.
+    fn c2h_buf(&mut self, cid: u16, data: IoBuf, success: bool) {
+        let fl = flags::LAST_PDU | if success { flags::SUCCESS } else { 0 };
+        let h = DataHeader { cccid: cid, ttag: 0, offset: 0, length: data.len() as u32 };
+        pdu::encode_data_header(&mut self.out.bytes, ty::C2H_DATA, self.dg, self.hpda, h, fl);
+        let digest = self.dg.data && !data.is_empty();
+        let crc = if digest { crc32c::crc32c(&data) } else { 0 };
+        self.out.push_buf(data);
+        if digest {
+            self.out.bytes.extend_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    fn complete_err(&mut self, core: &mut Core, idx: usize, st: Status) {
+        self.respond(core, idx, st, 0, 0)
+    }
+
+    /// Send the CapsuleResp for slot `idx` and free it.
+    fn respond(&mut self, core: &mut Core, idx: usize, status: Status, dw0: u32, dw1: u32) {
+        let cid = self.slots[idx].sqe.cid();
+        self.free_slot(idx);
+        self.send_cqe(core, Cqe { dw0, dw1, cid, status, ..Default::default() });
+    }
+
+    fn send_cqe(&mut self, core: &mut Core, mut cqe: Cqe) {
+        cqe.sqhd = self.sqhd as u16;
+        cqe.sqid = self.qid;
+        pdu::encode_capsule_resp(&mut self.out.bytes, self.dg, &cqe.encode());
+        core.want_flush(self.me);
+    }
+
+    fn free_slot(&mut self, idx: usize) {
+        let s = &mut self.slots[idx];
+        s.state = SlotState::Free;
+        s.buf = None;
+        s.buf2 = None;
+        self.free.push(idx as u16);
+    }
+
+    fn flush(&mut self, core: &mut Core) {
+        match self.out.write_to(self.sock.as_raw_fd()) {
+            Ok(true) => {}
+            Ok(false) => return, // the writable event resumes it
+            Err(_) => {
+                self.out.clear();
+                core.close(self.me);
+                return;
+            }
+        }
+        if self.phase == Phase::Closing {
+            // Discard unread input first: closing with unread bytes makes the kernel send a reset,
+            // which can destroy the termination request before the host reads it.
+            let mut sink = [0u8; 4096];
+            while matches!(self.sock.read(&mut sink), Ok(n) if n > 0) {}
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            core.close(self.me);
+        }
+    }
+}
+
+fn denied_status(d: Denied) -> Status {
+    match d {
+        Denied::OutOfRange => Status::generic(sc::LBA_OUT_OF_RANGE),
+        Denied::ReservationConflict => Status::generic(sc::RESERVATION_CONFLICT),
+        Denied::WriteProtected => Status::generic(sc::NAMESPACE_WRITE_PROTECTED),
+    }
+}
+
+/// Map a bdev errno to an NVMe status: no space → capacity exceeded; otherwise a media error
+/// (write fault 0x80 / unrecovered read error 0x81).
+fn errno_status(errno: i32, read: bool) -> Status {
+    match -errno {
+        libc::ENOSPC => Status::generic(sc::CAPACITY_EXCEEDED),
+        libc::EINVAL => Status::generic(sc::INVALID_FIELD),
+        _ => Status::media(if read { 0x81 } else { 0x80 }),
+    }
+}
+
+impl Handler for Conn {
+    fn on_ready(&mut self, core: &mut Core, _me: HandlerRef, ev: &mio::event::Event) {
+        if ev.is_writable() && self.out.pending() {
+            self.flush(core);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.read_socket(core);
+        }
+    }
+
+    fn on_io_complete(&mut self, core: &mut Core, _me: HandlerRef, ev: IoEvent) {
+        let idx = (ev.tag & 0xffff) as usize;
+        let seq = (ev.tag >> 16) as u16;
+        let Some(s) = self.slots.get_mut(idx) else { return };
+        if s.state != SlotState::Exec || s.seq != seq || s.pending == 0 {
+            return;
+        }
+        s.pending -= 1;
+        if ev.status != 0 && s.err.is_ok() {
+            s.err = errno_status(ev.status, s.job != Job::Other);
+        }
+        match s.job {
+            Job::Read => s.buf = ev.buf,
+            Job::Compare => s.buf2 = ev.buf,
+            Job::Other => {}
+        }
+        if s.pending == 0 {
+            self.finish(core, idx);
+        }
+    }
+
+    fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {
+        if let Some(since) = self.closing_since {
+            if core.now.duration_since(since) > CLOSE_GRACE {
+                core.close(me);
+            }
+            return;
+        }
+        if self.phase == Phase::AwaitIcReq && core.now.duration_since(self.created) > ICREQ_TIMEOUT {
+            // Connected but never spoke NVMe/TCP: do not hold the slot forever.
+            core.close(me);
+            return;
+        }
+        let Some(c) = self.ctrlr.clone() else { return };
+        if c.is_dead() {
+            self.begin_close(core);
+        } else if self.qid == 0 && c.keepalive_expired(core.now) {
+            tracing::warn!(cntlid = c.cntlid, subnqn = %c.sub.nqn, hostnqn = %c.hostnqn, "keep-alive timeout: tearing down the controller");
+            c.kill();
+            self.begin_close(core);
+        }
+    }
+
+    fn on_flush(&mut self, core: &mut Core, _me: HandlerRef) {
+        self.flush(core);
+    }
+
+    fn on_message(&mut self, core: &mut Core, _me: HandlerRef, msg: Box<dyn std::any::Any + Send>) {
+        if msg.downcast::<AenKick>().is_ok() {
+            self.deliver_aens(core);
+        }
+    }
+
+    fn on_close(&mut self, core: &mut Core, _me: HandlerRef) {
+        let _ = core.registry().deregister(&mut self.sock);
+        if let Some(c) = self.ctrlr.take() {
+            if self.qid == 0 {
+                // The admin queue's end is the controller's end (NVMe-oF 3.3.3, 7.4.1).
+                *c.aen_kick.lock().unwrap() = None;
+                c.kill();
+            } else {
+                c.state.lock().unwrap().qpairs.retain(|q| q.qid != self.qid);
+            }
+        }
+    }
+}

@@ -236,6 +236,7 @@ impl ScsiPort {
             0x1b => sbc::start_stop(lun, cmd),
             0x1e => sbc::prevent_allow(cmd),
             0x25 => sbc::read_capacity10(lun, cmd).map(Some),
+            0x37 | 0xb7 => sbc::read_defect_data(cmd).map(Some),
             0x9e if c[1] & 0x1f == 0x10 => sbc::read_capacity16(lun, cmd).map(Some),
             0x9e if c[1] & 0x1f == 0x12 => sbc::get_lba_status(lun, cmd).map(Some),
             0xa0 => spc::report_luns(&self.luns, cmd),

@@ -43,6 +43,7 @@ pub static OPS: &[OpInfo] = &[
     op!(0x2f, None, [0x16, F, F, F, F, 0x1f, F, F, 0]),         // VERIFY(10)
     op!(0x34, None, [0x02, F, F, F, F, 0x1f, F, F, 0]),         // PRE-FETCH(10)
     op!(0x35, None, [0x02, F, F, F, F, 0x1f, F, F, 0]),         // SYNCHRONIZE CACHE(10)
+    op!(0x37, None, [0, 0x1f, 0, 0, 0, 0, F, F, 0]),            // READ DEFECT DATA(10)
     op!(0x41, None, [0x08, F, F, F, F, 0x1f, F, F, 0]),         // WRITE SAME(10)
     op!(0x42, None, [0, 0, 0, 0, 0, 0x1f, F, F, 0]),            // UNMAP
     op!(0x55, None, [0x11, 0, 0, 0, 0, 0, F, F, 0]),            // MODE SELECT(10)
@@ -66,6 +67,7 @@ pub static OPS: &[OpInfo] = &[
     op!(0xaa, None, [0x18, F, F, F, F, F, F, F, F, 0x1f, 0]),   // WRITE(12)
     op!(0xae, None, [0x12, F, F, F, F, F, F, F, F, 0x1f, 0]),   // WRITE AND VERIFY(12)
     op!(0xaf, None, [0x16, F, F, F, F, F, F, F, F, 0x1f, 0]),   // VERIFY(12)
+    op!(0xb7, None, [0x1f, 0, 0, 0, 0, F, F, F, F, 0, 0]),      // READ DEFECT DATA(12)
 ];
 
 /// Whether an opcode has service actions in our table.

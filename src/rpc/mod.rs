@@ -28,6 +28,8 @@ pub struct App {
     pub reactors: ReactorSet,
     pub bdevs: Arc<BdevRegistry>,
     pub volumes: Arc<VolumeRegistry>,
+    /// iSCSI target state: options, groups, nodes, sessions.
+    pub iscsi: Arc<crate::iscsi::Target>,
     pub registry: Registry,
     state: AtomicU8,
     init_done: tokio::sync::watch::Sender<bool>,
@@ -52,6 +54,7 @@ impl App {
             reactors,
             volumes: Arc::new(VolumeRegistry::new(bdevs.clone())),
             bdevs,
+            iscsi: crate::iscsi::Target::new(),
             registry,
             state: AtomicU8::new(state),
             init_done: tokio::sync::watch::channel(!wait_for_rpc).0,

@@ -1,6 +1,8 @@
 //! `palisade perf`: the load generator and test initiator. Transports (NVMe/TCP, iSCSI) provide
 //! queues that implement [`PerfQueue`]; the driver runs the workload, verifies data and reports.
 
+pub mod iscsi;
+
 use std::time::Duration;
 
 /// One initiator queue (an NVMe/TCP I/O queue pair, an iSCSI session) as the load generator sees it.

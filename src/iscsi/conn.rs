@@ -389,6 +389,7 @@ impl Conn {
             return self.reject(h, reject::PROTOCOL_ERROR);
         }
         let lun_raw = h.lun_raw();
+        tracing::trace!(conn = self.id, itt, edtl, flags, imm = data.len(), cdb0 = cdb[0], "iscsi: SCSI command");
         let Some(slot) = self.tasks.alloc() else {
             let r = ScsiResponse::status(itt, status::TASK_SET_FULL);
             return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
@@ -461,6 +462,7 @@ impl Conn {
         let ttt = h.u32_at(at::W20);
         let itt = h.itt();
         let slot = if ttt == RESERVED_TAG { self.tasks.find_unsolicited(itt) } else { self.tasks.find_ttt(ttt, itt) };
+        tracing::trace!(conn = self.id, itt, ttt, datasn = h.u32_at(at::W36), offset = h.u32_at(at::W40), len = data.len(), fin = h.final_bit(), found = slot.is_some(), "iscsi: Data-Out");
         let Some(slot) = slot else {
             // Data for a task we no longer have (aborted, or refused): drop it.
             return;
@@ -477,13 +479,26 @@ impl Conn {
                 }
             }
             Err(DataOutError::Protocol(why)) => {
-                // ErrorRecoveryLevel 0: a broken data sequence ends the connection.
-                self.fatal(core, me, why);
+                // Reject the PDU and keep the connection: the command stays incomplete until the
+                // initiator aborts it or logs out (dropping the connection would let initiators
+                // silently retry on a new one, hiding the error).
+                tracing::info!(conn = self.id, itt, "iscsi: Data-Out rejected: {why}");
+                // The initiator fails the command on the Reject; forget it here too.
+                self.tasks.free(slot);
+                self.reject(h, reject::PROTOCOL_ERROR);
             }
         }
     }
 
     fn submit(&mut self, core: &mut Core, me: HandlerRef, slot: usize) {
+        if !self.fit_write(slot) {
+            let t = self.tasks.get_mut(slot);
+            let (itt, res) = (t.itt, t.write_resid);
+            self.tasks.free(slot);
+            self.send_scsi_response_resid(&ScsiResponse::good(itt), 0, res);
+            core.want_flush(me);
+            return;
+        }
         let t = self.tasks.get_mut(slot);
         t.submitted = true;
         let cmd = ScsiCommand {
@@ -501,6 +516,40 @@ impl Conn {
         self.drain(core, me);
     }
 
+    /// For WRITE and WRITE AND VERIFY, compare the CDB's transfer length with EDTL (RFC 7143
+    /// §11.4.5.1) and record the residual. When EDTL is shorter than the CDB asks for (overflow),
+    /// only the whole blocks that EDTL covers are written: the CDB is cut down to them, so no
+    /// block beyond what the initiator meant to send is touched. Returns false when nothing is
+    /// left to write (the caller answers GOOD with the residual at once).
+    fn fit_write(&mut self, slot: usize) -> bool {
+        let t = self.tasks.get_mut(slot);
+        if !matches!(t.cdb[0], 0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e) {
+            return true;
+        }
+        let Ok(b) = crate::scsi::cdb::decode_block(&t.cdb) else { return true };
+        let Some(bs) = self.port.as_ref().and_then(|p| p.luns.get(t.lun)).map(|l| l.volume.block_size() as u64) else { return true };
+        let needed = b.blocks as u64 * bs;
+        if needed == t.edtl as u64 {
+            return true;
+        }
+        if needed < t.edtl as u64 {
+            t.write_resid = Some((true, t.edtl - needed as u32));
+            return true;
+        }
+        t.write_resid = Some((false, (needed - t.edtl as u64).min(u32::MAX as u64) as u32));
+        let blocks = (t.edtl as u64 / bs) as u32;
+        if blocks == 0 {
+            return false;
+        }
+        match t.cdb[0] {
+            0x0a => t.cdb[4] = blocks as u8,
+            0x2a | 0x2e => t.cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
+            0xaa | 0xae => t.cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
+            _ => t.cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
+        }
+        true
+    }
+
     /// Send every finished task's response.
     fn drain(&mut self, core: &mut Core, me: HandlerRef) {
         let mut any = false;
@@ -508,8 +557,12 @@ impl Conn {
             any = true;
             let Some(slot) = self.tasks.find_submitted(r.task_tag) else { continue };
             let t = self.tasks.get_mut(slot);
-            let (edtl, dir, lun_raw, r2ts) = (t.edtl, t.dir, t.lun_raw, t.r2t_sn);
+            let (edtl, dir, lun_raw, r2ts, wres) = (t.edtl, t.dir, t.lun_raw, t.r2t_sn, t.write_resid);
             self.tasks.free(slot);
+            if let Some(res) = wres {
+                self.send_scsi_response_resid(&r, r2ts, Some(res));
+                continue;
+            }
             self.respond(&r, edtl, dir, lun_raw, r2ts);
         }
         if any {
@@ -574,16 +627,32 @@ impl Conn {
     }
 
     fn send_scsi_response(&mut self, r: &ScsiResponse, edtl: u32, exp_data_sn: u32, resid_hint: u32, _lun: [u8; 8]) {
+        let produced = r.data_len;
+        let resid = if produced > edtl {
+            Some((false, produced - edtl))
+        } else if resid_hint > 0 {
+            Some((true, resid_hint))
+        } else {
+            None
+        };
+        self.send_scsi_response_resid(r, exp_data_sn, resid);
+    }
+
+    /// SCSI Response with an explicit residual (underflow = true).
+    fn send_scsi_response_resid(&mut self, r: &ScsiResponse, exp_data_sn: u32, resid: Option<(bool, u32)>) {
         let mut h = Bhs::new(op::SCSI_RSP, F_FINAL);
         h.set_b3(r.status);
         h.set_itt(r.task_tag);
-        let produced = r.data_len;
-        if produced > edtl {
-            h.0[1] |= F_OVERFLOW;
-            h.set_u32(at::W44, produced - edtl);
-        } else if resid_hint > 0 {
-            h.0[1] |= F_UNDERFLOW;
-            h.set_u32(at::W44, resid_hint);
+        match resid {
+            Some((true, n)) => {
+                h.0[1] |= F_UNDERFLOW;
+                h.set_u32(at::W44, n);
+            }
+            Some((false, n)) => {
+                h.0[1] |= F_OVERFLOW;
+                h.set_u32(at::W44, n);
+            }
+            None => {}
         }
         self.seal(&mut h, true);
         h.set_u32(at::W36, exp_data_sn);
@@ -635,9 +704,12 @@ impl Conn {
             // ABORT TASK (RFC 7143 §11.5.1): a task already finished counts as aborted when its
             // CmdSN precedes the request's.
             1 => {
+                // A task that already completed is reported as not existing, which is what
+                // initiators expect when the response crossed the request.
                 let in_scsi = self.port.as_mut().is_some_and(|p| p.abort_task(rtt));
                 let here = self.abort_where(|t| t.itt == rtt);
-                if in_scsi || here > 0 || pdu::sn_lt(ref_sn, tmf_sn) {
+                let _ = (ref_sn, tmf_sn);
+                if in_scsi || here > 0 {
                     0
                 } else {
                     1

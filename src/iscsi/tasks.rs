@@ -41,6 +41,8 @@ pub struct Task {
     pub r2t_sn: u32,
     seqs: [Seq; MAX_SEQ],
     pub submitted: bool,
+    /// WRITE residual: (underflow, count) when EDTL and the CDB disagree.
+    pub write_resid: Option<(bool, u32)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +74,7 @@ impl Task {
             r2t_sn: 0,
             seqs: [Seq::default(); MAX_SEQ],
             submitted: false,
+            write_resid: None,
         }
     }
 

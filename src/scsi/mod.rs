@@ -28,6 +28,7 @@ mod spc;
 mod task;
 pub mod ua;
 pub mod vpd;
+pub mod xcopy;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -166,12 +167,25 @@ pub struct ScsiPort {
     done: VecDeque<ScsiResponse>,
     /// Unit attention state per LUN (index into `luns`).
     ua: Vec<NexusUa>,
+    /// Results of finished EXTENDED COPY commands kept for RECEIVE COPY RESULTS (list ids are
+    /// per I_T nexus); the oldest are forgotten first.
+    copies: VecDeque<CopyRecord>,
 }
+
+/// A finished copy whose list id asked for its results to be held.
+struct CopyRecord {
+    lun: usize,
+    list_id: u8,
+    segments: u16,
+    bytes: u64,
+}
+
+const MAX_COPY_RECORDS: usize = 16;
 
 impl ScsiPort {
     pub fn new(initiator: Initiator, luns: Arc<LunMap>) -> Self {
         let ua = luns.luns.iter().map(|l| NexusUa::new(&l.events, l.volume.num_blocks())).collect();
-        ScsiPort { initiator, luns, tasks: Slab::with_capacity(128), done: VecDeque::with_capacity(128), ua }
+        ScsiPort { initiator, luns, tasks: Slab::with_capacity(128), done: VecDeque::with_capacity(128), ua, copies: VecDeque::new() }
     }
 
     /// Commands still waiting for I/O.
@@ -216,6 +230,7 @@ impl ScsiPort {
                 let r = sbc::prefetch(&lun, &cmd);
                 self.push(tag, r)
             }
+            0x83 => self.extended_copy(core, me, idx, cmd),
             0x5e | 0x5f | 0x16 | 0x17 => pr::execute(self, core, me, &lun, cmd),
             _ => {
                 let r = self.spc_command(idx, &lun, &cmd);
@@ -242,9 +257,36 @@ impl ScsiPort {
             0xa0 => spc::report_luns(&self.luns, cmd),
             0xa3 if c[1] & 0x1f == 0x0c => opcodes::report(c).map(Some),
             0xa3 if c[1] & 0x1f == 0x0d => Ok(Some(opcodes::report_tmf(c))),
+            0x84 => self.receive_copy_results(idx, cmd).map(Some),
             0x9e | 0xa3 => Err(Sense::invalid_cdb_field(1, Some(4))),
             _ => Err(INVALID_OPCODE),
         }
+    }
+
+    /// RECEIVE COPY RESULTS (SPC-4 6.18): operating parameters, or the status of a held copy.
+    fn receive_copy_results(&mut self, idx: usize, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
+        let alloc = cdb::be(&cmd.cdb, 10, 4) as usize;
+        let mut d = match cmd.cdb[1] & 0x1f {
+            0x03 => xcopy::operating_parameters(),
+            0x00 => {
+                let id = cmd.cdb[2];
+                match self.copies.iter().find(|c| c.lun == idx && c.list_id == id) {
+                    Some(c) => xcopy::copy_status(c.segments, c.bytes),
+                    None => return Err(Sense::invalid_cdb_field(2, None)),
+                }
+            }
+            _ => return Err(Sense::invalid_cdb_field(1, Some(4))),
+        };
+        d.truncate(alloc);
+        Ok(d)
+    }
+
+    fn record_copy(&mut self, lun: usize, list_id: u8, segments: u16, bytes: u64) {
+        self.copies.retain(|c| !(c.lun == lun && c.list_id == list_id));
+        if self.copies.len() == MAX_COPY_RECORDS {
+            self.copies.pop_front();
+        }
+        self.copies.push_back(CopyRecord { lun, list_id, segments, bytes });
     }
 
     fn mode_select(&mut self, idx: usize, lun: &Arc<Lun>, cmd: &ScsiCommand) -> Result<(), Sense> {

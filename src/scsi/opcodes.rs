@@ -48,6 +48,9 @@ pub static OPS: &[OpInfo] = &[
     op!(0x42, None, [0, 0, 0, 0, 0, 0x1f, F, F, 0]),            // UNMAP
     op!(0x55, None, [0x11, 0, 0, 0, 0, 0, F, F, 0]),            // MODE SELECT(10)
     op!(0x5a, None, [0x18, F, F, 0, 0, 0, F, F, 0]),            // MODE SENSE(10)
+    op!(0x83, Some(0x00), [0x00, 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0]), // EXTENDED COPY(LID1)
+    op!(0x84, Some(0x00), [0x00, F, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0]), // RECEIVE COPY RESULTS: COPY STATUS
+    op!(0x84, Some(0x03), [0x03, 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0]), // ... OPERATING PARAMETERS
     op!(0x88, None, [0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0x1f, 0]), // READ(16)
     op!(0x89, None, [0x18, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0x1f, 0]), // COMPARE AND WRITE
     op!(0x8a, None, [0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0x1f, 0]), // WRITE(16)

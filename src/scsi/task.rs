@@ -31,6 +31,8 @@ pub(super) enum Kind {
     WriteSame { next: u64, end: u64, chunk: u64, fua: bool },
     /// Read-modify-write under a range lock.
     Rmw(Rmw),
+    /// EXTENDED COPY: chunks read from the source and written to the destination in turn.
+    Copy(Box<super::xcopy::CopyJob>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +149,7 @@ impl ScsiPort {
                 }
             }
             Kind::Rmw(_) => self.rmw_advance(core, me, slot, ev),
+            Kind::Copy(_) => self.copy_advance(core, me, slot, ev),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Standard INQUIRY data (SPC-4 6.6.2) and the vital product data pages (SPC-4 7.8, SBC-3 6.5):
-//! 0x00 supported pages, 0x80 unit serial number, 0x83 device identification, 0xB0 block limits,
+//! 0x00 supported pages, 0x80 unit serial number, 0x83 device identification, 0x8F third-party
+//! copy, 0xB0 block limits,
 //! 0xB1 block device characteristics, 0xB2 logical block provisioning.
 
 use crate::volume::identity;
@@ -69,7 +70,7 @@ pub fn standard(peripheral: u8, product: &str) -> [u8; 96] {
     d
 }
 
-pub const SUPPORTED_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+pub const SUPPORTED_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2];
 
 fn page(code: u8, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + body.len());
@@ -127,6 +128,7 @@ pub fn vpd_page(code: u8, dev: &DeviceInfo) -> Option<Vec<u8>> {
             }
             page(0x83, &b)
         }
+        0x8f => super::xcopy::vpd_third_party_copy(),
         0xb0 => {
             use limits::*;
             let mut b = [0u8; 0x3c];

@@ -238,7 +238,8 @@ fn writes_wait_for_a_held_range() {
     let rig = Rig::new(1);
     let mut a = rig.nexus("a", 0);
     let owner = HandlerRef { reactor: 0, slot: u32::MAX, gen: 0 };
-    let id = match rig.volume.locks.acquire(50, 4, owner, 0) {
+    let vol = rig.volume.clone();
+    let id = match rig.set.call(0, move |r| vol.locks.acquire(&mut r.core, 50, 4, owner, 0)).unwrap() {
         Acquired::Now(id) => id,
         x => panic!("{x:?}"),
     };
@@ -257,7 +258,8 @@ fn writes_wait_for_a_held_range() {
     assert_eq!(rig.volume.locks.active(), 0);
 
     // A parked write that is aborted never answers, but still lands after the release.
-    let id = match rig.volume.locks.acquire(50, 4, owner, 0) {
+    let vol = rig.volume.clone();
+    let id = match rig.set.call(0, move |r| vol.locks.acquire(&mut r.core, 50, 4, owner, 0)).unwrap() {
         Acquired::Now(id) => id,
         x => panic!("{x:?}"),
     };

@@ -298,7 +298,7 @@ impl ScsiPort {
         let fua = needs_fua(lun, b.fua());
         let entry = self.tasks.vacant_entry();
         let slot = entry.key();
-        let acq = lun.volume.locks.acquire(b.lba, b.blocks as u64, me, slot as u64);
+        let acq = lun.volume.locks.acquire(core, b.lba, b.blocks as u64, me, slot as u64);
         let lock = match acq {
             Acquired::Now(id) | Acquired::Later(id) => id,
         };

@@ -10,9 +10,13 @@
 //! Acquisition never blocks either: a range that overlaps a held one is granted later, as an
 //! [`IoEvent`] with status 0 delivered to the waiter's handler (on its own reactor).
 //!
-//! Known limit: a write that passed the fast-path check just before a holder registered (the
-//! window is the few instructions between the check and the bdev submit on another reactor) or
-//! that a queued bdev (io_uring) still has in flight is not waited for.
+//! A write on another reactor may have passed the fast-path check just before a holder
+//! registered. So a range granted at once on a multi-reactor target is handed over only after a
+//! barrier: a message to every other reactor, each of which has by then finished the handler call
+//! that checked and submitted such a write. For the RAM bdev, which copies inside submit, that
+//! write is then complete. Known limit: a write a queued bdev (io_uring) still has in flight when
+//! the lock is taken is not waited for (that would need per-volume in-flight write counts, a cost
+//! on every write).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +80,25 @@ pub struct RangeLock {
     inner: Mutex<Inner>,
 }
 
+/// Send a no-op through every other reactor; when the last one has run it, grant `tag` to `owner`.
+fn barrier(core: &mut Core, others: usize, owner: HandlerRef, tag: u64) {
+    let left = Arc::new(AtomicUsize::new(others));
+    let me = core.id;
+    for id in (0..core.reactors().len() as u32).filter(|&r| r != me) {
+        let l = left.clone();
+        let sent = core.reactors().send(id, move |r| {
+            if l.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let ev = IoEvent { tag, status: 0, buf: None };
+                r.core.reactors().send(owner.reactor, move |o| o.core.complete(owner, ev));
+            }
+        });
+        // A stopped reactor runs no writes any more: count it as passed.
+        if !sent && left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            core.complete(owner, IoEvent { tag, status: 0, buf: None });
+        }
+    }
+}
+
 /// Does this operation modify blocks (and so must respect held ranges)?
 pub fn is_write(op: IoOp) -> bool {
     matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap)
@@ -101,9 +124,24 @@ impl RangeLock {
         Some(req)
     }
 
-    /// Take `[lba, lba+n)` for `owner`; if it is busy the grant arrives later as
-    /// `IoEvent { tag, status: 0 }` on the owner's reactor.
-    pub fn acquire(&self, lba: u64, n: u64, owner: HandlerRef, tag: u64) -> Acquired {
+    /// Take `[lba, lba+n)` for `owner`; if it is busy (or another reactor must first be passed by
+    /// the barrier) the grant arrives later as `IoEvent { tag, status: 0 }` on the owner's reactor.
+    pub fn acquire(&self, core: &mut Core, lba: u64, n: u64, owner: HandlerRef, tag: u64) -> Acquired {
+        match self.register(lba, n, owner, tag) {
+            Acquired::Now(id) => {
+                let others = core.reactors().len().saturating_sub(1);
+                if others == 0 {
+                    return Acquired::Now(id);
+                }
+                barrier(core, others, owner, tag);
+                Acquired::Later(id)
+            }
+            later => later,
+        }
+    }
+
+    /// Register the range: held now if nothing overlaps, else queued for a grant.
+    fn register(&self, lba: u64, n: u64, owner: HandlerRef, tag: u64) -> Acquired {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.next += 1;
         let id = LockId(g.next);
@@ -202,7 +240,7 @@ mod tests {
     fn fast_path_and_overlap() {
         let l = RangeLock::default();
         assert!(l.admit(write(0, 8)).is_some());
-        let id = match l.acquire(4, 2, owner(), 99) {
+        let id = match l.register(4, 2, owner(), 99) {
             Acquired::Now(id) => id,
             x => panic!("{x:?}"),
         };
@@ -212,7 +250,7 @@ mod tests {
         assert!(l.admit(write(6, 1)).is_some());
         let reads = IoRequest { op: IoOp::Read, ..write(4, 1) };
         assert!(l.admit(reads).is_some(), "reads are never held up");
-        assert!(matches!(l.acquire(5, 1, owner(), 7), Acquired::Later(_)));
+        assert!(matches!(l.register(5, 1, owner(), 7), Acquired::Later(_)));
         assert_eq!(l.inner.lock().unwrap().parked.len(), 2);
         let _ = id;
     }

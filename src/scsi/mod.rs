@@ -22,7 +22,7 @@ pub mod cdb;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;
-mod sbc;
+pub mod sbc;
 pub mod sense;
 mod spc;
 mod task;

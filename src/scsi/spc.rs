@@ -88,10 +88,8 @@ pub fn report_luns(luns: &LunMap, cmd: &ScsiCommand) -> Answer {
     if !matches!(c[2], 0x00 | 0x01 | 0x02) {
         return Err(Sense::invalid_cdb_field(2, None));
     }
+    // SPC-4 dropped SPC-3's 16-byte minimum allocation length: short lists are truncated.
     let alloc = be(c, 6, 4) as usize;
-    if alloc < 16 {
-        return Err(Sense::invalid_cdb_field(6, None));
-    }
     let list: Vec<&std::sync::Arc<Lun>> = if c[2] == 0x01 { Vec::new() } else { luns.luns.iter().collect() };
     let mut d = vec![0u8; 8 + 8 * list.len()];
     d[0..4].copy_from_slice(&((8 * list.len()) as u32).to_be_bytes());

@@ -399,6 +399,15 @@ fn management_and_save_config_round_trip() {
     t.rpc("iscsi_create_auth_group", json!({"tag": 3, "secrets": [{"user": "u", "secret": "s3cretsecret"}]}));
     node(&t, json!({"header_digest": false}));
     t.rpc("iscsi_target_node_add_lun", json!({"name": IQN, "bdev_name": "Malloc1", "lun_id": 1}));
+    // rpc.py-style command lines.
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::BIN).args(["rpc", "-s", t.sock_str()]).args(args).output().unwrap();
+        assert!(out.status.success(), "palisade rpc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    cli(&["iscsi_create_initiator_group", "7", "iqn.a,iqn.b", "10.0.0.0/8"]);
+    assert!(cli(&["iscsi_get_initiator_groups"]).contains("iqn.b"));
+    cli(&["iscsi_delete_initiator_group", "7"]);
     // Errors change nothing.
     assert!(t.try_rpc("iscsi_create_target_node", Some(json!({"name": "disk1", "alias_name": "", "luns": [{"bdev_name": "Malloc0", "lun_id": 0}],
         "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}], "queue_depth": 8}))).is_err());
@@ -439,4 +448,32 @@ fn management_and_save_config_round_trip() {
     let again = (t2.rpc("iscsi_get_portal_groups", json!(null)), t2.rpc("iscsi_get_initiator_groups", json!(null)), t2.rpc("iscsi_get_auth_groups", json!(null)));
     assert_eq!(again, groups);
     t2.stop();
+}
+
+#[test]
+fn nop_in_pings_idle_connections_and_drops_dead_ones() {
+    let port = free_port();
+    let t = Target::start(&["-m", "0x1", "--wait-for-rpc"]);
+    t.rpc("iscsi_set_options", json!({"nop_in_interval": 1, "nop_timeout": 1}));
+    t.rpc("framework_start_init", json!(null));
+    t.rpc("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 2048, "block_size": 512}));
+    t.rpc("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}));
+    t.rpc("iscsi_create_initiator_group", json!({"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}));
+    node(&t, json!({}));
+    // A live initiator answers the pings and keeps its session.
+    let mut live = login(port, "iqn.test:live").unwrap();
+    // A connection that logs in and then never answers is dropped.
+    let dead = login(port, "iqn.test:dead").unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        live.poll(Duration::from_millis(100), &mut |_, _| {}).unwrap();
+    }
+    write_read(&mut live, 0, 1, 3);
+    let conns = t.rpc("iscsi_get_connections", json!(null));
+    let names: Vec<String> = conns.as_array().unwrap().iter().map(|c| c["initiator_name"].as_str().unwrap().to_string()).collect();
+    assert!(names.contains(&"iqn.test:live".to_string()), "{names:?}");
+    assert!(!names.contains(&"iqn.test:dead".to_string()), "an unresponsive connection must be dropped: {names:?}");
+    drop(dead);
+    live.logout().unwrap();
+    t.stop();
 }

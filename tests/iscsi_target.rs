@@ -477,3 +477,21 @@ fn nop_in_pings_idle_connections_and_drops_dead_ones() {
     live.logout().unwrap();
     t.stop();
 }
+
+#[test]
+fn session_reinstatement_replaces_the_old_session() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    let o = LoginOptions::new("iqn.test:reinstate", Some(IQN));
+    let mut first = Session::connect("127.0.0.1", port, &o, 4).unwrap();
+    write_read(&mut first, 0, 1, 1);
+    // Same initiator name and ISID: the new login reinstates the session, the old one goes.
+    let mut second = Session::connect("127.0.0.1", port, &o, 4).unwrap();
+    write_read(&mut second, 0, 1, 2);
+    assert!(cmd(&mut first, 0, &read16(0, 1), &[], 512, Duration::from_secs(5)).is_err(), "the old session must be closed");
+    let conns = t.rpc("iscsi_get_connections", json!(null));
+    assert_eq!(conns.as_array().unwrap().len(), 1, "{conns}");
+    second.logout().unwrap();
+    t.stop();
+}

@@ -495,3 +495,92 @@ fn session_reinstatement_replaces_the_old_session() {
     second.logout().unwrap();
     t.stop();
 }
+
+/// tgtd with one RAM-file LUN, shut down as PEERS.md says (it ignores SIGTERM while it has targets).
+struct Tgt {
+    child: std::process::Child,
+    ctl: String,
+    file: std::path::PathBuf,
+}
+
+impl Tgt {
+    fn start(port: u16, iqn: &str) -> Tgt {
+        let ctl = (100 + port % 800).to_string();
+        let file = std::path::PathBuf::from(format!("/dev/shm/palisade-test-tgt-{port}.img"));
+        std::fs::write(&file, vec![0u8; 16 << 20]).unwrap();
+        let child = Command::new("tgtd")
+            .args(["-f", "-C", &ctl, "--iscsi", &format!("portal=127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tgtd");
+        let adm = |args: &[&str]| Command::new("tgtadm").arg("-C").arg(&ctl).args(args).status().map(|s| s.success()).unwrap_or(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !adm(&["--op", "show", "--mode", "system"]) {
+            assert!(Instant::now() < deadline, "tgtd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let t = Tgt { child, ctl: ctl.clone(), file: file.clone() };
+        assert!(adm(&["--lld", "iscsi", "--mode", "target", "--op", "new", "--tid", "1", "--targetname", iqn]));
+        assert!(adm(&["--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", file.to_str().unwrap(), "--bstype", "rdwr"]));
+        assert!(adm(&["--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"]));
+        t
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        let adm = |args: &[&str]| Command::new("tgtadm").arg("-C").arg(&self.ctl).args(args).status();
+        let _ = adm(&["--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1"]);
+        let _ = adm(&["--op", "delete", "--mode", "system"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+fn initiator_works_against_tgt() {
+    if !require("tgtd") {
+        return;
+    }
+    let port = free_port();
+    let iqn = "iqn.2024-01.io.palisade:tgt-peer";
+    let _tgt = Tgt::start(port, iqn);
+    let mut d = Session::connect("127.0.0.1", port, &LoginOptions::new("iqn.test:peer", None), 1).unwrap();
+    let list = d.send_targets("All").unwrap();
+    assert!(list.iter().any(|(n, _)| n == iqn), "{list:?}");
+    // tgt negotiates InitialR2T=Yes, MaxOutstandingR2T=1 and an 8 KiB MaxRecvDataSegmentLength:
+    // writes above FirstBurstLength go through R2Ts, reads arrive in many Data-In PDUs.
+    let mut s = Session::connect("127.0.0.1", port, &LoginOptions::new("iqn.test:peer", Some(iqn)), 32).unwrap();
+    for (i, blocks) in [1u32, 8, 300, 2048].iter().enumerate() {
+        let data = pattern(i as u64, *blocks as usize * 512);
+        let (c, _) = cmd(&mut s, 1, &write16(i as u64 * 4096, *blocks), &data, 0, Duration::from_secs(20)).unwrap();
+        assert_eq!(c.status, 0, "{c:?}");
+        let (c, back) = cmd(&mut s, 1, &read16(i as u64 * 4096, *blocks), &[], data.len(), Duration::from_secs(20)).unwrap();
+        assert_eq!(c.status, 0);
+        assert!(back == data, "tgt returned different data ({blocks} blocks)");
+    }
+    s.logout().unwrap();
+    // The perf queue (READ CAPACITY, depth) works against tgt too.
+    let mut q = palisade::cli::perf::iscsi::connect("127.0.0.1", port, iqn, 1, "iqn.test:perf", None, 1, 16, false, false).unwrap();
+    assert_eq!(q[0].num_blocks(), (16 << 20) / 512);
+    for tag in 0..16u32 {
+        q[0].submit(tag, false, tag as u64 * 8, 8, &[]).unwrap();
+    }
+    let mut n = 0;
+    while n < 16 {
+        q[0].poll(Duration::from_secs(10), &mut |_, r, d| {
+            assert!(r.is_ok() && d.len() == 4096);
+            n += 1;
+        })
+        .unwrap();
+    }
+}

@@ -592,15 +592,18 @@ impl Conn {
                 let send_len = send_len.min(buf.len());
                 let chunk = (self.params.max_xmit_dsl as usize).max(512);
                 let mut off = 0usize;
+                let burst = (self.params.max_burst as usize).max(512);
                 while off < send_len {
-                    let n = chunk.min(send_len - off);
+                    // A Data-In sequence (ended by F) carries at most MaxBurstLength bytes.
+                    let burst_end = (off / burst + 1) * burst;
+                    let n = chunk.min(send_len - off).min(burst_end - off);
                     let last = off + n == send_len;
                     let mut h = Bhs::new(op::DATA_IN, 0);
                     h.set_lun_raw(lun_raw);
                     h.set_itt(r.task_tag);
                     h.set_u32(at::W20, RESERVED_TAG);
                     let with_status = last && good;
-                    if last {
+                    if last || off + n == burst_end {
                         h.0[1] |= F_FINAL;
                     }
                     if with_status {

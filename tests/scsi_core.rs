@@ -392,3 +392,31 @@ fn unknown_opcodes_and_luns() {
     let one = a.run(&[0xa3, 0x0c, 1, 0x88, 0, 0, 0, 0, 1, 0, 0, 0], None).data;
     assert_eq!((one[1] & 7, one[3], one[4]), (3, 16, 0x88));
 }
+
+#[test]
+fn a_closed_connection_frees_its_ranges() {
+    let rig = Rig::new(1);
+    let mut a = rig.nexus("a", 0);
+    let owner = HandlerRef { reactor: 0, slot: u32::MAX, gen: 0 };
+    let vol = rig.volume.clone();
+    let id = match rig.set.call(0, move |r| vol.locks.acquire(&mut r.core, 50, 4, owner, 0)).unwrap() {
+        Acquired::Now(id) => id,
+        x => panic!("{x:?}"),
+    };
+    // a's COMPARE AND WRITE waits for the range; then a's connection goes away.
+    let mut buf = vec![0u8; 2 * BS];
+    buf[BS] = 1;
+    a.send(&caw(51, 1), Some(&buf));
+    assert!(a.rx.recv_timeout(Duration::from_millis(100)).is_err());
+    assert_eq!(rig.volume.locks.active(), 2);
+    let h = a.h;
+    rig.set.call(0, move |r| r.core.close(h)).unwrap();
+    rig.set.call(0, |_| ()).unwrap();
+    let vol = rig.volume.clone();
+    rig.set.call(0, move |r| vol.locks.release(&mut r.core, vol.bdev(), id)).unwrap();
+    rig.set.call(0, |_| ()).unwrap();
+    assert_eq!(rig.volume.locks.active(), 0, "no range stays held by a closed connection");
+    // And writes to the range go straight through for everyone else.
+    let mut b = rig.nexus("b", 0);
+    good(&b.run(&rw16(0x8a, 51, 1), Some(&vec![7; BS])));
+}

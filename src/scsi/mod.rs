@@ -8,15 +8,22 @@
 //!
 //! Modules: `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
 //! `sbc` (block commands), `mode` (mode pages), `vpd` (INQUIRY data), `opcodes` (supported
-//! command table), `ua` (unit attentions), `task` (in-flight task state machines), `pr`
-//! (reservation commands, placeholder).
+//! command table), `ua` (unit attentions), `task` (in-flight task state machines), `xcopy`
+//! (EXTENDED COPY / RECEIVE COPY RESULTS), `pr` (reservation commands: a placeholder until the
+//! reservation engine is merged).
 //!
-//! For the transport: the VPD 0x83 target port designators come from
-//! [`Initiator::Iscsi`]'s `target_port` (the SCSI target port name, `"<target iqn>,t,0x<tpgt as
-//! 4 hex digits>"`) and `rel_port_id` (the relative target port identifier, 1-based), so fill them
-//! in when creating the port. Task management: call [`ScsiPort::abort_task`],
-//! [`ScsiPort::abort_task_set`], [`ScsiPort::clear_task_set`], [`ScsiPort::lun_reset`] and
-//! [`ScsiPort::target_reset`]; aborted tasks produce no response.
+//! For the transport:
+//! - The VPD 0x83 target port designators come from [`Initiator::Iscsi`]'s `target_port` (the
+//!   SCSI target port name, `"<target iqn>,t,0x<tpgt as 4 hex digits>"`) and `rel_port_id` (the
+//!   relative target port identifier, 1-based): fill them in when creating the port.
+//! - Task management: [`ScsiPort::abort_task`], [`ScsiPort::abort_task_set`],
+//!   [`ScsiPort::clear_task_set`], [`ScsiPort::lun_reset`] and [`ScsiPort::target_reset`].
+//!   Aborted tasks produce no response; their I/O still completes (and its IoEvent must still be
+//!   forwarded), because a submitted bdev request cannot be recalled.
+//! - IoEvents may also arrive for tasks waiting on a range lock (a grant, `buf: None`); forward
+//!   every IoEvent, as for block I/O.
+//! - Task attributes are accepted and not reordered: commands run in arrival order.
+//! - Each new `ScsiPort` starts with a POWER ON unit attention per LUN (SAM-5), as LIO and tgt do.
 
 pub mod cdb;
 pub mod mode;

@@ -302,7 +302,7 @@ impl ScsiPort {
         let lock = match acq {
             Acquired::Now(id) | Acquired::Later(id) => id,
         };
-        let r = Rmw { op: rmw, stage: Stage::Locking, lock, lba: b.lba, blocks: b.blocks as u64, data: Some(data), fua };
+        let r = Rmw { op: rmw, stage: Stage::Locking, lock, lba: b.lba, blocks: b.blocks as u64, data: Some(data), fua, reactors: core.reactors().clone() };
         entry.insert(Task { tag, lun: idx as u32, aborted: false, kind: Kind::Rmw(r) });
         if matches!(acq, Acquired::Now(_)) {
             self.rmw_io(core, me, slot);

@@ -58,6 +58,8 @@ pub(super) struct Rmw {
     /// The Data-Out (CAW: verify data then write data).
     pub data: Option<IoBuf>,
     pub fua: bool,
+    /// To release the range if the port goes away with the task in flight.
+    pub reactors: crate::reactor::ReactorSet,
 }
 
 /// Offset of the first differing byte.
@@ -241,6 +243,21 @@ impl ScsiPort {
             }
             if !t.aborted {
                 self.done.push_back(super::denied(why).into_response(t.tag));
+            }
+        }
+    }
+}
+
+impl Drop for ScsiPort {
+    /// A connection closed with read-modify-write commands in flight: their completions will
+    /// never reach this port, so free their ranges now or every later write to them would park
+    /// forever.
+    fn drop(&mut self) {
+        for (_, t) in self.tasks.iter() {
+            if let Kind::Rmw(r) = &t.kind {
+                if let Some(l) = self.luns.luns.get(t.lun as usize) {
+                    l.volume.locks.release_detached(&r.reactors, l.volume.bdev(), r.lock);
+                }
             }
         }
     }

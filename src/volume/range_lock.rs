@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bdev::{self, Bdev, IoOp, IoRequest};
-use crate::reactor::{Core, HandlerRef, IoEvent};
+use crate::reactor::{Core, HandlerRef, IoEvent, ReactorSet};
 
 /// Identifies one held (or waiting) range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +78,20 @@ pub struct RangeLock {
     /// Held ranges plus waiting acquisitions: zero means the fast path is safe.
     active: AtomicUsize,
     inner: Mutex<Inner>,
+}
+
+/// Start an unblocked write or deliver a grant on the owner's reactor, by message.
+fn dispatch(reactors: &ReactorSet, bdev: &Arc<dyn Bdev>, p: Parked) {
+    match p {
+        Parked::Io(req) => {
+            let b = bdev.clone();
+            reactors.send(req.owner.reactor, move |r| bdev::submit(&mut r.core, b.as_ref(), req));
+        }
+        Parked::Grant { owner, tag, .. } => {
+            let ev = IoEvent { tag, status: 0, buf: None };
+            reactors.send(owner.reactor, move |r| r.core.complete(owner, ev));
+        }
+    }
 }
 
 /// Send a no-op through every other reactor; when the last one has run it, grant `tag` to `owner`.
@@ -163,60 +177,58 @@ impl RangeLock {
     /// Release a held range (or cancel a waiting acquisition) and start whatever it unblocks:
     /// parked writes go to their owners' reactors, waiting acquisitions get their grant.
     pub fn release(&self, core: &mut Core, bdev: &Arc<dyn Bdev>, id: LockId) {
-        let mut ready = Vec::new();
-        {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = g.held.iter().position(|h| h.id == id) {
-                g.held.swap_remove(i);
-            } else if let Some(i) = g.parked.iter().position(|p| matches!(p, Parked::Grant { id: x, .. } if *x == id)) {
-                g.parked.remove(i);
-            } else {
-                return;
-            }
-            self.active.fetch_sub(1, Ordering::SeqCst);
-            // Walk the parked list in order; an item can go if it overlaps neither a held range nor
-            // an earlier item that is still parked (FIFO per block).
-            let parked = std::mem::take(&mut g.parked);
-            let mut still: Vec<Parked> = Vec::new();
-            for p in parked {
-                let (s, e) = p.range();
-                let blocked = g.overlaps(s, e)
-                    || still.iter().any(|q| {
-                        let (qs, qe) = q.range();
-                        qs < e && s < qe
-                    });
-                if blocked {
-                    still.push(p);
-                    continue;
-                }
-                if let Parked::Grant { id, start, end, .. } = &p {
-                    g.held.push(Held { id: *id, start: *start, end: *end });
-                }
-                ready.push(p);
-            }
-            g.parked = still;
-        }
-        for p in ready {
+        for p in self.unblock(id) {
             match p {
-                Parked::Io(req) => {
-                    let owner = req.owner;
-                    if owner.reactor == core.id {
-                        bdev::submit(core, bdev.as_ref(), req);
-                    } else {
-                        let b = bdev.clone();
-                        core.reactors().send(owner.reactor, move |r| bdev::submit(&mut r.core, b.as_ref(), req));
-                    }
+                Parked::Io(req) if req.owner.reactor == core.id => bdev::submit(core, bdev.as_ref(), req),
+                Parked::Grant { owner, tag, .. } if owner.reactor == core.id => {
+                    core.complete(owner, IoEvent { tag, status: 0, buf: None })
                 }
-                Parked::Grant { owner, tag, .. } => {
-                    let ev = IoEvent { tag, status: 0, buf: None };
-                    if owner.reactor == core.id {
-                        core.complete(owner, ev);
-                    } else {
-                        core.reactors().send(owner.reactor, move |r| r.core.complete(owner, ev));
-                    }
-                }
+                p => dispatch(core.reactors(), bdev, p),
             }
         }
+    }
+
+    /// [`RangeLock::release`] from a context without a reactor core (a port dropped with a
+    /// command still holding its range): everything unblocked goes to its owner by message.
+    pub fn release_detached(&self, reactors: &ReactorSet, bdev: &Arc<dyn Bdev>, id: LockId) {
+        for p in self.unblock(id) {
+            dispatch(reactors, bdev, p);
+        }
+    }
+
+    /// Drop `id` (held or waiting) and take out, in order, what no longer overlaps anything held
+    /// or anything parked before it (FIFO per block); grants among them become held.
+    fn unblock(&self, id: LockId) -> Vec<Parked> {
+        let mut ready = Vec::new();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = g.held.iter().position(|h| h.id == id) {
+            g.held.swap_remove(i);
+        } else if let Some(i) = g.parked.iter().position(|p| matches!(p, Parked::Grant { id: x, .. } if *x == id)) {
+            g.parked.remove(i);
+        } else {
+            return ready;
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        let parked = std::mem::take(&mut g.parked);
+        let mut still: Vec<Parked> = Vec::new();
+        for p in parked {
+            let (s, e) = p.range();
+            let blocked = g.overlaps(s, e)
+                || still.iter().any(|q| {
+                    let (qs, qe) = q.range();
+                    qs < e && s < qe
+                });
+            if blocked {
+                still.push(p);
+                continue;
+            }
+            if let Parked::Grant { id, start, end, .. } = &p {
+                g.held.push(Held { id: *id, start: *start, end: *end });
+            }
+            ready.push(p);
+        }
+        g.parked = still;
+        ready
     }
 
     /// Held plus waiting ranges (tests, stats).

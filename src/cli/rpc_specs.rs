@@ -49,6 +49,26 @@ pub const SPECS: &[(&str, &str)] = &[
     ("nvmf_subsystem_get_qpairs", "nqn:str -t/--tgt-name=tgt_name:str"),
     ("nvmf_subsystem_get_listeners", "nqn:str -t/--tgt-name=tgt_name:str"),
     // iscsi (issue: iSCSI) — add lines here
+    // rpc.py takes portals / luns / pg_ig_maps as space-separated "a:b" words; here they are JSON
+    // (e.g. '[{"host":"127.0.0.1","port":"3260"}]'), or use --json for the whole params.
+    ("iscsi_set_options", "-f/--auth-file=auth_file:str -b/--node-base=node_base:str -o/--nop-timeout=nop_timeout:int -n/--nop-in-interval=nop_in_interval:int -d/--disable-chap=disable_chap:flag -r/--require-chap=require_chap:flag -m/--mutual-chap=mutual_chap:flag -g/--chap-group=chap_group:int -a/--max-sessions=max_sessions:int -q/--max-queue-depth=max_queue_depth:int -c/--max-connections-per-session=max_connections_per_session:int -w/--default-time2wait=default_time2wait:int -v/--default-time2retain=default_time2retain:int -s/--first-burst-length=first_burst_length:int -i/--immediate-data=immediate_data:flag -l/--error-recovery-level=error_recovery_level:int -p/--allow-duplicated-isid=allow_duplicated_isid:flag -x/--max-large-datain-per-connection=max_large_datain_per_connection:int -k/--max-r2t-per-connection=max_r2t_per_connection:int -u/--pdu-pool-size=pdu_pool_size:int -j/--immediate-data-pool-size=immediate_data_pool_size:int -z/--data-out-pool-size=data_out_pool_size:int"),
+    ("iscsi_get_options", ""),
+    ("iscsi_set_discovery_auth", "-d/--disable-chap=disable_chap:flag -r/--require-chap=require_chap:flag -m/--mutual-chap=mutual_chap:flag -g/--chap-group=chap_group:int"),
+    ("iscsi_create_auth_group", "tag:int -c/--secrets=secrets:json"),
+    ("iscsi_delete_auth_group", "tag:int"),
+    ("iscsi_get_auth_groups", ""),
+    ("iscsi_create_portal_group", "tag:int portals:json -p/--private=private:flag -w/--wait=wait:flag"),
+    ("iscsi_start_portal_group", "tag:int"),
+    ("iscsi_delete_portal_group", "tag:int"),
+    ("iscsi_get_portal_groups", ""),
+    ("iscsi_create_initiator_group", "tag:int initiators:list netmasks:list"),
+    ("iscsi_delete_initiator_group", "tag:int"),
+    ("iscsi_get_initiator_groups", ""),
+    ("iscsi_create_target_node", "name:str alias_name:str luns:json pg_ig_maps:json queue_depth:int -g/--chap-group=chap_group:int -d/--disable-chap=disable_chap:flag -r/--require-chap=require_chap:flag -m/--mutual-chap=mutual_chap:flag -H/--header-digest=header_digest:flag -D/--data-digest=data_digest:flag"),
+    ("iscsi_target_node_add_lun", "name:str bdev_name:str -i/--lun-id=lun_id:int"),
+    ("iscsi_delete_target_node", "name:str"),
+    ("iscsi_get_target_nodes", ""),
+    ("iscsi_get_connections", ""),
     // reservation (issue: persistent reservations) — add lines here
     // layout (issue: layout backend) — add lines here
 ];

@@ -1,1 +1,13 @@
-//! iSCSI transport (RFC 7143): PDU codec, login, sessions, connections, R2T/Data-Out, digests.
+//! iSCSI target transport (RFC 7143): PDU codec, login and negotiation with CHAP, sessions and
+//! connections on reactors, R2T/Data-Out flow, digests, access control; plus an initiator used by
+//! `palisade perf` and the tests.
+
+pub mod conn;
+pub mod initiator;
+pub mod listener;
+pub mod login;
+pub mod pdu;
+pub mod target;
+pub mod tasks;
+
+pub use target::Target;

@@ -30,6 +30,8 @@ pub struct App {
     pub volumes: Arc<VolumeRegistry>,
     /// The NVMe-oF target (transport, subsystems, listeners).
     pub nvmf: Arc<crate::nvmf::Target>,
+    /// iSCSI target state: options, groups, nodes, sessions.
+    pub iscsi: Arc<crate::iscsi::Target>,
     pub registry: Registry,
     state: AtomicU8,
     init_done: tokio::sync::watch::Sender<bool>,
@@ -61,6 +63,7 @@ impl App {
             nvmf,
             volumes,
             bdevs,
+            iscsi: crate::iscsi::Target::new(),
             registry,
             state: AtomicU8::new(state),
             init_done: tokio::sync::watch::channel(!wait_for_rpc).0,

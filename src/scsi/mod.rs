@@ -5,85 +5,52 @@
 //!
 //! One `ScsiPort` per I_T nexus (an iSCSI session's connection); `Lun`s are shared by all nexuses
 //! that see them.
+//!
+//! Modules: `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
+//! `sbc` (block commands), `mode` (mode pages), `vpd` (INQUIRY data), `opcodes` (supported
+//! command table), `ua` (unit attentions), `task` (in-flight task state machines), `xcopy`
+//! (EXTENDED COPY / RECEIVE COPY RESULTS), `pr` (reservation commands: a placeholder until the
+//! reservation engine is merged).
+//!
+//! For the transport:
+//! - The VPD 0x83 target port designators come from [`Initiator::Iscsi`]'s `target_port` (the
+//!   SCSI target port name, `"<target iqn>,t,0x<tpgt as 4 hex digits>"`) and `rel_port_id` (the
+//!   relative target port identifier, 1-based): fill them in when creating the port.
+//! - Task management: [`ScsiPort::abort_task`], [`ScsiPort::abort_task_set`],
+//!   [`ScsiPort::clear_task_set`], [`ScsiPort::lun_reset`] and [`ScsiPort::target_reset`].
+//!   Aborted tasks produce no response; their I/O still completes (and its IoEvent must still be
+//!   forwarded), because a submitted bdev request cannot be recalled.
+//! - IoEvents may also arrive for tasks waiting on a range lock (a grant, `buf: None`); forward
+//!   every IoEvent, as for block I/O.
+//! - Task attributes are accepted and not reordered: commands run in arrival order.
+//! - Each new `ScsiPort` starts with a POWER ON unit attention per LUN (SAM-5), as LIO and tgt do.
+
+pub mod cdb;
+pub mod mode;
+pub mod opcodes;
+pub mod pr;
+pub mod sbc;
+pub mod sense;
+mod spc;
+mod task;
+pub mod ua;
+pub mod vpd;
+pub mod xcopy;
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use slab::Slab;
 
-use crate::bdev::{IoOp, IoRequest};
 use crate::reactor::{Core, HandlerRef, IoBuf, IoEvent};
 use crate::volume::{Denied, Initiator, Volume};
 
-/// SAM-5 status codes.
-pub mod status {
-    pub const GOOD: u8 = 0x00;
-    pub const CHECK_CONDITION: u8 = 0x02;
-    pub const CONDITION_MET: u8 = 0x04;
-    pub const BUSY: u8 = 0x08;
-    pub const RESERVATION_CONFLICT: u8 = 0x18;
-    pub const TASK_SET_FULL: u8 = 0x28;
-    pub const TASK_ABORTED: u8 = 0x40;
-}
+pub use sense::{sense_key, status, Sense};
+pub use sense::{INVALID_OPCODE, LBA_OUT_OF_RANGE, LUN_NOT_SUPPORTED, MEDIUM_ERROR_UNRECOVERED, WRITE_PROTECTED};
 
-/// SPC-4 sense keys.
-pub mod sense_key {
-    pub const NO_SENSE: u8 = 0x0;
-    pub const RECOVERED_ERROR: u8 = 0x1;
-    pub const NOT_READY: u8 = 0x2;
-    pub const MEDIUM_ERROR: u8 = 0x3;
-    pub const HARDWARE_ERROR: u8 = 0x4;
-    pub const ILLEGAL_REQUEST: u8 = 0x5;
-    pub const UNIT_ATTENTION: u8 = 0x6;
-    pub const DATA_PROTECT: u8 = 0x7;
-    pub const ABORTED_COMMAND: u8 = 0xb;
-    pub const MISCOMPARE: u8 = 0xe;
-}
-
-/// Fixed-format sense data (SPC-4 4.5.3), kept inline so a response does not allocate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sense {
-    pub key: u8,
-    pub asc: u8,
-    pub ascq: u8,
-    /// Sense-key specific field pointer: (command_data, byte, bit) for ILLEGAL REQUEST.
-    pub field: Option<(bool, u16, Option<u8>)>,
-    pub information: Option<u32>,
-}
-
-impl Sense {
-    pub const fn new(key: u8, asc: u8, ascq: u8) -> Sense {
-        Sense { key, asc, ascq, field: None, information: None }
-    }
-    /// INVALID FIELD IN CDB with the field pointer at `byte` (and `bit`).
-    pub fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Sense {
-        Sense { field: Some((true, byte, bit)), ..Sense::new(sense_key::ILLEGAL_REQUEST, 0x24, 0x00) }
-    }
-    /// Encode as fixed-format sense data (18 bytes).
-    pub fn encode(&self) -> [u8; 18] {
-        let mut b = [0u8; 18];
-        b[0] = 0x70;
-        b[2] = self.key & 0x0f;
-        if let Some(info) = self.information {
-            b[0] |= 0x80;
-            b[3..7].copy_from_slice(&info.to_be_bytes());
-        }
-        b[7] = 10;
-        b[12] = self.asc;
-        b[13] = self.ascq;
-        if let Some((cd, byte, bit)) = self.field {
-            b[15] = 0x80 | if cd { 0x40 } else { 0 } | bit.map(|x| 0x08 | (x & 7)).unwrap_or(0);
-            b[16..18].copy_from_slice(&byte.to_be_bytes());
-        }
-        b
-    }
-}
-
-pub const INVALID_OPCODE: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x20, 0x00);
-pub const LBA_OUT_OF_RANGE: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x21, 0x00);
-pub const LUN_NOT_SUPPORTED: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x25, 0x00);
-pub const WRITE_PROTECTED: Sense = Sense::new(sense_key::DATA_PROTECT, 0x27, 0x00);
-pub const MEDIUM_ERROR_UNRECOVERED: Sense = Sense::new(sense_key::MEDIUM_ERROR, 0x11, 0x00);
+use task::Task;
+use ua::NexusUa;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataDir {
@@ -121,7 +88,7 @@ pub struct ScsiCommand {
 
 impl ScsiCommand {
     pub fn cdb(&self) -> &[u8] {
-        &self.cdb[..self.cdb_len as usize]
+        &self.cdb[..(self.cdb_len as usize).min(32)]
     }
 }
 
@@ -152,19 +119,35 @@ impl ScsiResponse {
     }
 }
 
-/// A logical unit: a volume seen through SCSI.
+/// A logical unit: a volume seen through SCSI, with the state every nexus shares.
 pub struct Lun {
     pub id: u64,
     pub volume: Arc<Volume>,
     /// T10 product and serial strings for INQUIRY and VPD 0x80.
     pub product: String,
     pub serial: String,
+    /// Current mode page values (MODE SENSE / MODE SELECT).
+    pub mode: mode::ModeState,
+    /// Events that raise unit attentions on every nexus.
+    pub events: ua::LunEvents,
 }
 
 impl Lun {
     pub fn new(id: u64, volume: Arc<Volume>) -> Lun {
         let serial = crate::volume::identity::hex(&volume.uuid().as_bytes()[..8]);
-        Lun { id, volume, product: "Palisade LUN".into(), serial }
+        let wc = volume.bdev().info().write_cache;
+        Lun {
+            id,
+            volume,
+            product: "Palisade LUN".into(),
+            serial,
+            mode: mode::ModeState::new(wc),
+            events: ua::LunEvents::default(),
+        }
+    }
+
+    fn write_protected(&self) -> bool {
+        self.mode.swp.load(Ordering::Relaxed)
     }
 }
 
@@ -178,26 +161,38 @@ impl LunMap {
     pub fn get(&self, id: u64) -> Option<&Arc<Lun>> {
         self.luns.iter().find(|l| l.id == id)
     }
-}
-
-/// A task waiting for volume I/O.
-struct Pending {
-    task_tag: u32,
-    op: IoOp,
-    len: u32,
+    fn index(&self, id: u64) -> Option<usize> {
+        self.luns.iter().position(|l| l.id == id)
+    }
 }
 
 /// Per-nexus executor: runs commands, tracks those waiting for I/O.
 pub struct ScsiPort {
     pub initiator: Initiator,
     pub luns: Arc<LunMap>,
-    tasks: Slab<Pending>,
+    tasks: Slab<Task>,
     done: VecDeque<ScsiResponse>,
+    /// Unit attention state per LUN (index into `luns`).
+    ua: Vec<NexusUa>,
+    /// Results of finished EXTENDED COPY commands kept for RECEIVE COPY RESULTS (list ids are
+    /// per I_T nexus); the oldest are forgotten first.
+    copies: VecDeque<CopyRecord>,
 }
+
+/// A finished copy whose list id asked for its results to be held.
+struct CopyRecord {
+    lun: usize,
+    list_id: u8,
+    segments: u16,
+    bytes: u64,
+}
+
+const MAX_COPY_RECORDS: usize = 16;
 
 impl ScsiPort {
     pub fn new(initiator: Initiator, luns: Arc<LunMap>) -> Self {
-        ScsiPort { initiator, luns, tasks: Slab::with_capacity(128), done: VecDeque::with_capacity(128) }
+        let ua = luns.luns.iter().map(|l| NexusUa::new(&l.events, l.volume.num_blocks())).collect();
+        ScsiPort { initiator, luns, tasks: Slab::with_capacity(128), done: VecDeque::with_capacity(128), ua, copies: VecDeque::new() }
     }
 
     /// Commands still waiting for I/O.
@@ -208,166 +203,229 @@ impl ScsiPort {
     /// Start a command; its response arrives through `next_done` (at once or after I/O).
     pub fn submit(&mut self, core: &mut Core, me: HandlerRef, cmd: ScsiCommand) {
         let tag = cmd.task_tag;
-        let lun = match self.luns.get(cmd.lun) {
-            Some(l) => l.clone(),
-            None => {
-                let op = cmd.cdb[0];
-                // INQUIRY and REPORT LUNS work on any LUN number (SPC-4 6.6 / SAM-5).
-                if op == 0x12 {
-                    return self.done.push_back(inquiry_no_lun(tag, &cmd));
-                }
-                if op != 0xa0 {
-                    return self.done.push_back(ScsiResponse::check(tag, LUN_NOT_SUPPORTED));
-                }
-                return self.done.push_back(report_luns(tag, &self.luns, &cmd));
-            }
+        let op = cmd.cdb[0];
+        let Some(idx) = self.luns.index(cmd.lun) else {
+            // INQUIRY, REPORT LUNS and REQUEST SENSE work on any LUN number (SPC-4 6.6, 6.33, 6.39).
+            let resp = match op {
+                0x12 => spc::inquiry_no_lun(&cmd),
+                0xa0 => spc::report_luns(&self.luns, &cmd),
+                0x03 => spc::request_sense_no_lun(&cmd),
+                _ => Err(LUN_NOT_SUPPORTED),
+            };
+            return self.push(tag, resp);
         };
-        let cdb = cmd.cdb();
-        let resp = match cdb[0] {
-            0x00 => ScsiResponse::good(tag),                     // TEST UNIT READY
-            0x12 => inquiry(tag, &lun, &cmd),                    // INQUIRY
-            0x25 => read_capacity10(tag, &lun),                  // READ CAPACITY(10)
-            0x9e if cdb[1] & 0x1f == 0x10 => read_capacity16(tag, &lun, &cmd), // READ CAPACITY(16)
-            0xa0 => report_luns(tag, &self.luns, &cmd),          // REPORT LUNS
-            0x28 | 0x2a | 0x88 | 0x8a => return self.rw(core, me, &lun, cmd),
-            _ => ScsiResponse::check(tag, INVALID_OPCODE),
+        let lun = self.luns.luns[idx].clone();
+        // Unit attention (SAM-5 5.14): reported once, before the command runs.
+        let ua = &mut self.ua[idx];
+        ua.refresh(&lun.events, lun.volume.num_blocks());
+        if ua.is_pending() && !ua::exempt(op) {
+            if let Some(s) = ua.take() {
+                return self.done.push_back(ScsiResponse::check(tag, s));
+            }
+        }
+        match op {
+            // The data path first.
+            0x08 | 0x28 | 0xa8 | 0x88 => self.read(core, me, idx, &lun, cmd),
+            0x0a | 0x2a | 0xaa | 0x8a => self.write(core, me, idx, &lun, cmd),
+            0x2f | 0xaf | 0x8f => self.verify(core, me, idx, &lun, cmd),
+            0x2e | 0xae | 0x8e => self.write(core, me, idx, &lun, cmd),
+            0x41 | 0x93 => self.write_same(core, me, idx, &lun, cmd),
+            0x42 => self.unmap(core, me, idx, &lun, cmd),
+            0x89 | 0x8b | 0x9c => self.rmw_start(core, me, idx, &lun, cmd),
+            0x35 | 0x91 => self.sync_cache(core, me, idx, &lun, cmd),
+            0x34 | 0x90 => {
+                let r = sbc::prefetch(&lun, &cmd);
+                self.push(tag, r)
+            }
+            0x83 => self.extended_copy(core, me, idx, cmd),
+            0x5e | 0x5f | 0x16 | 0x17 => pr::execute(self, core, me, &lun, cmd),
+            _ => {
+                let r = self.spc_command(idx, &lun, &cmd);
+                self.push(tag, r)
+            }
+        }
+    }
+
+    /// Commands answered at once from LUN state (SPC and the non-I/O SBC ones).
+    fn spc_command(&mut self, idx: usize, lun: &Arc<Lun>, cmd: &ScsiCommand) -> Result<Option<Vec<u8>>, Sense> {
+        let c = &cmd.cdb;
+        match c[0] {
+            0x00 => Ok(None), // TEST UNIT READY: a volume is always ready
+            0x03 => Ok(Some(spc::request_sense(&mut self.ua[idx], cmd)?)),
+            0x12 => spc::inquiry(lun, &self.initiator, cmd).map(Some),
+            0x15 | 0x55 => self.mode_select(idx, lun, cmd).map(|_| None),
+            0x1a | 0x5a => spc::mode_sense(lun, cmd).map(Some),
+            0x1b => sbc::start_stop(lun, cmd),
+            0x1e => sbc::prevent_allow(cmd),
+            0x25 => sbc::read_capacity10(lun, cmd).map(Some),
+            0x37 | 0xb7 => sbc::read_defect_data(cmd).map(Some),
+            0x9e if c[1] & 0x1f == 0x10 => sbc::read_capacity16(lun, cmd).map(Some),
+            0x9e if c[1] & 0x1f == 0x12 => sbc::get_lba_status(lun, cmd).map(Some),
+            0xa0 => spc::report_luns(&self.luns, cmd),
+            0xa3 if c[1] & 0x1f == 0x0c => opcodes::report(c).map(Some),
+            0xa3 if c[1] & 0x1f == 0x0d => Ok(Some(opcodes::report_tmf(c))),
+            0x84 => self.receive_copy_results(idx, cmd).map(Some),
+            0x9e | 0xa3 => Err(Sense::invalid_cdb_field(1, Some(4))),
+            _ => Err(INVALID_OPCODE),
+        }
+    }
+
+    /// RECEIVE COPY RESULTS (SPC-4 6.18): operating parameters, or the status of a held copy.
+    fn receive_copy_results(&mut self, idx: usize, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
+        let alloc = cdb::be(&cmd.cdb, 10, 4) as usize;
+        let mut d = match cmd.cdb[1] & 0x1f {
+            0x03 => xcopy::operating_parameters(),
+            0x00 => {
+                let id = cmd.cdb[2];
+                match self.copies.iter().find(|c| c.lun == idx && c.list_id == id) {
+                    Some(c) => xcopy::copy_status(c.segments, c.bytes),
+                    None => return Err(Sense::invalid_cdb_field(2, None)),
+                }
+            }
+            _ => return Err(Sense::invalid_cdb_field(1, Some(4))),
+        };
+        d.truncate(alloc);
+        Ok(d)
+    }
+
+    fn record_copy(&mut self, lun: usize, list_id: u8, segments: u16, bytes: u64) {
+        self.copies.retain(|c| !(c.lun == lun && c.list_id == list_id));
+        if self.copies.len() == MAX_COPY_RECORDS {
+            self.copies.pop_front();
+        }
+        self.copies.push_back(CopyRecord { lun, list_id, segments, bytes });
+    }
+
+    fn mode_select(&mut self, idx: usize, lun: &Arc<Lun>, cmd: &ScsiCommand) -> Result<(), Sense> {
+        let ten = cmd.cdb[0] == 0x55;
+        if cmd.cdb[1] & 0x01 != 0 {
+            return Err(Sense::invalid_cdb_field(1, Some(0))); // SP: nothing is saveable
+        }
+        let plen = if ten { cdb::be(&cmd.cdb, 7, 2) } else { cmd.cdb[4] as u64 } as usize;
+        if plen == 0 {
+            return Ok(());
+        }
+        let data = cmd.data_out.as_deref().unwrap_or(&[]);
+        if data.len() < plen {
+            return Err(sense::INVALID_FIELD_IN_IU);
+        }
+        let change = mode::mode_select(&lun.mode, ten, &data[..plen], lun.volume.block_size())?;
+        if mode::apply(&lun.mode, change) {
+            // Other nexuses get MODE PARAMETERS CHANGED (SPC-4 6.9); this one does not.
+            let before = lun.events.mode.fetch_add(1, Ordering::AcqRel);
+            self.ua[idx].own_mode_change(before);
+        }
+        Ok(())
+    }
+
+    /// Queue the outcome of a command answered at once.
+    fn push(&mut self, tag: u32, r: Result<Option<Vec<u8>>, Sense>) {
+        let resp = match r {
+            Ok(None) => ScsiResponse::good(tag),
+            Ok(Some(bytes)) => {
+                let mut buf = IoBuf::new(bytes.len().max(1));
+                buf.set_len(bytes.len());
+                buf.copy_from_slice(&bytes);
+                ScsiResponse::data(tag, buf, bytes.len() as u32)
+            }
+            Err(s) => ScsiResponse::check(tag, s),
         };
         self.done.push_back(resp);
     }
 
-    fn rw(&mut self, core: &mut Core, me: HandlerRef, lun: &Lun, cmd: ScsiCommand) {
-        let cdb_copy = cmd.cdb;
-        let cdb = &cdb_copy[..cmd.cdb_len as usize];
-        let tag = cmd.task_tag;
-        let (lba, blocks, write) = match cdb[0] {
-            0x28 | 0x2a => (
-                u32::from_be_bytes(cdb[2..6].try_into().unwrap()) as u64,
-                u16::from_be_bytes(cdb[7..9].try_into().unwrap()) as u64,
-                cdb[0] == 0x2a,
-            ),
-            _ => (
-                u64::from_be_bytes(cdb[2..10].try_into().unwrap()),
-                u32::from_be_bytes(cdb[10..14].try_into().unwrap()) as u64,
-                cdb[0] == 0x8a,
-            ),
-        };
-        let bs = lun.volume.block_size() as u64;
-        if lba.checked_add(blocks).is_none_or(|e| e > lun.volume.num_blocks()) {
-            return self.done.push_back(ScsiResponse::check(tag, LBA_OUT_OF_RANGE));
-        }
-        if blocks == 0 {
-            return self.done.push_back(ScsiResponse::good(tag));
-        }
-        let len = (blocks * bs) as u32;
-        let buf = if write {
-            match cmd.data_out {
-                Some(b) if b.len() >= len as usize => b,
-                _ => return self.done.push_back(ScsiResponse::check(tag, Sense::new(sense_key::ILLEGAL_REQUEST, 0x0c, 0x0d))),
-            }
-        } else {
-            IoBuf::new(len as usize)
-        };
-        let op = if write { IoOp::Write } else { IoOp::Read };
-        let slot = self.tasks.insert(Pending { task_tag: tag, op, len });
-        let fua = cdb[1] & 0x08 != 0;
-        let req = IoRequest { op, offset_blocks: lba, num_blocks: blocks, buf: Some(buf), fua, owner: me, tag: slot as u64 };
-        if let Err((_req, why)) = lun.volume.submit(core, &self.initiator, req) {
-            self.tasks.remove(slot);
-            self.done.push_back(denied(tag, why));
-        }
+    /// Queue a finished task (for command modules outside this file, such as `pr`).
+    pub fn push_response(&mut self, r: ScsiResponse) {
+        self.done.push_back(r);
     }
 
     /// Feed an I/O completion this port's commands were waiting for.
-    pub fn on_io_complete(&mut self, _core: &mut Core, _me: HandlerRef, ev: IoEvent) {
-        let Some(p) = self.tasks.try_remove(ev.tag as usize) else { return };
-        let resp = if ev.status != 0 {
-            ScsiResponse::check(p.task_tag, MEDIUM_ERROR_UNRECOVERED)
-        } else if p.op == IoOp::Read {
-            ScsiResponse::data(p.task_tag, ev.buf.expect("read buffer comes back"), p.len)
-        } else {
-            ScsiResponse::good(p.task_tag)
-        };
-        self.done.push_back(resp);
+    pub fn on_io_complete(&mut self, core: &mut Core, me: HandlerRef, ev: IoEvent) {
+        self.advance(core, me, ev);
     }
 
     /// The next finished task, if any.
     pub fn next_done(&mut self) -> Option<ScsiResponse> {
         self.done.pop_front()
     }
+
+    // ---- task management (SAM-5 7) ----
+
+    /// ABORT TASK: forget the task with this tag (its I/O, if any, finishes unseen). True if it
+    /// was found (in flight or finished but not yet drained).
+    pub fn abort_task(&mut self, task_tag: u32) -> bool {
+        let before = self.done.len();
+        self.done.retain(|r| r.task_tag != task_tag);
+        let mut found = self.done.len() != before;
+        for (_, t) in self.tasks.iter_mut() {
+            if t.tag == task_tag && !t.aborted {
+                t.aborted = true;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// ABORT TASK SET / CLEAR TASK SET for one LUN: every task of this nexus on it. With one
+    /// task set per LUN shared by all nexuses (TST=000b), CLEAR TASK SET would also clear other
+    /// nexuses' tasks; those live on other reactors and finish normally (RAM and io_uring
+    /// completions are bounded), which SAM-5 allows when TAS reporting is not required.
+    pub fn abort_task_set(&mut self, lun: u64) -> usize {
+        let Some(idx) = self.luns.index(lun) else { return 0 };
+        let mut n = 0;
+        for (_, t) in self.tasks.iter_mut() {
+            if t.lun as usize == idx && !t.aborted {
+                t.aborted = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn clear_task_set(&mut self, lun: u64) -> usize {
+        self.abort_task_set(lun)
+    }
+
+    /// LOGICAL UNIT RESET: abort this nexus' tasks on the LUN, reset its state (mode pages to
+    /// default are kept: they are not saved values), and raise 29/03 on every nexus.
+    pub fn lun_reset(&mut self, lun: u64) -> bool {
+        let Some(idx) = self.luns.index(lun) else { return false };
+        self.abort_task_set(lun);
+        let l = &self.luns.luns[idx];
+        l.events.reset.fetch_add(1, Ordering::AcqRel);
+        self.ua[idx].set_reset(&l.events);
+        true
+    }
+
+    /// TARGET WARM/COLD RESET: a LUN reset of every LUN.
+    pub fn target_reset(&mut self) {
+        let ids: Vec<u64> = self.luns.luns.iter().map(|l| l.id).collect();
+        for id in ids {
+            self.lun_reset(id);
+        }
+    }
 }
 
-fn denied(tag: u32, why: Denied) -> ScsiResponse {
+fn denied(why: Denied) -> ScsiResponseKind {
     match why {
-        Denied::OutOfRange => ScsiResponse::check(tag, LBA_OUT_OF_RANGE),
-        Denied::ReservationConflict => ScsiResponse::status(tag, status::RESERVATION_CONFLICT),
-        Denied::WriteProtected => ScsiResponse::check(tag, WRITE_PROTECTED),
+        Denied::OutOfRange => ScsiResponseKind::Check(LBA_OUT_OF_RANGE),
+        Denied::ReservationConflict => ScsiResponseKind::Status(status::RESERVATION_CONFLICT),
+        Denied::WriteProtected => ScsiResponseKind::Check(WRITE_PROTECTED),
     }
 }
 
-fn alloc_len(cdb: &[u8], at: std::ops::Range<usize>) -> usize {
-    cdb[at].iter().fold(0usize, |a, &b| (a << 8) | b as usize)
+/// A response without data, for the paths that build one from a volume refusal.
+enum ScsiResponseKind {
+    Check(Sense),
+    Status(u8),
 }
 
-fn respond_bytes(tag: u32, bytes: &[u8], alloc: usize) -> ScsiResponse {
-    let n = bytes.len().min(alloc);
-    let mut buf = IoBuf::new(n.max(1));
-    buf.set_len(n);
-    buf.copy_from_slice(&bytes[..n]);
-    ScsiResponse::data(tag, buf, n as u32)
-}
-
-fn standard_inquiry(peripheral: u8, product: &str) -> [u8; 36] {
-    let mut d = [0u8; 36];
-    d[0] = peripheral;
-    d[2] = 0x06; // SPC-4
-    d[3] = 0x02; // response data format 2
-    d[4] = 31;
-    d[7] = 0x02; // CMDQUE
-    d[8..16].copy_from_slice(b"PALISADE");
-    let mut p = [b' '; 16];
-    for (i, c) in product.bytes().take(16).enumerate() {
-        p[i] = c;
+impl ScsiResponseKind {
+    fn into_response(self, tag: u32) -> ScsiResponse {
+        match self {
+            ScsiResponseKind::Check(s) => ScsiResponse::check(tag, s),
+            ScsiResponseKind::Status(st) => ScsiResponse::status(tag, st),
+        }
     }
-    d[16..32].copy_from_slice(&p);
-    d[32..36].copy_from_slice(b"0001");
-    d
-}
-
-fn inquiry(tag: u32, lun: &Lun, cmd: &ScsiCommand) -> ScsiResponse {
-    let cdb = cmd.cdb();
-    if cdb[1] & 0x01 != 0 || cdb[2] != 0 {
-        return ScsiResponse::check(tag, Sense::invalid_cdb_field(1, Some(0)));
-    }
-    respond_bytes(tag, &standard_inquiry(0x00, &lun.product), alloc_len(cdb, 3..5))
-}
-
-fn inquiry_no_lun(tag: u32, cmd: &ScsiCommand) -> ScsiResponse {
-    // Peripheral qualifier 011b: no logical unit here.
-    respond_bytes(tag, &standard_inquiry(0x7f, "no LUN"), alloc_len(cmd.cdb(), 3..5))
-}
-
-fn read_capacity10(tag: u32, lun: &Lun) -> ScsiResponse {
-    let last = lun.volume.num_blocks() - 1;
-    let mut d = [0u8; 8];
-    d[0..4].copy_from_slice(&(last.min(0xffff_ffff) as u32).to_be_bytes());
-    d[4..8].copy_from_slice(&lun.volume.block_size().to_be_bytes());
-    respond_bytes(tag, &d, 8)
-}
-
-fn read_capacity16(tag: u32, lun: &Lun, cmd: &ScsiCommand) -> ScsiResponse {
-    let mut d = [0u8; 32];
-    d[0..8].copy_from_slice(&(lun.volume.num_blocks() - 1).to_be_bytes());
-    d[8..12].copy_from_slice(&lun.volume.block_size().to_be_bytes());
-    respond_bytes(tag, &d, alloc_len(cmd.cdb(), 10..14))
-}
-
-fn report_luns(tag: u32, luns: &LunMap, cmd: &ScsiCommand) -> ScsiResponse {
-    let mut d = vec![0u8; 8 + 8 * luns.luns.len()];
-    d[0..4].copy_from_slice(&((8 * luns.luns.len()) as u32).to_be_bytes());
-    for (i, l) in luns.luns.iter().enumerate() {
-        d[8 + 8 * i..16 + 8 * i].copy_from_slice(&encode_lun(l.id));
-    }
-    respond_bytes(tag, &d, alloc_len(cmd.cdb(), 6..10))
 }
 
 /// SAM-5 single-level LUN: peripheral addressing below 256, flat space addressing above.
@@ -388,5 +446,19 @@ pub fn decode_lun(b: [u8; 8]) -> u64 {
         0 => b[1] as u64,
         1 => (((b[0] & 0x3f) as u64) << 8) | b[1] as u64,
         _ => u64::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_encoding_round_trips() {
+        for id in [0u64, 1, 255, 256, 0x3fff] {
+            assert_eq!(decode_lun(encode_lun(id)), id);
+        }
+        assert_eq!(encode_lun(300)[0], 0x41);
+        assert_eq!(decode_lun([0x80, 0, 0, 0, 0, 0, 0, 0]), u64::MAX);
     }
 }

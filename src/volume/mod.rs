@@ -6,6 +6,7 @@
 //! run.
 
 pub mod identity;
+pub mod range_lock;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,9 +36,14 @@ pub enum Denied {
 
 pub struct Volume {
     bdev: Arc<dyn Bdev>,
+    /// LBA range locks of read-modify-write commands (COMPARE AND WRITE and kin).
+    pub locks: range_lock::RangeLock,
 }
 
 impl Volume {
+    pub fn new(bdev: Arc<dyn Bdev>) -> Volume {
+        Volume { bdev, locks: Default::default() }
+    }
     pub fn bdev(&self) -> &Arc<dyn Bdev> {
         &self.bdev
     }
@@ -57,6 +63,20 @@ impl Volume {
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
     /// reason, so the front-end can answer in its protocol's terms.
     pub fn submit(&self, core: &mut Core, _who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+        let end = req.offset_blocks.checked_add(req.num_blocks);
+        if end.is_none_or(|e| e > self.num_blocks()) {
+            return Err((req, Denied::OutOfRange));
+        }
+        // A write overlapping a held range waits for its release (range_lock.rs).
+        if let Some(req) = self.locks.admit(req) {
+            bdev::submit(core, self.bdev.as_ref(), req);
+        }
+        Ok(())
+    }
+
+    /// Submit for the holder of a range lock covering `req` (its own read and write bypass the
+    /// lock); every other check of [`Volume::submit`] applies.
+    pub fn submit_locked(&self, core: &mut Core, _who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
@@ -82,7 +102,7 @@ impl VolumeRegistry {
         let bdev = self.bdevs.claim(bdev_name, user)?;
         let name = bdev.info().name.clone();
         let mut m = self.map.lock().unwrap();
-        let e = m.entry(name).or_insert_with(|| (Arc::new(Volume { bdev }), 0));
+        let e = m.entry(name).or_insert_with(|| (Arc::new(Volume::new(bdev)), 0));
         e.1 += 1;
         Ok(e.0.clone())
     }

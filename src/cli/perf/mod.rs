@@ -1,6 +1,7 @@
 //! `palisade perf`: the load generator and test initiator. Transports (NVMe/TCP, iSCSI) provide
 //! queues that implement [`PerfQueue`]; the driver runs the workload, verifies data and reports.
 
+pub mod iscsi;
 pub mod tcp;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,10 +84,10 @@ pub struct PerfArgs {
     /// Write a per-block pattern (LBA + generation) and check every read.
     #[arg(long)]
     pub verify: bool,
-    /// NVMe/TCP header digest.
+    /// Header digest (CRC32C) on NVMe/TCP PDUs or iSCSI PDUs.
     #[arg(long)]
     pub hdgst: bool,
-    /// NVMe/TCP data digest.
+    /// Data digest (CRC32C).
     #[arg(long)]
     pub ddgst: bool,
     /// Host NQN to present (default: a random uuid-based NQN).
@@ -105,6 +106,9 @@ pub struct PerfArgs {
     pub chap_user: Option<String>,
     #[arg(long = "chap-secret")]
     pub chap_secret: Option<String>,
+    /// iSCSI initiator name to log in with.
+    #[arg(long)]
+    pub initiator: Option<String>,
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -403,8 +407,27 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
             (Some(s), q)
         }
         Transport::Iscsi => {
-            let _ = (&a.target, a.lun, &a.chap_user, &a.chap_secret);
-            return Err("--transport iscsi is not built yet (the iSCSI initiator queue lands with the iSCSI target)".into());
+            let target = a.target.as_deref().ok_or("--transport iscsi needs --target IQN")?;
+            let chap = match (&a.chap_user, &a.chap_secret) {
+                (Some(u), Some(s)) => Some((u.clone(), s.clone())),
+                (None, None) => None,
+                _ => return Err("--chap-user and --chap-secret go together".into()),
+            };
+            let initiator = a.initiator.clone().unwrap_or_else(|| "iqn.2024-01.io.palisade:perf".to_string());
+            let q = iscsi::connect(
+                &a.addr,
+                a.port.unwrap_or(3260),
+                target,
+                a.lun,
+                &initiator,
+                chap,
+                a.queues as usize,
+                a.qd as usize,
+                a.hdgst,
+                a.ddgst,
+            )
+            .map_err(|e| format!("iSCSI login to {}:{} {target}: {e}", a.addr, a.port.unwrap_or(3260)))?;
+            (None, q)
         }
     };
     let bs = queues[0].block_size() as u64;

@@ -1,0 +1,940 @@
+//! One iSCSI connection (and, with MaxConnections=1, its session) on a reactor: login, then the
+//! full feature phase — SCSI commands through [`ScsiPort`], Data-Out gathering with immediate,
+//! unsolicited and R2T-solicited data, Data-In with status in the last PDU, CmdSN window, NOP
+//! pings, task management, Text (SendTargets), Logout, Reject.
+//!
+//! The I/O path does not allocate per command: task slots are preallocated, data buffers come from
+//! the IoBuf pool, the receive and transmit buffers are reused, and all output of one loop
+//! iteration goes out in one write from `on_flush`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::login::{self, Login, LoginCtx, Negotiated, SessionType, Step};
+use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
+use super::target::{ConnInfo, Target};
+use super::tasks::{DataOutError, Task, TaskTable};
+use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
+use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
+use crate::volume::Initiator;
+
+/// Receive buffer: several maximal PDUs, so one recv can carry many small ones.
+const RX_CAP: usize = 1 << 20;
+/// Stop reading new requests while this much output waits for the socket (back-pressure).
+const TX_HIGH_WATER: usize = 8 << 20;
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest EDTL we buffer for a write (bigger commands get CHECK CONDITION).
+const MAX_WRITE_EDTL: u32 = 32 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Login,
+    FullFeature,
+    /// Logout answered: close once the output is written.
+    Closing,
+}
+
+pub struct Conn {
+    target: Arc<Target>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    pg_tag: u32,
+    id: u64,
+    phase: Phase,
+    login: Option<Box<Login>>,
+    session_type: SessionType,
+    params: Negotiated,
+    port: Option<ScsiPort>,
+    target_name: String,
+    initiator_name: String,
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    tx: Vec<u8>,
+    tx_pos: usize,
+    read_blocked: bool,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    queue_depth: u32,
+    tasks: TaskTable,
+    /// Scratch for one header being built (so responses do not allocate).
+    sense_buf: [u8; 20],
+    last_rx: Instant,
+    started: Instant,
+    nop_interval: Duration,
+    nop_timeout: Duration,
+    ping: Option<(u32, Instant)>,
+    next_ping_ttt: u32,
+    /// A Text response too long for one PDU: what is left, and the TTT that asks for it.
+    text_rest: Option<(u32, Vec<u8>)>,
+    registered: bool,
+}
+
+fn hd_dd(p: &Negotiated) -> (bool, bool) {
+    (p.header_digest, p.data_digest)
+}
+
+impl Conn {
+    pub fn handler(
+        mut sock: TcpStream,
+        peer: SocketAddr,
+        target: Arc<Target>,
+        pg_tag: u32,
+        core: &mut Core,
+        me: HandlerRef,
+    ) -> Option<Box<dyn Handler>> {
+        if let Err(e) = core.registry().register(&mut sock, me.token(), Interest::READABLE | Interest::WRITABLE) {
+            tracing::warn!("iscsi: cannot register connection from {peer}: {e}");
+            return None;
+        }
+        let opts = target.opts();
+        let id = target.next_conn_id();
+        let local = sock.local_addr().ok();
+        Some(Box::new(Conn {
+            target,
+            sock,
+            peer,
+            local,
+            pg_tag,
+            id,
+            phase: Phase::Login,
+            login: Some(Box::new(Login::new())),
+            session_type: SessionType::Normal,
+            params: Negotiated::defaults(login::TARGET_MAX_RECV_DSL),
+            port: None,
+            target_name: String::new(),
+            initiator_name: String::new(),
+            rx: vec![0u8; RX_CAP],
+            rx_start: 0,
+            rx_end: 0,
+            tx: Vec::with_capacity(512 * 1024),
+            tx_pos: 0,
+            read_blocked: false,
+            stat_sn: 1,
+            exp_cmd_sn: 0,
+            queue_depth: 64,
+            tasks: TaskTable::new(0),
+            sense_buf: [0; 20],
+            last_rx: core.now,
+            started: core.now,
+            nop_interval: Duration::from_secs(opts.nop_in_interval.max(1) as u64),
+            nop_timeout: Duration::from_secs(opts.nop_timeout.max(1) as u64),
+            ping: None,
+            next_ping_ttt: 1,
+            text_rest: None,
+            registered: false,
+        }))
+    }
+
+    fn max_cmd_sn(&self) -> u32 {
+        self.exp_cmd_sn.wrapping_add(self.queue_depth).wrapping_sub(1)
+    }
+
+    /// Fill the sequence-number words every target response carries.
+    fn seal(&mut self, h: &mut Bhs, stat: bool) {
+        if stat {
+            h.set_u32(at::W24, self.stat_sn);
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        h.set_u32(at::W28, self.exp_cmd_sn);
+        h.set_u32(at::W32, self.max_cmd_sn());
+    }
+
+    fn send(&mut self, h: &Bhs, data: &[u8]) {
+        let (hd, dd) = hd_dd(&self.params);
+        pdu::encode(&mut self.tx, h, &[], data, hd, dd);
+    }
+
+    fn fatal(&mut self, core: &mut Core, me: HandlerRef, why: &str) {
+        tracing::info!(conn = self.id, peer = %self.peer, "iscsi: dropping connection: {why}");
+        self.phase = Phase::Closing;
+        self.tx.clear();
+        self.tx_pos = 0;
+        core.close(me);
+    }
+
+    fn reject(&mut self, bad: &Bhs, reason: u8) {
+        let mut h = Bhs::new(op::REJECT, F_FINAL);
+        h.set_b2(reason);
+        h.set_itt(RESERVED_TAG);
+        self.seal(&mut h, true);
+        let hdr = bad.0;
+        self.send(&h, &hdr);
+    }
+
+    // ---- receive path ------------------------------------------------------------------------
+
+    fn read_and_process(&mut self, core: &mut Core, me: HandlerRef) {
+        use std::io::Read;
+        loop {
+            if self.phase == Phase::Closing {
+                return;
+            }
+            if self.tx.len() - self.tx_pos > TX_HIGH_WATER {
+                self.read_blocked = true;
+                return;
+            }
+            self.read_blocked = false;
+            if self.rx_end == self.rx.len() {
+                if self.rx_start == 0 {
+                    return self.fatal(core, me, "PDU larger than the receive buffer");
+                }
+                self.rx.copy_within(self.rx_start..self.rx_end, 0);
+                self.rx_end -= self.rx_start;
+                self.rx_start = 0;
+            }
+            match self.sock.read(&mut self.rx[self.rx_end..]) {
+                Ok(0) => return self.fatal(core, me, "peer closed"),
+                Ok(n) => {
+                    self.rx_end += n;
+                    self.last_rx = core.now;
+                    self.process(core, me);
+                    if self.rx_start == self.rx_end {
+                        self.rx_start = 0;
+                        self.rx_end = 0;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fatal(core, me, &format!("read: {e}")),
+            }
+        }
+    }
+
+    fn process(&mut self, core: &mut Core, me: HandlerRef) {
+        let rx = std::mem::take(&mut self.rx);
+        while self.phase != Phase::Closing {
+            let (hd, dd) = hd_dd(&self.params);
+            let buf = &rx[self.rx_start..self.rx_end];
+            let frame = match pdu::parse_frame(buf, hd, dd, self.params.max_recv_dsl as usize) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err((e, _)) => {
+                    self.fatal(core, me, &e.to_string());
+                    break;
+                }
+            };
+            let base = self.rx_start;
+            self.rx_start += frame.total;
+            let data = &rx[base + frame.data.0..base + frame.data.1];
+            let ahs = &rx[base + frame.ahs.0..base + frame.ahs.1];
+            self.dispatch(core, me, &frame.bhs, ahs, data);
+        }
+        self.rx = rx;
+        if self.tx.len() > self.tx_pos {
+            core.want_flush(me);
+        }
+    }
+
+    fn dispatch(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], data: &[u8]) {
+        if self.phase == Phase::Login {
+            if h.opcode() != op::LOGIN_REQ {
+                return self.fatal(core, me, "non-login PDU before login completed");
+            }
+            return self.on_login(core, me, h, data);
+        }
+        match h.opcode() {
+            op::SCSI_CMD => self.on_scsi_cmd(core, me, h, ahs, data),
+            op::DATA_OUT => self.on_data_out(core, me, h, data),
+            op::NOP_OUT => self.on_nop_out(h, data),
+            op::TMF_REQ => self.on_tmf(core, me, h),
+            op::TEXT_REQ => self.on_text(h, data),
+            op::LOGOUT_REQ => self.on_logout(core, me, h),
+            op::LOGIN_REQ => self.reject(h, reject::PROTOCOL_ERROR),
+            op::SNACK => self.reject(h, reject::CMD_NOT_SUPPORTED),
+            _ => self.reject(h, reject::CMD_NOT_SUPPORTED),
+        }
+    }
+
+    /// CmdSN check for a non-immediate request: true if it may run (and advances ExpCmdSN).
+    fn accept_cmd_sn(&mut self, h: &Bhs) -> bool {
+        if h.immediate() {
+            return true;
+        }
+        let sn = h.u32_at(at::W24);
+        if pdu::sn_lt(sn, self.exp_cmd_sn) || pdu::sn_lt(self.max_cmd_sn(), sn) {
+            // Outside the window: RFC 7143 §4.2.2.1 says silently ignore.
+            tracing::debug!(conn = self.id, sn, exp = self.exp_cmd_sn, "iscsi: CmdSN outside the window, ignored");
+            return false;
+        }
+        self.exp_cmd_sn = sn.wrapping_add(1);
+        true
+    }
+
+    // ---- login ------------------------------------------------------------------------------
+
+    fn on_login(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, data: &[u8]) {
+        let Some(mut lg) = self.login.take() else { return };
+        let ctx = LoginCtx { target: &self.target, pg_tag: self.pg_tag, peer: self.peer.ip() };
+        let step = lg.step(&ctx, h, data);
+        let mut r = Bhs::new(op::LOGIN_RSP, 0);
+        r.0[8..14].copy_from_slice(&h.0[8..14]);
+        r.set_itt(h.itt());
+        // The login request's CmdSN is the first one of the session.
+        self.exp_cmd_sn = h.u32_at(at::W24);
+        match step {
+            Step::Fail((class, detail)) => {
+                tracing::info!(conn = self.id, peer = %self.peer, initiator = %lg.initiator_name, class, detail, "iscsi: login refused");
+                r.set_u32(at::W24, self.stat_sn);
+                r.set_u32(at::W28, self.exp_cmd_sn);
+                r.set_u32(at::W32, self.exp_cmd_sn);
+                r.0[36] = class;
+                r.0[37] = detail;
+                pdu::encode(&mut self.tx, &r, &[], &[], false, false);
+                self.phase = Phase::Closing;
+                core.want_flush(me);
+            }
+            Step::Reply { keys, transit, csg, nsg } => {
+                r.0[1] = if transit { pdu::F_TRANSIT } else { 0 } | (csg << 2) | nsg;
+                self.login_reply(&mut r, &keys);
+                self.login = Some(lg);
+            }
+            Step::Finish { keys, csg } => {
+                r.0[1] = pdu::F_TRANSIT | (csg << 2) | 3;
+                let tsih = self.target.next_tsih();
+                r.set_u16(at::TSIH, tsih);
+                self.login_reply(&mut r, &keys);
+                // Digests apply from the first PDU after the final login response.
+                self.params = lg.params.clone();
+                self.session_type = lg.session_type;
+                self.initiator_name = lg.initiator_name.clone();
+                self.target_name = lg.target_name.clone();
+                self.phase = Phase::FullFeature;
+                if let Some(node) = &lg.node {
+                    self.queue_depth = node.queue_depth.clamp(1, 4096);
+                    let isid = login::hex(&lg.isid);
+                    let initiator = Initiator::Iscsi {
+                        initiator_port: format!("{},i,0x{isid}", lg.initiator_name),
+                        target_port: format!("{},t,0x{:04x}", node.name, self.pg_tag),
+                        rel_port_id: self.pg_tag as u16,
+                    };
+                    self.port = Some(ScsiPort::new(initiator, node.luns.clone()));
+                } else {
+                    self.queue_depth = 8;
+                }
+                self.tasks = TaskTable::new(self.queue_depth as usize + 8);
+                let info = ConnInfo {
+                    id: self.id,
+                    cid: lg.cid,
+                    tsih,
+                    lcore: core.id,
+                    initiator_name: lg.initiator_name.clone(),
+                    initiator_addr: self.peer.ip().to_string(),
+                    target_addr: self.local.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    target_node_name: lg.target_name.clone(),
+                    isid: lg.isid,
+                    handler: me,
+                };
+                // Session reinstatement: an older session of the same I_T nexus goes away.
+                for old in self.target.register_conn(info) {
+                    core.reactors().send(old.reactor, move |r| {
+                        r.with_handler(old, |_, core, h| core.close(h));
+                    });
+                }
+                self.registered = true;
+            }
+        }
+    }
+
+    fn login_reply(&mut self, r: &mut Bhs, keys: &[(String, String)]) {
+        r.set_u32(at::W24, self.stat_sn);
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        r.set_u32(at::W28, self.exp_cmd_sn);
+        r.set_u32(at::W32, self.exp_cmd_sn.wrapping_add(self.queue_depth.max(1)).wrapping_sub(1));
+        let text = pdu::encode_text(keys);
+        pdu::encode(&mut self.tx, r, &[], &text, false, false);
+    }
+
+    // ---- SCSI commands ----------------------------------------------------------------------
+
+    fn on_scsi_cmd(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], data: &[u8]) {
+        if self.session_type == SessionType::Discovery {
+            return self.reject(h, reject::PROTOCOL_ERROR);
+        }
+        if !self.accept_cmd_sn(h) {
+            return;
+        }
+        let flags = h.flags();
+        let itt = h.itt();
+        let edtl = h.u32_at(at::W20);
+        let dir = match (flags & F_READ != 0, flags & F_WRITE != 0) {
+            (false, false) => DataDir::None,
+            (true, false) => DataDir::Read,
+            (false, true) => DataDir::Write,
+            (true, true) => DataDir::Both,
+        };
+        let attr = match flags & 7 {
+            0 | 1 => TaskAttr::Simple,
+            2 => TaskAttr::Ordered,
+            3 => TaskAttr::HeadOfQueue,
+            _ => TaskAttr::Aca,
+        };
+        let mut cdb = [0u8; 32];
+        cdb[..16].copy_from_slice(&h.0[at::CDB..at::CDB + 16]);
+        let mut cdb_len = 16u8;
+        // Extended CDB AHS (type 1): AHSLength counts a reserved byte plus the extra CDB bytes.
+        if ahs.len() >= 4 && ahs[2] == 1 {
+            let alen = u16::from_be_bytes([ahs[0], ahs[1]]) as usize;
+            let extra = alen.saturating_sub(1).min(16).min(ahs.len().saturating_sub(4));
+            cdb[16..16 + extra].copy_from_slice(&ahs[4..4 + extra]);
+            cdb_len += extra as u8;
+        }
+        let writes = matches!(dir, DataDir::Write | DataDir::Both);
+        if !data.is_empty() && (!writes || !self.params.immediate_data || data.len() as u32 > edtl.min(self.params.first_burst)) {
+            return self.reject(h, reject::PROTOCOL_ERROR);
+        }
+        let lun_raw = h.lun_raw();
+        tracing::trace!(conn = self.id, itt, edtl, flags, imm = data.len(), cdb0 = cdb[0], "iscsi: SCSI command");
+        let Some(slot) = self.tasks.alloc() else {
+            let r = ScsiResponse::status(itt, status::TASK_SET_FULL);
+            return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
+        };
+        let t = self.tasks.get_mut(slot);
+        t.itt = itt;
+        t.lun_raw = lun_raw;
+        t.lun = decode_lun(lun_raw);
+        t.cdb = cdb;
+        t.cdb_len = cdb_len;
+        t.attr = attr;
+        t.edtl = edtl;
+        t.dir = dir;
+        t.cmd_sn = h.u32_at(at::W24);
+        if writes && edtl > 0 {
+            if edtl > MAX_WRITE_EDTL {
+                self.tasks.free(slot);
+                let r = ScsiResponse::check(itt, crate::scsi::Sense::new(crate::scsi::sense_key::ILLEGAL_REQUEST, 0x55, 0x00));
+                return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
+            }
+            let mut buf = IoBuf::new(edtl as usize);
+            buf[..data.len()].copy_from_slice(data);
+            let first_burst = self.params.first_burst;
+            let t = self.tasks.get_mut(slot);
+            t.data = Some(buf);
+            t.received = data.len() as u32;
+            // Unsolicited Data-Out follows (up to FirstBurstLength) when F is clear.
+            let unsol_end = if flags & F_FINAL == 0 && !self.params.initial_r2t { edtl.min(first_burst) } else { data.len() as u32 };
+            t.unsol_end = unsol_end;
+            t.unsol_open = unsol_end > t.received;
+            t.set_unsolicited(data.len() as u32);
+            t.r2t_next = unsol_end;
+            if t.received < edtl {
+                self.send_r2ts(slot);
+                return;
+            }
+        }
+        self.submit(core, me, slot);
+    }
+
+    fn send_r2ts(&mut self, slot: usize) {
+        let max_out = self.params.max_outstanding_r2t;
+        let burst = self.params.max_burst;
+        loop {
+            let t = self.tasks.get_mut(slot);
+            if t.r2t_next >= t.edtl || t.outstanding() >= max_out as usize {
+                return;
+            }
+            let off = t.r2t_next;
+            let len = burst.min(t.edtl - off);
+            let Some(ttt) = t.open_seq(slot, off, len) else { return };
+            t.r2t_next += len;
+            let r2t_sn = t.r2t_sn;
+            t.r2t_sn += 1;
+            let (itt, lun_raw) = (t.itt, t.lun_raw);
+            let mut h = Bhs::new(op::R2T, F_FINAL);
+            h.set_lun_raw(lun_raw);
+            h.set_itt(itt);
+            h.set_u32(at::W20, ttt);
+            h.set_u32(at::W24, self.stat_sn);
+            self.seal(&mut h, false);
+            h.set_u32(at::W36, r2t_sn);
+            h.set_u32(at::W40, off);
+            h.set_u32(at::W44, len);
+            self.send(&h, &[]);
+        }
+    }
+
+    fn on_data_out(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, data: &[u8]) {
+        let ttt = h.u32_at(at::W20);
+        let itt = h.itt();
+        let slot = if ttt == RESERVED_TAG { self.tasks.find_unsolicited(itt) } else { self.tasks.find_ttt(ttt, itt) };
+        tracing::trace!(conn = self.id, itt, ttt, datasn = h.u32_at(at::W36), offset = h.u32_at(at::W40), len = data.len(), fin = h.final_bit(), found = slot.is_some(), "iscsi: Data-Out");
+        let Some(slot) = slot else {
+            // Data for a task we no longer have (aborted, or refused): drop it.
+            return;
+        };
+        let t = self.tasks.get_mut(slot);
+        match t.data_out(ttt, h.u32_at(at::W36), h.u32_at(at::W40), data, h.final_bit()) {
+            Ok(seq_done) => {
+                let complete = t.received >= t.edtl && !t.unsol_open && t.outstanding() == 0;
+                if seq_done {
+                    self.send_r2ts(slot);
+                }
+                if complete {
+                    self.submit(core, me, slot);
+                }
+            }
+            Err(DataOutError::Protocol(why)) => {
+                // Reject the PDU and keep the connection: the command stays incomplete until the
+                // initiator aborts it or logs out (dropping the connection would let initiators
+                // silently retry on a new one, hiding the error).
+                tracing::info!(conn = self.id, itt, "iscsi: Data-Out rejected: {why}");
+                // The initiator fails the command on the Reject; forget it here too.
+                self.tasks.free(slot);
+                self.reject(h, reject::PROTOCOL_ERROR);
+            }
+        }
+    }
+
+    fn submit(&mut self, core: &mut Core, me: HandlerRef, slot: usize) {
+        if !self.fit_write(slot) {
+            let t = self.tasks.get_mut(slot);
+            let (itt, res) = (t.itt, t.write_resid);
+            self.tasks.free(slot);
+            self.send_scsi_response_resid(&ScsiResponse::good(itt), 0, res);
+            core.want_flush(me);
+            return;
+        }
+        let t = self.tasks.get_mut(slot);
+        t.submitted = true;
+        let cmd = ScsiCommand {
+            cdb: t.cdb,
+            cdb_len: t.cdb_len,
+            lun: t.lun,
+            task_tag: t.itt,
+            expected_len: t.edtl,
+            dir: t.dir,
+            data_out: t.data.take(),
+            attr: t.attr,
+        };
+        let Some(port) = self.port.as_mut() else { return };
+        port.submit(core, me, cmd);
+        self.drain(core, me);
+    }
+
+    /// For WRITE and WRITE AND VERIFY, compare the CDB's transfer length with EDTL (RFC 7143
+    /// §11.4.5.1) and record the residual. When EDTL is shorter than the CDB asks for (overflow),
+    /// only the whole blocks that EDTL covers are written: the CDB is cut down to them, so no
+    /// block beyond what the initiator meant to send is touched. Returns false when nothing is
+    /// left to write (the caller answers GOOD with the residual at once).
+    fn fit_write(&mut self, slot: usize) -> bool {
+        let t = self.tasks.get_mut(slot);
+        if !matches!(t.cdb[0], 0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e) {
+            return true;
+        }
+        let Ok(b) = crate::scsi::cdb::decode_block(&t.cdb) else { return true };
+        let Some(bs) = self.port.as_ref().and_then(|p| p.luns.get(t.lun)).map(|l| l.volume.block_size() as u64) else { return true };
+        let needed = b.blocks as u64 * bs;
+        if needed == t.edtl as u64 {
+            return true;
+        }
+        if needed < t.edtl as u64 {
+            t.write_resid = Some((true, t.edtl - needed as u32));
+            return true;
+        }
+        t.write_resid = Some((false, (needed - t.edtl as u64).min(u32::MAX as u64) as u32));
+        let blocks = (t.edtl as u64 / bs) as u32;
+        if blocks == 0 {
+            return false;
+        }
+        match t.cdb[0] {
+            0x0a => t.cdb[4] = blocks as u8,
+            0x2a | 0x2e => t.cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
+            0xaa | 0xae => t.cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
+            _ => t.cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
+        }
+        true
+    }
+
+    /// Send every finished task's response.
+    fn drain(&mut self, core: &mut Core, me: HandlerRef) {
+        let mut any = false;
+        while let Some(r) = self.port.as_mut().and_then(|p| p.next_done()) {
+            any = true;
+            let Some(slot) = self.tasks.find_submitted(r.task_tag) else { continue };
+            let t = self.tasks.get_mut(slot);
+            let (edtl, dir, lun_raw, r2ts, wres) = (t.edtl, t.dir, t.lun_raw, t.r2t_sn, t.write_resid);
+            self.tasks.free(slot);
+            if let Some(res) = wres {
+                self.send_scsi_response_resid(&r, r2ts, Some(res));
+                continue;
+            }
+            self.respond(&r, edtl, dir, lun_raw, r2ts);
+        }
+        if any {
+            core.want_flush(me);
+        }
+    }
+
+    fn respond(&mut self, r: &ScsiResponse, edtl: u32, dir: DataDir, lun_raw: [u8; 8], r2ts: u32) {
+        let reads = matches!(dir, DataDir::Read | DataDir::Both);
+        let produced = r.data_len;
+        let (flag, resid) = if reads || produced > 0 {
+            if produced > edtl {
+                (F_OVERFLOW, produced - edtl)
+            } else if produced < edtl && reads {
+                (F_UNDERFLOW, edtl - produced)
+            } else {
+                (0, 0)
+            }
+        } else {
+            (0, 0)
+        };
+        let send_len = produced.min(edtl) as usize;
+        let good = (r.status == status::GOOD || r.status == status::CONDITION_MET) && r.sense.is_none();
+        let mut datasn = 0u32;
+        if reads && send_len > 0 {
+            if let Some(buf) = &r.data_in {
+                let send_len = send_len.min(buf.len());
+                let chunk = (self.params.max_xmit_dsl as usize).max(512);
+                let mut off = 0usize;
+                let burst = (self.params.max_burst as usize).max(512);
+                while off < send_len {
+                    // A Data-In sequence (ended by F) carries at most MaxBurstLength bytes.
+                    let burst_end = (off / burst + 1) * burst;
+                    let n = chunk.min(send_len - off).min(burst_end - off);
+                    let last = off + n == send_len;
+                    let mut h = Bhs::new(op::DATA_IN, 0);
+                    h.set_lun_raw(lun_raw);
+                    h.set_itt(r.task_tag);
+                    h.set_u32(at::W20, RESERVED_TAG);
+                    let with_status = last && good;
+                    if last || off + n == burst_end {
+                        h.0[1] |= F_FINAL;
+                    }
+                    if with_status {
+                        h.0[1] |= F_STATUS | flag;
+                        h.set_b3(r.status);
+                        h.set_u32(at::W44, resid);
+                    }
+                    self.seal(&mut h, with_status);
+                    h.set_u32(at::W36, datasn);
+                    h.set_u32(at::W40, off as u32);
+                    datasn += 1;
+                    // Header and data straight into the output buffer: one copy of the data.
+                    let (hd, dd) = hd_dd(&self.params);
+                    pdu::encode(&mut self.tx, &h, &[], &buf[off..off + n], hd, dd);
+                    off += n;
+                }
+                if good {
+                    return;
+                }
+            }
+        }
+        self.send_scsi_response(r, edtl, datasn + r2ts, if reads { resid } else { 0 }, lun_raw);
+        let _ = flag;
+    }
+
+    fn send_scsi_response(&mut self, r: &ScsiResponse, edtl: u32, exp_data_sn: u32, resid_hint: u32, _lun: [u8; 8]) {
+        let produced = r.data_len;
+        let resid = if produced > edtl {
+            Some((false, produced - edtl))
+        } else if resid_hint > 0 {
+            Some((true, resid_hint))
+        } else {
+            None
+        };
+        self.send_scsi_response_resid(r, exp_data_sn, resid);
+    }
+
+    /// SCSI Response with an explicit residual (underflow = true).
+    fn send_scsi_response_resid(&mut self, r: &ScsiResponse, exp_data_sn: u32, resid: Option<(bool, u32)>) {
+        let mut h = Bhs::new(op::SCSI_RSP, F_FINAL);
+        h.set_b3(r.status);
+        h.set_itt(r.task_tag);
+        match resid {
+            Some((true, n)) => {
+                h.0[1] |= F_UNDERFLOW;
+                h.set_u32(at::W44, n);
+            }
+            Some((false, n)) => {
+                h.0[1] |= F_OVERFLOW;
+                h.set_u32(at::W44, n);
+            }
+            None => {}
+        }
+        self.seal(&mut h, true);
+        h.set_u32(at::W36, exp_data_sn);
+        let mut n = 0;
+        if let Some(s) = r.sense {
+            let enc = s.encode();
+            self.sense_buf[0..2].copy_from_slice(&(enc.len() as u16).to_be_bytes());
+            self.sense_buf[2..2 + enc.len()].copy_from_slice(&enc);
+            n = 2 + enc.len();
+        }
+        let sb = self.sense_buf;
+        self.send(&h, &sb[..n]);
+    }
+
+    // ---- NOP, TMF, Text, Logout -------------------------------------------------------------
+
+    fn on_nop_out(&mut self, h: &Bhs, data: &[u8]) {
+        let itt = h.itt();
+        if itt == RESERVED_TAG {
+            // The answer to our ping.
+            if self.ping.is_some_and(|(t, _)| t == h.u32_at(at::W20)) {
+                self.ping = None;
+            }
+            return;
+        }
+        if !self.accept_cmd_sn(h) {
+            return;
+        }
+        let mut r = Bhs::new(op::NOP_IN, F_FINAL);
+        r.set_lun_raw(h.lun_raw());
+        r.set_itt(itt);
+        r.set_u32(at::W20, RESERVED_TAG);
+        self.seal(&mut r, true);
+        let n = data.len().min(self.params.max_xmit_dsl as usize);
+        self.send(&r, &data[..n]);
+    }
+
+    fn on_tmf(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) {
+        if !self.accept_cmd_sn(h) {
+            return;
+        }
+        let func = h.flags() & 0x7f;
+        let lun = decode_lun(h.lun_raw());
+        let rtt = h.u32_at(at::W20);
+        let ref_sn = h.u32_at(at::W32);
+        let tmf_sn = h.u32_at(at::W24);
+        let has_lun = self.port.as_ref().is_some_and(|p| p.luns.get(lun).is_some());
+        let response: u8 = match func {
+            // ABORT TASK (RFC 7143 §11.5.1): a task already finished counts as aborted when its
+            // CmdSN precedes the request's.
+            1 => {
+                // A task that already completed is reported as not existing, which is what
+                // initiators expect when the response crossed the request.
+                let in_scsi = self.port.as_mut().is_some_and(|p| p.abort_task(rtt));
+                let here = self.abort_where(|t| t.itt == rtt);
+                let _ = (ref_sn, tmf_sn);
+                if in_scsi || here > 0 {
+                    0
+                } else {
+                    1
+                }
+            }
+            // ABORT TASK SET, CLEAR TASK SET, LUN RESET: every task of this nexus on the LUN.
+            2 | 4 | 5 if !has_lun => 2,
+            2 | 4 | 5 => {
+                if let Some(p) = self.port.as_mut() {
+                    match func {
+                        2 => {
+                            p.abort_task_set(lun);
+                        }
+                        4 => {
+                            p.clear_task_set(lun);
+                        }
+                        _ => {
+                            p.lun_reset(lun);
+                        }
+                    }
+                }
+                self.abort_where(|t| t.lun == lun);
+                0
+            }
+            3 => 5, // CLEAR ACA: no ACA support
+            6 | 7 => {
+                if let Some(p) = self.port.as_mut() {
+                    p.target_reset();
+                }
+                self.abort_where(|_| true);
+                0
+            }
+            8 => 4, // TASK REASSIGN needs ErrorRecoveryLevel 2
+            _ => 255,
+        };
+        let mut r = Bhs::new(op::TMF_RSP, F_FINAL);
+        r.set_b2(response);
+        r.set_itt(h.itt());
+        self.seal(&mut r, true);
+        self.send(&r, &[]);
+        if func == 7 && response == 0 {
+            // TARGET COLD RESET drops the connection after the response (RFC 7143 §11.5.1).
+            self.phase = Phase::Closing;
+        }
+        core.want_flush(me);
+    }
+
+    /// Free this connection's task slots that match (after the SCSI layer was told: aborted
+    /// tasks produce no response there). Returns how many.
+    fn abort_where(&mut self, pred: impl Fn(&Task) -> bool) -> usize {
+        let mut n = 0;
+        for slot in self.tasks.active_slots() {
+            if pred(self.tasks.get_mut(slot)) {
+                self.tasks.free(slot);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn on_text(&mut self, h: &Bhs, data: &[u8]) {
+        if !self.accept_cmd_sn(h) {
+            return;
+        }
+        let ttt = h.u32_at(at::W20);
+        let body = if ttt != RESERVED_TAG {
+            match self.text_rest.take() {
+                Some((t, rest)) if t == ttt => rest,
+                _ => return self.reject(h, reject::INVALID_PDU_FIELD),
+            }
+        } else {
+            self.text_rest = None;
+            let Ok(pairs) = pdu::parse_text(data) else { return self.reject(h, reject::PROTOCOL_ERROR) };
+            let mut out: Vec<(String, String)> = Vec::new();
+            for (k, v) in pairs {
+                if k == "SendTargets" {
+                    let only = match v.as_str() {
+                        "All" if self.session_type == SessionType::Discovery => None,
+                        "All" => Some(self.target_name.clone()),
+                        "" => Some(self.target_name.clone()),
+                        name => Some(name.to_string()),
+                    };
+                    let local = self.local.map(|a| match a {
+                        SocketAddr::V4(v) => v.ip().to_string(),
+                        SocketAddr::V6(v) => format!("[{}]", v.ip()),
+                    });
+                    let list = self.target.send_targets(&self.initiator_name, self.peer.ip(), &local.unwrap_or_default(), only.as_deref());
+                    for (name, addrs) in list {
+                        out.push(("TargetName".into(), name));
+                        for a in addrs {
+                            out.push(("TargetAddress".into(), a));
+                        }
+                    }
+                } else {
+                    out.push((k, "NotUnderstood".into()));
+                }
+            }
+            pdu::encode_text(&out)
+        };
+        let max = self.params.max_xmit_dsl as usize;
+        let mut r = Bhs::new(op::TEXT_RSP, 0);
+        r.set_itt(h.itt());
+        let chunk = if body.len() > max {
+            let ttt = self.next_ping_ttt | 0x8000_0000;
+            self.next_ping_ttt = self.next_ping_ttt.wrapping_add(1) & 0x7fff_ffff;
+            r.0[1] = 0x40; // C: more follows
+            r.set_u32(at::W20, ttt);
+            self.text_rest = Some((ttt, body[max..].to_vec()));
+            &body[..max]
+        } else {
+            r.0[1] = F_FINAL;
+            r.set_u32(at::W20, RESERVED_TAG);
+            &body[..]
+        };
+        let chunk = chunk.to_vec();
+        self.seal(&mut r, true);
+        self.send(&r, &chunk);
+    }
+
+    fn on_logout(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) {
+        if !self.accept_cmd_sn(h) {
+            return;
+        }
+        let reason = h.flags() & 0x7f;
+        let response = match reason {
+            0 | 1 => 0,
+            2 => 2, // connection recovery needs ErrorRecoveryLevel 2
+            _ => return self.reject(h, reject::PROTOCOL_ERROR),
+        };
+        if let Some(p) = self.port.as_mut() {
+            for slot in self.tasks.active_slots() {
+                let itt = self.tasks.get_mut(slot).itt;
+                p.abort_task(itt);
+            }
+        }
+        self.abort_where(|_| true);
+        let mut r = Bhs::new(op::LOGOUT_RSP, F_FINAL);
+        r.set_b2(response);
+        r.set_itt(h.itt());
+        self.seal(&mut r, true);
+        self.send(&r, &[]);
+        if response == 0 {
+            self.phase = Phase::Closing;
+        }
+        core.want_flush(me);
+    }
+
+    fn write_out(&mut self, core: &mut Core, me: HandlerRef) {
+        use std::io::Write;
+        while self.tx_pos < self.tx.len() {
+            match self.sock.write(&self.tx[self.tx_pos..]) {
+                Ok(0) => return self.fatal(core, me, "socket closed"),
+                Ok(n) => self.tx_pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fatal(core, me, &format!("write: {e}")),
+            }
+        }
+        self.tx.clear();
+        self.tx_pos = 0;
+        if self.phase == Phase::Closing {
+            core.close(me);
+        } else if self.read_blocked {
+            self.read_and_process(core, me);
+        }
+    }
+}
+
+impl Handler for Conn {
+    fn on_ready(&mut self, core: &mut Core, me: HandlerRef, ev: &mio::event::Event) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.read_and_process(core, me);
+        }
+        if ev.is_writable() && self.tx_pos < self.tx.len() {
+            core.want_flush(me);
+        }
+    }
+
+    fn on_io_complete(&mut self, core: &mut Core, me: HandlerRef, ev: IoEvent) {
+        if let Some(p) = self.port.as_mut() {
+            p.on_io_complete(core, me, ev);
+        }
+        self.drain(core, me);
+    }
+
+    fn on_flush(&mut self, core: &mut Core, me: HandlerRef) {
+        self.write_out(core, me);
+    }
+
+    fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {
+        match self.phase {
+            Phase::Login if core.now.duration_since(self.started) > LOGIN_TIMEOUT => {
+                self.fatal(core, me, "login timed out")
+            }
+            Phase::FullFeature => {
+                if let Some((_, sent)) = self.ping {
+                    if core.now.duration_since(sent) > self.nop_timeout {
+                        self.fatal(core, me, "no answer to NOP-In");
+                    }
+                } else if core.now.duration_since(self.last_rx) > self.nop_interval {
+                    // Ping an idle connection; a dead peer is dropped after nop_timeout.
+                    let ttt = self.next_ping_ttt & 0x7fff_ffff;
+                    self.next_ping_ttt = self.next_ping_ttt.wrapping_add(1);
+                    let mut r = Bhs::new(op::NOP_IN, F_FINAL);
+                    r.set_itt(RESERVED_TAG);
+                    r.set_u32(at::W20, ttt);
+                    r.set_u32(at::W24, self.stat_sn);
+                    self.seal(&mut r, false);
+                    self.send(&r, &[]);
+                    self.ping = Some((ttt, core.now));
+                    self.last_rx = core.now;
+                    core.want_flush(me);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_close(&mut self, core: &mut Core, _me: HandlerRef) {
+        let _ = core.registry().deregister(&mut self.sock);
+        if self.registered {
+            self.target.unregister_conn(self.id);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Per-connection task slots: preallocated at login, reused for every command (no allocation on
+//! the I/O path). A slot tracks one command from its SCSI Command PDU through Data-Out gathering
+//! (immediate, unsolicited and R2T-solicited sequences with DataSN and offset checks) to its
+//! response.
+
+use crate::reactor::IoBuf;
+use crate::scsi::{DataDir, TaskAttr};
+
+/// Most R2T sequences one task may have open (MaxOutstandingR2T is clamped to this).
+pub const MAX_SEQ: usize = 16;
+
+#[derive(Clone, Copy, Default)]
+struct Seq {
+    open: bool,
+    ttt: u32,
+    off: u32,
+    len: u32,
+    got: u32,
+    datasn: u32,
+}
+
+pub struct Task {
+    active: bool,
+    gen: u16,
+    pub itt: u32,
+    pub lun_raw: [u8; 8],
+    pub lun: u64,
+    pub cdb: [u8; 32],
+    pub cdb_len: u8,
+    pub attr: TaskAttr,
+    pub edtl: u32,
+    pub dir: DataDir,
+    pub cmd_sn: u32,
+    pub data: Option<IoBuf>,
+    pub received: u32,
+    pub unsol_end: u32,
+    pub unsol_open: bool,
+    unsol_pos: u32,
+    unsol_datasn: u32,
+    pub r2t_next: u32,
+    pub r2t_sn: u32,
+    seqs: [Seq; MAX_SEQ],
+    pub submitted: bool,
+    /// WRITE residual: (underflow, count) when EDTL and the CDB disagree.
+    pub write_resid: Option<(bool, u32)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataOutError {
+    Protocol(&'static str),
+}
+
+impl Task {
+    fn empty() -> Task {
+        Task {
+            active: false,
+            gen: 0,
+            itt: 0,
+            lun_raw: [0; 8],
+            lun: 0,
+            cdb: [0; 32],
+            cdb_len: 0,
+            attr: TaskAttr::Simple,
+            edtl: 0,
+            dir: DataDir::None,
+            cmd_sn: 0,
+            data: None,
+            received: 0,
+            unsol_end: 0,
+            unsol_open: false,
+            unsol_pos: 0,
+            unsol_datasn: 0,
+            r2t_next: 0,
+            r2t_sn: 0,
+            seqs: [Seq::default(); MAX_SEQ],
+            submitted: false,
+            write_resid: None,
+        }
+    }
+
+    fn reset(&mut self) {
+        let gen = self.gen;
+        *self = Task::empty();
+        self.gen = gen;
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.seqs.iter().filter(|s| s.open).count()
+    }
+
+    /// Open an R2T sequence for [off, off+len); returns its Target Transfer Tag.
+    pub fn open_seq(&mut self, slot: usize, off: u32, len: u32) -> Option<u32> {
+        let ttt = ((self.gen as u32) << 16) | slot as u32;
+        let s = self.seqs.iter_mut().find(|s| !s.open)?;
+        *s = Seq { open: true, ttt, off, len, got: 0, datasn: 0 };
+        Some(ttt)
+    }
+
+    /// Take one Data-Out PDU. Ok(true) when it closed a sequence (more R2Ts may go out).
+    pub fn data_out(&mut self, ttt: u32, datasn: u32, offset: u32, data: &[u8], fin: bool) -> Result<bool, DataOutError> {
+        let n = data.len() as u32;
+        let end = offset.checked_add(n).ok_or(DataOutError::Protocol("Data-Out offset overflows"))?;
+        if end > self.edtl {
+            return Err(DataOutError::Protocol("Data-Out beyond the expected data transfer length"));
+        }
+        if ttt == u32::MAX {
+            if !self.unsol_open {
+                return Err(DataOutError::Protocol("unsolicited Data-Out not expected"));
+            }
+            if datasn != self.unsol_datasn {
+                return Err(DataOutError::Protocol("unsolicited Data-Out with a wrong DataSN"));
+            }
+            if offset != self.unsol_pos || end > self.unsol_end {
+                return Err(DataOutError::Protocol("unsolicited Data-Out at a wrong offset"));
+            }
+            self.copy_in(offset, data);
+            self.unsol_datasn += 1;
+            self.unsol_pos = end;
+            if fin {
+                if self.unsol_pos != self.unsol_end {
+                    return Err(DataOutError::Protocol("unsolicited burst ended short"));
+                }
+                self.unsol_open = false;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let Some(i) = self.seqs.iter().position(|s| s.open && s.ttt == ttt) else {
+            return Err(DataOutError::Protocol("Data-Out for an R2T that is not outstanding"));
+        };
+        let s = self.seqs[i];
+        if datasn != s.datasn {
+            return Err(DataOutError::Protocol("Data-Out with a wrong DataSN"));
+        }
+        if offset != s.off + s.got || end > s.off + s.len {
+            return Err(DataOutError::Protocol("Data-Out outside its R2T"));
+        }
+        self.copy_in(offset, data);
+        let s = &mut self.seqs[i];
+        s.datasn += 1;
+        s.got += n;
+        if fin {
+            if s.got != s.len {
+                return Err(DataOutError::Protocol("R2T sequence ended short"));
+            }
+            s.open = false;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn copy_in(&mut self, offset: u32, data: &[u8]) {
+        if let Some(b) = self.data.as_mut() {
+            let o = offset as usize;
+            if let Some(dst) = b.get_mut(o..o + data.len()) {
+                dst.copy_from_slice(data);
+            }
+        }
+        self.received += data.len() as u32;
+    }
+
+    pub fn set_unsolicited(&mut self, pos: u32) {
+        self.unsol_pos = pos;
+    }
+}
+
+pub struct TaskTable {
+    slots: Vec<Task>,
+    free: Vec<usize>,
+    gen: u16,
+}
+
+impl TaskTable {
+    pub fn new(n: usize) -> TaskTable {
+        TaskTable { slots: (0..n).map(|_| Task::empty()).collect(), free: (0..n).rev().collect(), gen: 0 }
+    }
+
+    pub fn alloc(&mut self) -> Option<usize> {
+        let s = self.free.pop()?;
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 || self.gen == 0xffff {
+            self.gen = 1;
+        }
+        let t = &mut self.slots[s];
+        t.reset();
+        t.active = true;
+        t.gen = self.gen;
+        Some(s)
+    }
+
+    pub fn free(&mut self, slot: usize) {
+        if let Some(t) = self.slots.get_mut(slot) {
+            if t.active {
+                t.reset();
+                self.free.push(slot);
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> &mut Task {
+        &mut self.slots[slot]
+    }
+
+    pub fn find_unsolicited(&self, itt: u32) -> Option<usize> {
+        self.slots.iter().position(|t| t.active && !t.submitted && t.itt == itt && t.unsol_open)
+    }
+
+    pub fn find_ttt(&self, ttt: u32, itt: u32) -> Option<usize> {
+        let slot = (ttt & 0xffff) as usize;
+        let t = self.slots.get(slot)?;
+        (t.active && !t.submitted && t.gen as u32 == ttt >> 16 && t.itt == itt).then_some(slot)
+    }
+
+    pub fn find_submitted(&self, itt: u32) -> Option<usize> {
+        self.slots.iter().position(|t| t.active && t.submitted && t.itt == itt)
+    }
+
+    pub fn active_slots(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&i| self.slots[i].active).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r2t_sequence_checks() {
+        let mut tt = TaskTable::new(4);
+        let s = tt.alloc().unwrap();
+        let t = tt.get_mut(s);
+        t.edtl = 8192;
+        t.data = Some(IoBuf::zeroed(8192));
+        let ttt = t.open_seq(s, 0, 8192).unwrap();
+        assert!(tt.find_ttt(ttt, 0).is_some());
+        let t = tt.get_mut(s);
+        assert_eq!(t.data_out(ttt, 1, 0, &[1; 4096], false), Err(DataOutError::Protocol("Data-Out with a wrong DataSN")));
+        assert_eq!(t.data_out(ttt, 0, 0, &[1; 4096], false), Ok(false));
+        assert!(t.data_out(ttt, 1, 0, &[1; 4096], true).is_err()); // wrong offset
+        assert_eq!(t.data_out(ttt, 1, 4096, &[2; 4096], true), Ok(true));
+        assert_eq!(t.received, 8192);
+        assert_eq!(t.outstanding(), 0);
+        assert!(t.data_out(u32::MAX, 0, 0, &[0; 10], true).is_err()); // no unsolicited phase
+        assert!(t.data_out(ttt, 0, 8000, &[0; 1000], true).is_err()); // beyond EDTL
+        tt.free(s);
+        assert!(tt.find_ttt(ttt, 0).is_none());
+    }
+}

@@ -1,0 +1,140 @@
+//! CDB field decoding (SBC-3 5.x / SPC-4 6.x). Decoders read a fixed 32-byte array, so no index
+//! can go out of bounds whatever the transport delivered; a bad field comes back as the sense data
+//! with its field pointer.
+
+use super::sense::{Sense, INVALID_FIELD_IN_CDB};
+
+/// Big-endian integer of up to 8 bytes at `at..at+n` (bounds are the 32-byte array's).
+pub fn be(cdb: &[u8; 32], at: usize, n: usize) -> u64 {
+    cdb.iter().skip(at).take(n).fold(0u64, |a, &b| (a << 8) | b as u64)
+}
+
+/// The CDB length of an opcode by its group code (SPC-4 4.2.5.1); 0 for vendor/reserved groups.
+pub fn cdb_len(opcode: u8) -> usize {
+    match opcode >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        4 => 16,
+        5 => 12,
+        _ => 0,
+    }
+}
+
+/// The block-addressed fields shared by READ, WRITE, VERIFY, WRITE AND VERIFY, ORWRITE, PRE-FETCH,
+/// SYNCHRONIZE CACHE, WRITE SAME, WRITE ATOMIC and COMPARE AND WRITE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCdb {
+    pub lba: u64,
+    pub blocks: u32,
+    /// Byte 1 (RDPROTECT/WRPROTECT, DPO, FUA, BYTCHK, UNMAP, NDOB ... depending on the opcode).
+    pub flags: u8,
+}
+
+impl BlockCdb {
+    pub fn fua(&self) -> bool {
+        self.flags & 0x08 != 0
+    }
+    /// RDPROTECT / WRPROTECT / VRPROTECT / ORPROTECT (bits 7..5).
+    pub fn protect(&self) -> u8 {
+        self.flags >> 5
+    }
+}
+
+/// Decode the LBA and transfer length of a block command (SBC-3 tables for each opcode).
+pub fn decode_block(cdb: &[u8; 32]) -> Result<BlockCdb, Sense> {
+    let flags = cdb[1];
+    let (lba, blocks) = match cdb[0] {
+        // READ(6)/WRITE(6) (SBC-3 5.8, 5.39): 21-bit LBA, 0 blocks means 256.
+        0x08 | 0x0a => {
+            let lba = be(cdb, 1, 3) & 0x1f_ffff;
+            let n = cdb[4] as u32;
+            return Ok(BlockCdb { lba, blocks: if n == 0 { 256 } else { n }, flags: 0 });
+        }
+        // 10-byte: LBA 2..6, length 7..9.
+        0x28 | 0x2a | 0x2e | 0x2f | 0x34 | 0x35 | 0x41 => (be(cdb, 2, 4), be(cdb, 7, 2) as u32),
+        // 12-byte: LBA 2..6, length 6..10.
+        0xa8 | 0xaa | 0xae | 0xaf => (be(cdb, 2, 4), be(cdb, 6, 4) as u32),
+        // COMPARE AND WRITE (SBC-3 5.2): LBA 2..10, NUMBER OF LOGICAL BLOCKS in byte 13.
+        0x89 => (be(cdb, 2, 8), cdb[13] as u32),
+        // WRITE ATOMIC(16) (SBC-4 5.48): LBA 2..10, length 12..14.
+        0x9c => (be(cdb, 2, 8), be(cdb, 12, 2) as u32),
+        // 16-byte: LBA 2..10, length 10..14.
+        0x88 | 0x8a | 0x8b | 0x8e | 0x8f | 0x90 | 0x91 | 0x93 => (be(cdb, 2, 8), be(cdb, 10, 4) as u32),
+        _ => return Err(INVALID_FIELD_IN_CDB),
+    };
+    Ok(BlockCdb { lba, blocks, flags })
+}
+
+/// Allocation length of a data-in command at `at..at+n`.
+pub fn alloc_len(cdb: &[u8; 32], at: usize, n: usize) -> usize {
+    be(cdb, at, n) as usize
+}
+
+/// Check an LBA range against the capacity (SBC-3 4.5: LOGICAL BLOCK ADDRESS OUT OF RANGE).
+pub fn in_range(lba: u64, blocks: u64, capacity: u64) -> bool {
+    lba.checked_add(blocks).is_some_and(|e| e <= capacity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cdb(bytes: &[u8]) -> [u8; 32] {
+        let mut c = [0u8; 32];
+        c[..bytes.len()].copy_from_slice(bytes);
+        c
+    }
+
+    #[test]
+    fn six_byte_zero_means_256() {
+        let c = cdb(&[0x08, 0xff, 0x12, 0x34, 0x00, 0]);
+        let d = decode_block(&c).unwrap();
+        assert_eq!(d.lba, 0x1f1234);
+        assert_eq!(d.blocks, 256);
+    }
+
+    #[test]
+    fn ten_twelve_sixteen() {
+        let c = cdb(&[0x2a, 0x08, 0, 0, 0x10, 0x00, 0, 0x00, 0x08, 0]);
+        let d = decode_block(&c).unwrap();
+        assert_eq!((d.lba, d.blocks, d.fua()), (0x1000, 8, true));
+        let c = cdb(&[0xa8, 0x10, 0, 0, 0, 5, 0, 1, 0, 0, 0, 0]);
+        let d = decode_block(&c).unwrap();
+        assert_eq!((d.lba, d.blocks), (5, 0x10000));
+        let mut c = [0u8; 32];
+        c[0] = 0x88;
+        c[1] = 0x60;
+        c[2..10].copy_from_slice(&0x1_0000_0000u64.to_be_bytes());
+        c[10..14].copy_from_slice(&7u32.to_be_bytes());
+        let d = decode_block(&c).unwrap();
+        assert_eq!((d.lba, d.blocks, d.protect()), (0x1_0000_0000, 7, 3));
+    }
+
+    #[test]
+    fn compare_and_write_and_atomic() {
+        let mut c = [0u8; 32];
+        c[0] = 0x89;
+        c[9] = 3;
+        c[13] = 2;
+        assert_eq!(decode_block(&c).unwrap().blocks, 2);
+        c[0] = 0x9c;
+        c[12] = 1;
+        c[13] = 0;
+        let d = decode_block(&c).unwrap();
+        assert_eq!((d.lba, d.blocks), (3, 256));
+    }
+
+    #[test]
+    fn group_lengths_and_ranges() {
+        assert_eq!(cdb_len(0x12), 6);
+        assert_eq!(cdb_len(0x28), 10);
+        assert_eq!(cdb_len(0x5e), 10);
+        assert_eq!(cdb_len(0xa0), 12);
+        assert_eq!(cdb_len(0x88), 16);
+        assert_eq!(cdb_len(0xc0), 0);
+        assert!(in_range(0, 10, 10));
+        assert!(!in_range(1, 10, 10));
+        assert!(!in_range(u64::MAX, 2, 10));
+        assert!(decode_block(&cdb(&[0x12])).is_err());
+    }
+}

@@ -1,5 +1,6 @@
 //! The `palisade` command: `serve` (the daemon), `rpc` (JSON-RPC client in rpc.py's style).
 
+pub mod fsck;
 pub mod perf;
 pub mod rpc_client;
 pub mod rpc_specs;
@@ -22,6 +23,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Call a JSON-RPC method of a running target (rpc.py usage).
     Rpc(rpc_client::RpcArgs),
+    /// Check a layout volume's metadata offline (exit 0 only when consistent).
+    Fsck(fsck::FsckArgs),
 }
 
 /// Entry point; returns the process exit code.
@@ -30,5 +33,6 @@ pub fn main() -> i32 {
     match cli.cmd {
         Cmd::Serve(a) => serve::run(a),
         Cmd::Rpc(a) => rpc_client::run(a),
+        Cmd::Fsck(a) => fsck::run(a),
     }
 }

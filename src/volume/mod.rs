@@ -5,6 +5,7 @@
 //! call [`Volume::submit`]; the volume decides, once for both protocols, whether the command may
 //! run.
 
+pub mod guard_hook;
 pub mod identity;
 
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub enum Denied {
 
 pub struct Volume {
     bdev: Arc<dyn Bdev>,
+    /// The layout guard, when a layout volume lives on this bdev (read lock-free per I/O).
+    guard: arc_swap::ArcSwapOption<crate::layout::guard::Guard>,
 }
 
 impl Volume {
@@ -56,13 +59,22 @@ impl Volume {
 
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
     /// reason, so the front-end can answer in its protocol's terms.
-    pub fn submit(&self, core: &mut Core, _who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+    pub fn submit(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
+        if let Some(g) = &*self.guard.load() {
+            return guard_hook::submit(core, self.bdev.as_ref(), g, who, req);
+        }
         bdev::submit(core, self.bdev.as_ref(), req);
         Ok(())
+    }
+
+    /// Attach or detach the layout guard (the interposer must be installed on every reactor,
+    /// see [`guard_hook::install`]).
+    pub fn set_guard(&self, g: Option<Arc<crate::layout::guard::Guard>>) {
+        self.guard.store(g);
     }
 }
 
@@ -82,7 +94,7 @@ impl VolumeRegistry {
         let bdev = self.bdevs.claim(bdev_name, user)?;
         let name = bdev.info().name.clone();
         let mut m = self.map.lock().unwrap();
-        let e = m.entry(name).or_insert_with(|| (Arc::new(Volume { bdev }), 0));
+        let e = m.entry(name).or_insert_with(|| (Arc::new(Volume { bdev, guard: Default::default() }), 0));
         e.1 += 1;
         Ok(e.0.clone())
     }

@@ -174,6 +174,30 @@ impl RefMap {
         Ok(freed)
     }
 
+    /// `[start, start+len)` cut where the count changes: (start, len, count), 0 where unowned.
+    pub fn pieces(&self, start: u64, len: u64) -> Vec<(u64, u64, u32)> {
+        let end = start + len;
+        let mut out = Vec::new();
+        let mut pos = start;
+        let from = self.runs.range(..=start).next_back().map(|(s, _)| *s).unwrap_or(start);
+        for (&s, &(l, c)) in self.runs.range(from..end) {
+            if s + l <= start {
+                continue;
+            }
+            if s > pos {
+                out.push((pos, s - pos, 0));
+            }
+            let a = s.max(start);
+            let b = (s + l).min(end);
+            out.push((a, b - a, c));
+            pos = b;
+        }
+        if pos < end {
+            out.push((pos, end - pos, 0));
+        }
+        out
+    }
+
     pub fn runs(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
         self.runs.iter().map(|(s, (l, c))| (*s, *l, *c))
     }

@@ -125,8 +125,10 @@ impl Snapshot {
                     if let Some(f) = st.files.get(&g.head.file) {
                         for (_, run) in f.map.range(g.head.off, g.head.len) {
                             // Shared blocks are never written in place (copy-on-write).
-                            if st.refs.max_count(run.lba, run.len).0 == 1 {
-                                rw.push((run.lba * r, (run.lba + run.len) * r));
+                            for (lba, n, count) in st.refs.pieces(run.lba, run.len) {
+                                if count == 1 {
+                                    rw.push((lba * r, (lba + n) * r));
+                                }
                             }
                         }
                     }

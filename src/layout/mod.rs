@@ -29,3 +29,6 @@ pub mod types;
 pub use error::LayoutError;
 pub use store::{DataDev, Hooks, LayoutVolume, Options};
 pub use types::{ExtentState, FileId, IoMode, Policy, RecallReason};
+
+#[cfg(test)]
+mod tests;

@@ -303,13 +303,14 @@ impl LayoutVolume {
             if fb > pos {
                 out.push(LayoutExtent { file_offset: pos * bs, length: (fb - pos) * bs, volume_offset: 0, state: ExtentState::None });
             }
-            let shared = st.refs.max_count(r.lba, r.len).0 > 1;
-            out.push(LayoutExtent {
-                file_offset: fb * bs,
-                length: r.len * bs,
-                volume_offset: r.lba * bs,
-                state: if shared { ExtentState::Read } else { ExtentState::ReadWrite },
-            });
+            for (lba, n, count) in st.refs.pieces(r.lba, r.len) {
+                out.push(LayoutExtent {
+                    file_offset: (fb + lba - r.lba) * bs,
+                    length: n * bs,
+                    volume_offset: lba * bs,
+                    state: if count > 1 { ExtentState::Read } else { ExtentState::ReadWrite },
+                });
+            }
             pos = fb + r.len;
         }
         if pos < off + len {
@@ -507,8 +508,10 @@ impl LayoutVolume {
                 if fb > pos {
                     need.push((pos, fb - pos));
                 }
-                if st.refs.max_count(r.lba, r.len).0 > 1 {
-                    need.push((fb, r.len));
+                for (lba, n, count) in st.refs.pieces(r.lba, r.len) {
+                    if count > 1 {
+                        need.push((fb + lba - r.lba, n));
+                    }
                 }
                 pos = fb + r.len;
             }
@@ -566,7 +569,8 @@ impl LayoutVolume {
             cuts.extend([*s, s + p.len]);
         }
         for (s, r) in &mapped {
-            cuts.extend([*s, s + r.len]);
+            cuts.extend(st.refs.pieces(r.lba, r.len).into_iter().map(|(lba, _, _)| s + lba - r.lba));
+            cuts.push(s + r.len);
         }
         cuts.sort_unstable();
         cuts.dedup();

@@ -660,7 +660,12 @@ impl LayoutVolume {
                     }
                 }
             }
-            let size = cur.max(new_size.unwrap_or(0)).max(data_end);
+            // The client's new size (last byte written + 1) may end inside the last block; the
+            // size never drops below the committed data nor below the current size.
+            let mut size = cur.max(new_size.unwrap_or(data_end));
+            if size.div_ceil(bs) * bs < data_end {
+                size = data_end;
+            }
             if size != cur {
                 tx.rec(Record::FileSize { file: file.clone(), size })?;
             }

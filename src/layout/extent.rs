@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 /// A run of blocks that can be cut at a block boundary.
+#[allow(clippy::len_without_is_empty)]
 pub trait Seg: Clone {
     fn len(&self) -> u64;
     /// The same run without its first `k` blocks.

@@ -180,7 +180,7 @@ impl State {
     }
 
     fn take_ref(&mut self, lba: u64, len: u64, from_free: bool) -> Result<(), LayoutError> {
-        if lba.checked_add(len).is_none_or(|e| e > self.sb.num_blocks) || len == 0 {
+        if lba.checked_add(len).map_or(true, |e| e > self.sb.num_blocks) || len == 0 {
             return Err(corrupt(format!("blocks {lba}+{len} outside the volume")));
         }
         self.refs.incr(lba, len, from_free)?;
@@ -320,7 +320,7 @@ impl State {
             all.extend(g.pending.iter().map(|(_, l, n)| (*l, *n)));
         }
         for (lba, len) in &all {
-            if lba.checked_add(*len).is_none_or(|e| e > st.sb.num_blocks) || *len == 0 {
+            if lba.checked_add(*len).map_or(true, |e| e > st.sb.num_blocks) || *len == 0 {
                 return Err(corrupt(format!("extent {lba}+{len} outside the volume")));
             }
             let (max, _) = owned.max_count(*lba, *len);

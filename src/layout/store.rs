@@ -427,11 +427,9 @@ impl LayoutVolume {
             }
             Ok(())
         });
-        if let Err(e) = res {
-            // Keep the client cut off on the data path even though the metadata did not change:
-            // it was preempted already.
-            return Err(e);
-        }
+        // On failure the guard keeps the client cut off although the metadata did not change:
+        // it was preempted already.
+        res?;
         for (g, file) in &grants {
             self.hooks.notifier.recall(&RecallEvent {
                 volume: self.name.clone(),

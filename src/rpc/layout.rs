@@ -247,7 +247,7 @@ async fn layout_volume_list(c: Call) -> RpcResult {
     }
     let out: Vec<Value> = m
         .iter()
-        .filter(|(n, _)| p.name.as_ref().is_none_or(|x| x == *n))
+        .filter(|(n, _)| p.name.as_ref().map_or(true, |x| x == *n))
         .map(|(n, e)| {
             let (sb, files, clients, grants, free) = e.vol.with_state(|s| (s.sb.clone(), s.files.len(), s.clients.len(), s.grants.len(), s.free.free_blocks()));
             json!({

@@ -31,6 +31,7 @@ struct Entry_ {
     metadata_path: String,
     recall_timeout_ms: u64,
     block_size: u32,
+    mds_identities: Vec<String>,
 }
 
 /// Connections subscribed to layout_recall notifications.
@@ -44,12 +45,26 @@ impl Notifier for Subscribers {
     }
 }
 
+/// The fencer every layout volume calls, looked up at call time so installing the reservation
+/// engine's fencer ([`LayoutApp::set_fencer`]) covers volumes created before it.
+struct SwitchFencer(Mutex<Arc<dyn Fencer>>);
+
+impl Fencer for SwitchFencer {
+    fn fence(&self, volume: &str, client: &str, pr_key: u64) -> Result<(), String> {
+        let f = self.0.lock().unwrap().clone();
+        f.fence(volume, client, pr_key)
+    }
+    fn unfence(&self, volume: &str, client: &str, pr_key: u64) -> Result<(), String> {
+        let f = self.0.lock().unwrap().clone();
+        f.unfence(volume, client, pr_key)
+    }
+}
+
 /// Layout state of the application (an App field).
 pub struct LayoutApp {
     volumes: Mutex<BTreeMap<String, Entry_>>,
     subscribers: Arc<Subscribers>,
-    /// What fences a client's paths; the reservation engine replaces this after the merge.
-    pub fencer: Mutex<Arc<dyn Fencer>>,
+    fencer: Arc<SwitchFencer>,
     timer: AtomicBool,
 }
 
@@ -58,13 +73,19 @@ impl Default for LayoutApp {
         LayoutApp {
             volumes: Mutex::default(),
             subscribers: Arc::default(),
-            fencer: Mutex::new(Arc::new(GuardOnlyFencer)),
+            fencer: Arc::new(SwitchFencer(Mutex::new(Arc::new(GuardOnlyFencer)))),
             timer: AtomicBool::new(false),
         }
     }
 }
 
 impl LayoutApp {
+    /// Install what fences a client's paths (the reservation engine's PREEMPT AND ABORT of the
+    /// client's key, after the merge). Until then the guard alone refuses a fenced client's writes.
+    pub fn set_fencer(&self, f: Arc<dyn Fencer>) {
+        *self.fencer.0.lock().unwrap() = f;
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<LayoutVolume>> {
         self.volumes.lock().unwrap().get(name).map(|e| e.vol.clone())
     }
@@ -111,6 +132,7 @@ fn layout_config(app: &App) -> Vec<Entry> {
                 "guard": e.vol.guard().policy(),
                 "recall_timeout_ms": e.recall_timeout_ms,
                 "block_size": e.block_size,
+                "mds_identities": e.mds_identities,
             })),
         })
         .collect()
@@ -158,6 +180,9 @@ struct VolumeCreate {
     recall_timeout_ms: Option<u64>,
     #[serde(default)]
     block_size: u32,
+    /// Initiator names / host NQNs of the metadata server itself: its writes are never refused.
+    #[serde(default)]
+    mds_identities: Vec<String>,
 }
 
 async fn layout_volume_create(c: Call) -> RpcResult {
@@ -182,7 +207,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     let dev = DataDev { uuid: vol.uuid(), block_size: vol.block_size(), num_blocks: vol.num_blocks() };
     let recall_timeout_ms = p.recall_timeout_ms.unwrap_or(DEFAULT_RECALL_TIMEOUT_MS);
     let opts = Options { name: p.name.clone(), block_size: p.block_size, policy: p.guard, recall_timeout: Duration::from_millis(recall_timeout_ms) };
-    let fencer = c.app.layout.fencer.lock().unwrap().clone();
+    let fencer: Arc<dyn Fencer> = c.app.layout.fencer.clone();
     let hooks = Hooks { notifier: c.app.layout.subscribers.clone(), fencer };
     let p2 = path.clone();
     let opened = blocking(move || {
@@ -202,11 +227,20 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     }
     let reactors = c.app.reactors.clone();
     tokio::task::spawn_blocking(move || reactors.call_all(crate::volume::guard_hook::install)).await.map_err(RpcError::internal)?;
+    lv.guard().set_trusted(p.mds_identities.clone());
     vol.set_guard(Some(lv.guard().clone()));
     let block_size = lv.superblock().block_size;
     c.app.layout.volumes.lock().unwrap().insert(
         p.name.clone(),
-        Entry_ { vol: lv, volume: vol, bdev_name: p.bdev_name, metadata_path: path.display().to_string(), recall_timeout_ms, block_size },
+        Entry_ {
+            vol: lv,
+            volume: vol,
+            bdev_name: p.bdev_name,
+            metadata_path: path.display().to_string(),
+            recall_timeout_ms,
+            block_size,
+            mds_identities: p.mds_identities,
+        },
     );
     start_recall_timer(&c.app);
     Ok(json!(p.name))

@@ -225,6 +225,13 @@ mod tests {
         assert_eq!(rig.io(&b, IoOp::Write, 40, 1, 0xb1).unwrap().0, 0);
         assert_eq!(lv.guard().counters_json()["writes_audited"], 1);
         lv.guard().set_policy(Policy::Enforce);
+        // The metadata server's own identity may write anywhere; reads still hide stale data.
+        assert_eq!(rig.io(&b, IoOp::Write, 41, 1, 0xb2).unwrap_err(), Denied::WriteProtected);
+        lv.guard().set_trusted(vec!["nqn.2026-01.test:b".into()]);
+        assert_eq!(rig.io(&b, IoOp::Write, 41, 1, 0xb2).unwrap().0, 0);
+        let (_, data) = rig.io(&b, IoOp::Read, 41, 1, 0x55).unwrap();
+        assert!(data.iter().all(|&x| x == 0));
+        lv.guard().set_trusted(vec![]);
 
         // Fenced: A's writes stop at once, its unwritten blocks are gone.
         lv.client_fence("A").unwrap();

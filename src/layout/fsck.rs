@@ -116,6 +116,7 @@ pub fn fsck(path: &Path, bdev: Option<&Path>, repair: bool) -> Result<Report, La
         }
         st.free = free;
         let mut j = FileJournal::new(path);
+        j.lock()?;
         j.checkpoint_fresh(&st, parsed.last_seq + 1)?;
         repaired = true;
         problems = st.check();

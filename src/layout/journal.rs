@@ -195,11 +195,36 @@ pub struct FileJournal {
     file: Option<File>,
     seq: u64,
     since_checkpoint: (u64, u64),
+    limits: (u64, u64),
+    /// `PATH.lock`, flocked while this journal is open: two processes appending to one journal
+    /// would corrupt it.
+    lock: Option<File>,
 }
 
 impl FileJournal {
     pub fn new(path: &Path) -> Self {
-        FileJournal { path: path.to_path_buf(), file: None, seq: 0, since_checkpoint: (0, 0) }
+        FileJournal { path: path.to_path_buf(), file: None, seq: 0, since_checkpoint: (0, 0), limits: (CHECKPOINT_TXNS, CHECKPOINT_BYTES), lock: None }
+    }
+    /// Compact after `txns` transactions or `bytes` of journal (tests use small values).
+    pub fn with_limits(mut self, txns: u64, bytes: u64) -> Self {
+        self.limits = (txns, bytes);
+        self
+    }
+    /// Take the exclusive lock on `PATH.lock` (held until this journal is dropped).
+    pub fn lock(&mut self) -> Result<(), LayoutError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let lp = PathBuf::from(format!("{}.lock", self.path.display()));
+        let f = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&lp)
+            .map_err(|e| LayoutError::Io(format!("{}: {e}", lp.display())))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(LayoutError::Invalid(format!("metadata {} is in use by another layout volume or process", self.path.display())));
+        }
+        self.lock = Some(f);
+        Ok(())
     }
     pub fn exists(path: &Path) -> bool {
         std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
@@ -237,6 +262,7 @@ fn sync_dir(p: &Path) -> std::io::Result<()> {
 
 impl MetaStore for FileJournal {
     fn create(&mut self, st: &State) -> Result<(), LayoutError> {
+        self.lock()?;
         if Self::exists(&self.path) {
             return Err(LayoutError::Invalid(format!("{} already holds metadata", self.path.display())));
         }
@@ -244,6 +270,7 @@ impl MetaStore for FileJournal {
     }
 
     fn load(&mut self) -> Result<(State, Replay), LayoutError> {
+        self.lock()?;
         let mut b = Vec::new();
         File::open(&self.path)?.read_to_end(&mut b)?;
         let p = parse(&b)?;
@@ -281,7 +308,7 @@ impl MetaStore for FileJournal {
     }
 
     fn wants_checkpoint(&self) -> bool {
-        self.since_checkpoint.0 >= CHECKPOINT_TXNS || self.since_checkpoint.1 >= CHECKPOINT_BYTES
+        self.since_checkpoint.0 >= self.limits.0 || self.since_checkpoint.1 >= self.limits.1
     }
 
     fn describe(&self) -> String {

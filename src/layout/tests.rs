@@ -320,3 +320,30 @@ proptest! {
         prop_assert_eq!(before, v.with_state(|s| serde_json::to_string(&s.image()).unwrap()));
     }
 }
+
+#[test]
+fn periodic_checkpoint_compacts_and_lock_excludes() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("meta");
+    let log = Arc::new(Log::default());
+    let opts = Options { name: "lv0".into(), block_size: 0, policy: Policy::Off, recall_timeout: Duration::from_secs(1) };
+    let hooks = || Hooks { notifier: log.clone(), fencer: log.clone() };
+    let v = LayoutVolume::open(Box::new(FileJournal::new(&p).with_limits(8, 1 << 20)), false, &dev(), &opts, hooks()).unwrap();
+    // A second opener of the same metadata is refused while the first holds it.
+    let e = LayoutVolume::open(Box::new(FileJournal::new(&p)), true, &dev(), &opts, hooks()).err().unwrap();
+    assert!(e.to_string().contains("in use"), "{e}");
+    v.client_register("A", 1, vec![]).unwrap();
+    let mut max = 0;
+    for i in 0..40 {
+        v.file_create(&f(i)).unwrap();
+        max = max.max(std::fs::metadata(&p).unwrap().len());
+    }
+    let len = std::fs::metadata(&p).unwrap().len();
+    // Compaction kept the journal bounded: never more than a checkpoint plus 8 transactions.
+    let one_txn = 24 + serde_json::to_vec(&[state::Record::FileCreate { file: f(99) }]).unwrap().len() as u64;
+    assert!(max <= len + 9 * one_txn + 4096, "journal grew to {max} (now {len})");
+    let img = serde_json::to_string(&v.with_state(|s| s.image())).unwrap();
+    drop(v);
+    let v = open(&p, Policy::Off, &log);
+    assert_eq!(img, serde_json::to_string(&v.with_state(|s| s.image())).unwrap());
+}

@@ -496,7 +496,17 @@ async fn layout_get(c: Call) -> RpcResult {
     let p: LayoutGet = c.params()?;
     let v = volume(&c, &p.volume)?;
     let a = blocking(move || v.layout_get(&p.file, &p.client, p.offset, p.length, p.min_length, p.iomode)).await?;
-    Ok(serde_json::to_value(a).expect("answer serializes"))
+    let mut out = serde_json::to_value(a).expect("answer serializes");
+    // The device every extent lives on, as GETDEVICEINFO names it (same on every path).
+    if let Some(e) = c.app.layout.volumes.lock().unwrap().get(&p.volume) {
+        let u = e.volume.uuid();
+        out["device"] = json!({
+            "naa": identity::hex(&identity::naa_designator(&u)),
+            "nguid": identity::hex(&identity::nguid(&u)),
+            "eui64": identity::hex(&identity::eui64(&u)),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]

@@ -474,8 +474,8 @@ impl LayoutVolume {
         let bs = st.block_size();
         let length = length.min(MAX_GRANT_BYTES.max(bs)).min(u64::MAX - offset - offset % bs);
         let length = length - length % bs;
-        if min_length > length && min_length <= MAX_GRANT_BYTES {
-            return Err(bad(format!("min_length {min_length} exceeds length {length}")));
+        if min_length > length {
+            return Err(bad(format!("min_length {min_length} exceeds the layout length {length} (at most {MAX_GRANT_BYTES} per layout)")));
         }
         let (off, mut len) = Self::blocks(st, offset, length, "layout_get")?;
         if len == 0 {

@@ -347,3 +347,29 @@ fn periodic_checkpoint_compacts_and_lock_excludes() {
     let v = open(&p, Policy::Off, &log);
     assert_eq!(img, serde_json::to_string(&v.with_state(|s| s.image())).unwrap());
 }
+
+#[test]
+fn layout_blocks_larger_than_device_blocks() {
+    // 4 KiB layout blocks on a 512-byte device: a layout block counts as written only when all
+    // eight of its device blocks were, so a partial write never exposes the rest of the block.
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("meta");
+    let log = Arc::new(Log::default());
+    let dev = DataDev { uuid: uuid::Uuid::from_u128(9), block_size: 512, num_blocks: 512 };
+    let opts = Options { name: "lv".into(), block_size: 4096, policy: Policy::Enforce, recall_timeout: Duration::from_secs(1) };
+    let v = LayoutVolume::open(Box::new(FileJournal::new(&p)), false, &dev, &opts, Hooks { notifier: log.clone(), fencer: log.clone() }).unwrap();
+    assert_eq!(v.superblock().num_blocks, 64);
+    v.client_register("A", 1, vec![]).unwrap();
+    v.file_create(&f(1)).unwrap();
+    let g = v.layout_get(&f(1), "A", 0, 2 * BS, 0, IoMode::Rw).unwrap();
+    let dl = g.extents[0].volume_offset / 512;
+    v.guard().mark_written(dl, 8); // all of layout block 0
+    v.guard().mark_written(dl + 8, 4); // half of layout block 1
+    assert_eq!(v.guard().check_read(dl + 8, 8), guard::ReadVerdict::Mixed);
+    let c = v.layout_commit(g.grant, &[(0, 2 * BS)], None).unwrap();
+    assert_eq!((c.committed_bytes, c.unwritten_bytes), (BS, BS));
+    assert!(matches!(
+        LayoutVolume::open(Box::new(FileJournal::new(&d.path().join("m2"))), false, &dev, &Options { block_size: 1000, ..opts }, Hooks { notifier: log.clone(), fencer: log.clone() }),
+        Err(LayoutError::Invalid(_))
+    ));
+}

@@ -207,8 +207,14 @@ fn metadata_server_flow_recall_fence_reflink_restart() {
     assert!(out.status.success(), "fsck failed: {text}");
     assert!(text.contains("consistent"), "{text}");
 
-    let t = Target::start(&[]);
-    start_volume(&t, meta_s, "enforce");
+    // The saved config recreates the bdev and reopens the layout volume from its journal.
+    // (Written here rather than with Target::start_with_config, whose temp-dir swap removes the
+    // socket directory of the target it starts.)
+    let cfg_path = meta_dir.path().join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let t = Target::start(&["-c", cfg_path.to_str().unwrap()]);
+    assert_eq!(t.rpc("layout_volume_list", json!({}))[0]["guard"], "off");
+    t.rpc("layout_volume_set_guard", json!({"name": "lv0", "guard": "enforce"}));
     let maps2: Vec<Value> = ["1", "\"clone\""]
         .iter()
         .map(|f| t.rpc("layout_file_map", json!({"volume": "lv0", "file": serde_json::from_str::<Value>(f).unwrap()})))

@@ -213,7 +213,17 @@ fn metadata_server_flow_recall_fence_reflink_restart() {
     let cfg_path = meta_dir.path().join("config.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let t = Target::start(&["-c", cfg_path.to_str().unwrap()]);
-    assert_eq!(t.rpc("layout_volume_list", json!({}))[0]["guard"], "off");
+    // The RPC socket answers before the config's runtime entries are applied: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let list = loop {
+        let l = t.try_rpc("layout_volume_list", Some(json!({})));
+        match l {
+            Ok(v) if v.as_array().is_some_and(|a| !a.is_empty()) => break v,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("layout volume not restored from the saved config: {other:?}"),
+        }
+    };
+    assert_eq!(list[0]["guard"], "off");
     t.rpc("layout_volume_set_guard", json!({"name": "lv0", "guard": "enforce"}));
     let maps2: Vec<Value> = ["1", "\"clone\""]
         .iter()

@@ -255,8 +255,11 @@ impl Guard {
                 self.counters.writes_refused.fetch_add(1, Ordering::Relaxed);
                 return WriteVerdict::Refuse;
             }
-            self.counters.writes_audited.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(volume = %self.volume, lba, n, "audit: write outside the client's rw grants");
+            let k = self.counters.writes_audited.fetch_add(1, Ordering::Relaxed) + 1;
+            // Log the 1st, 2nd, 4th, 8th... so a misbehaving client cannot flood the log.
+            if k.is_power_of_two() {
+                tracing::warn!(volume = %self.volume, lba, n, count = k, "audit: write outside the client's rw grants");
+            }
         }
         if snap.touches_pending(lba, end) {
             WriteVerdict::Track
@@ -280,7 +283,10 @@ impl Guard {
             (true, true) => ReadVerdict::Mixed,
         };
         if v != ReadVerdict::Data && policy == Policy::Audit {
-            self.counters.reads_audited.fetch_add(1, Ordering::Relaxed);
+            let k = self.counters.reads_audited.fetch_add(1, Ordering::Relaxed) + 1;
+            if k.is_power_of_two() {
+                tracing::warn!(volume = %self.volume, lba, n, count = k, "audit: read of blocks never written since allocation");
+            }
             return ReadVerdict::Data;
         }
         if v != ReadVerdict::Data {

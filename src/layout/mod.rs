@@ -36,6 +36,8 @@
 //! - Without a [`recall::Fencer`] wired, a write already past the guard when a fence starts can
 //!   still land in blocks the fence frees; PREEMPT AND ABORT closes that window.
 //! - Metadata on a bdev (`metadata_bdev`) is not implemented; only a file journal is.
+//! - Truncating to a size inside a block keeps that block mapped; the store cannot zero its tail
+//!   (no data path of its own), so the metadata server must zero it before growing the file again.
 //! - A reflink clones a whole file; a partial return in the middle of a grant frees its unwritten
 //!   extents there but keeps the grant's range.
 #![doc = include_str!("FORMAT.md")]

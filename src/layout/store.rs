@@ -103,14 +103,17 @@ impl LayoutVolume {
         opts: &Options,
         hooks: Hooks,
     ) -> Result<LayoutVolume, LayoutError> {
-        let bs = if opts.block_size == 0 { dev.block_size } else { opts.block_size };
-        if bs < dev.block_size || bs % dev.block_size != 0 || !bs.is_power_of_two() {
-            return Err(bad(format!("block_size {bs} must be a power of two and a multiple of the device block size {}", dev.block_size)));
-        }
-        let num_blocks = dev.num_blocks / (bs / dev.block_size) as u64;
+        let check = |bs: u32| {
+            if bs < dev.block_size || bs % dev.block_size != 0 || !bs.is_power_of_two() {
+                return Err(bad(format!("block_size {bs} must be a power of two and a multiple of the device block size {}", dev.block_size)));
+            }
+            Ok((bs, dev.num_blocks / (bs / dev.block_size) as u64))
+        };
         let (st, replay) = if exists {
             let (st, replay) = meta.load()?;
             let sb = &st.sb;
+            // Reopening without a block size takes the one the volume was made with.
+            let (bs, num_blocks) = check(if opts.block_size == 0 { sb.block_size } else { opts.block_size })?;
             if sb.data_uuid != dev.uuid {
                 return Err(bad(format!("metadata {} belongs to data device {}, not {}", meta.describe(), sb.data_uuid, dev.uuid)));
             }
@@ -124,6 +127,7 @@ impl LayoutVolume {
             }
             (st, replay)
         } else {
+            let (bs, num_blocks) = check(if opts.block_size == 0 { dev.block_size } else { opts.block_size })?;
             let sb = Superblock {
                 name: opts.name.clone(),
                 uuid: uuid::Uuid::new_v4(),

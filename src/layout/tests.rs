@@ -368,6 +368,11 @@ fn layout_blocks_larger_than_device_blocks() {
     assert_eq!(v.guard().check_read(dl + 8, 8), guard::ReadVerdict::Mixed);
     let c = v.layout_commit(g.grant, &[(0, 2 * BS)], None).unwrap();
     assert_eq!((c.committed_bytes, c.unwritten_bytes), (BS, BS));
+    drop(v);
+    // Reopened without a block size: the superblock's is used.
+    let v = LayoutVolume::open(Box::new(FileJournal::new(&p)), true, &dev, &Options { block_size: 0, ..opts.clone() }, Hooks { notifier: log.clone(), fencer: log.clone() }).unwrap();
+    assert_eq!(v.superblock().block_size, 4096);
+    drop(v);
     assert!(matches!(
         LayoutVolume::open(Box::new(FileJournal::new(&d.path().join("m2"))), false, &dev, &Options { block_size: 1000, ..opts }, Hooks { notifier: log.clone(), fencer: log.clone() }),
         Err(LayoutError::Invalid(_))

@@ -476,8 +476,11 @@ impl LayoutVolume {
         }
         Self::file_exists(st, file)?;
         let bs = st.block_size();
-        let length = length.min(MAX_GRANT_BYTES.max(bs)).min(u64::MAX - offset - offset % bs);
-        let length = length - length % bs;
+        // NFS4_UINT64_MAX ("to the end") and other long requests get the largest layout.
+        let length = length.min(MAX_GRANT_BYTES.max(bs));
+        if offset.checked_add(length).is_none() {
+            return Err(bad(format!("offset {offset} + length {length} overflows")));
+        }
         if min_length > length {
             return Err(bad(format!("min_length {min_length} exceeds the layout length {length} (at most {MAX_GRANT_BYTES} per layout)")));
         }

@@ -1,6 +1,7 @@
 //! The `palisade` command: `serve` (the daemon), `rpc` (JSON-RPC client in rpc.py's style).
 
 pub mod bdevperf;
+pub mod fsck;
 pub mod perf;
 pub mod rpc_client;
 pub mod rpc_specs;
@@ -27,6 +28,8 @@ enum Cmd {
     Bdevperf(bdevperf::BdevperfArgs),
     /// Load generator and test initiator (NVMe/TCP; iSCSI later).
     Perf(perf::PerfArgs),
+    /// Check a layout volume's metadata offline (exit 0 only when consistent).
+    Fsck(fsck::FsckArgs),
 }
 
 /// Entry point; returns the process exit code.
@@ -37,5 +40,6 @@ pub fn main() -> i32 {
         Cmd::Rpc(a) => rpc_client::run(a),
         Cmd::Bdevperf(a) => bdevperf::run(a),
         Cmd::Perf(a) => perf::run(a),
+        Cmd::Fsck(a) => fsck::run(a),
     }
 }

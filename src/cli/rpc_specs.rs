@@ -71,4 +71,23 @@ pub const SPECS: &[(&str, &str)] = &[
     ("iscsi_get_connections", ""),
     // reservation (issue: persistent reservations) — add lines here
     // layout (issue: layout backend) — add lines here
+    ("layout_volume_create", "-n/--name=name:str -b/--bdev-name=bdev_name:str -m/--metadata-path=metadata_path:str --metadata-bdev=metadata_bdev:str -g/--guard=guard:str -t/--recall-timeout-ms=recall_timeout_ms:int --block-size=block_size:int --mds-identities=mds_identities:list"),
+    ("layout_volume_delete", "name:str"),
+    ("layout_volume_list", "-n/--name=name:str"),
+    ("layout_volume_get_device", "name:str"),
+    ("layout_volume_set_guard", "name:str guard:str"),
+    ("client_register", "volume:str client:str pr_key:str -i/--identities=identities:list"),
+    ("client_fence", "volume:str client:str"),
+    ("client_unfence", "volume:str client:str"),
+    ("client_list", "volume:str"),
+    ("layout_file_create", "volume:str file:json"),
+    ("layout_file_remove", "volume:str file:json"),
+    ("layout_file_truncate", "volume:str file:json size:int"),
+    ("layout_file_stat", "volume:str file:json"),
+    ("layout_file_map", "volume:str file:json -o/--offset=offset:int -l/--length=length:int"),
+    ("layout_file_reflink", "volume:str source:json destination:json"),
+    ("layout_get", "-m/--min-length=min_length:int volume:str file:json client:str offset:int length:int iomode:str"),
+    ("layout_commit", "-v/--volume=volume:str -s/--new-size=new_size:int grant:int ranges:json"),
+    ("layout_return", "-v/--volume=volume:str -r/--ranges=ranges:json grant:int"),
+    ("layout_recall_subscribe", ""),
 ];

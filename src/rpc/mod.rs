@@ -5,6 +5,7 @@ pub mod bdev;
 pub mod error;
 pub mod framework;
 pub mod iscsi;
+pub mod layout;
 pub mod nvmf;
 pub mod registry;
 pub mod server;
@@ -45,6 +46,8 @@ pub struct App {
     log_setter: Option<LogSetter>,
     /// Serialises management calls that change state, so each applies whole or not at all.
     pub mgmt: tokio::sync::Mutex<()>,
+    /// Layout volumes, recall subscribers and the fencer.
+    pub layout: layout::LayoutApp,
 }
 
 impl App {
@@ -55,6 +58,7 @@ impl App {
         bdev::register(&mut registry);
         nvmf::register(&mut registry);
         iscsi::register(&mut registry);
+        layout::register(&mut registry);
         let state = if wait_for_rpc { STARTUP } else { RUNTIME };
         let volumes = Arc::new(VolumeRegistry::new(bdevs.clone()));
         let nvmf = crate::nvmf::Target::new(reactors.clone(), volumes.clone());
@@ -74,6 +78,7 @@ impl App {
             log_level: Mutex::new("NOTICE".into()),
             log_setter,
             mgmt: tokio::sync::Mutex::new(()),
+            layout: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! call [`Volume::submit`]; the volume decides, once for both protocols, whether the command may
 //! run.
 
+pub mod guard_hook;
 pub mod identity;
 pub mod range_lock;
 
@@ -38,11 +39,13 @@ pub struct Volume {
     bdev: Arc<dyn Bdev>,
     /// LBA range locks of read-modify-write commands (COMPARE AND WRITE and kin).
     pub locks: range_lock::RangeLock,
+    /// The layout guard, when a layout volume lives on this bdev (read lock-free per I/O).
+    guard: arc_swap::ArcSwapOption<crate::layout::guard::Guard>,
 }
 
 impl Volume {
     pub fn new(bdev: Arc<dyn Bdev>) -> Volume {
-        Volume { bdev, locks: Default::default() }
+        Volume { bdev, locks: Default::default(), guard: Default::default() }
     }
     pub fn bdev(&self) -> &Arc<dyn Bdev> {
         &self.bdev
@@ -62,10 +65,13 @@ impl Volume {
 
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
     /// reason, so the front-end can answer in its protocol's terms.
-    pub fn submit(&self, core: &mut Core, _who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+    pub fn submit(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
+        }
+        if let Some(g) = &*self.guard.load() {
+            return guard_hook::submit(core, self.bdev.as_ref(), g, who, req, Some(&self.locks));
         }
         // A write overlapping a held range waits for its release (range_lock.rs).
         if let Some(req) = self.locks.admit(req) {
@@ -76,13 +82,22 @@ impl Volume {
 
     /// Submit for the holder of a range lock covering `req` (its own read and write bypass the
     /// lock); every other check of [`Volume::submit`] applies.
-    pub fn submit_locked(&self, core: &mut Core, _who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+    pub fn submit_locked(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
+        if let Some(g) = &*self.guard.load() {
+            return guard_hook::submit(core, self.bdev.as_ref(), g, who, req, None);
+        }
         bdev::submit(core, self.bdev.as_ref(), req);
         Ok(())
+    }
+
+    /// Attach or detach the layout guard (the interposer must be installed on every reactor,
+    /// see [`guard_hook::install`]).
+    pub fn set_guard(&self, g: Option<Arc<crate::layout::guard::Guard>>) {
+        self.guard.store(g);
     }
 }
 

@@ -1,0 +1,338 @@
+//! The data-path guard: per layout volume, decides for each I/O whether a write may land and which
+//! blocks of a read must come back as zeros, and records blocks written into unwritten extents.
+//!
+//! The store publishes an immutable [`Snapshot`] of the volume's layout (device LBAs) after every
+//! change; reactors read it through `ArcSwap::load`, which takes no lock and does not allocate.
+//! Written-since-allocation bits are set with an atomic OR on the shared bitmaps, so the I/O path
+//! takes no lock either. Everything here is in device blocks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::bitmap::Bitmap;
+use super::state::State;
+use super::types::{IoMode, Policy};
+
+/// Who issued an I/O, as far as the guard can tell: the PR key of its nexus (once the reservation
+/// engine is wired), its initiator name (iSCSI) or host NQN (NVMe), its NVMe host identifier.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Who<'a> {
+    pub key: Option<u64>,
+    pub name: Option<&'a str>,
+    pub host_id: Option<&'a [u8; 16]>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteVerdict {
+    /// Let it through; nothing to record.
+    Allow,
+    /// Let it through and, when it succeeds, record its blocks as written (it touches unwritten
+    /// extents).
+    Track,
+    /// Refuse (outside the client's read/write grants, or client unknown or fenced).
+    Refuse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadVerdict {
+    /// Every block holds data the reader may see.
+    Data,
+    /// No block does: answer zeros without touching the device.
+    Zeros,
+    /// Some do: read, then zero the others.
+    Mixed,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Data,
+    Pending { bits: Arc<Bitmap>, bit_off: u64 },
+}
+
+#[derive(Debug)]
+struct Seg {
+    start: u64,
+    end: u64,
+    kind: Kind,
+}
+
+#[derive(Debug, Default)]
+struct ClientView {
+    fenced: bool,
+    /// Sorted, merged device ranges the client may write.
+    rw: Vec<(u64, u64)>,
+}
+
+/// The layout as the data path sees it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    segs: Vec<Seg>,
+    by_name: HashMap<String, u32>,
+    by_key: HashMap<u64, u32>,
+    by_host_id: HashMap<[u8; 16], u32>,
+    clients: Vec<ClientView>,
+}
+
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(l) if l.1 >= s => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// An NVMe host identifier written as a UUID or 32 hex digits.
+fn parse_host_id(s: &str) -> Option<[u8; 16]> {
+    uuid::Uuid::parse_str(s).ok().map(|u| *u.as_bytes())
+}
+
+impl Snapshot {
+    pub fn build(st: &State) -> Snapshot {
+        let r = st.sb.ratio();
+        let mut data = Vec::new();
+        for f in st.files.values() {
+            data.extend(f.map.iter().map(|(_, run)| (run.lba * r, (run.lba + run.len) * r)));
+        }
+        let mut segs: Vec<Seg> = merge(data).into_iter().map(|(start, end)| Seg { start, end, kind: Kind::Data }).collect();
+        for g in st.grants.values() {
+            for (_, p) in g.pending.iter() {
+                segs.push(Seg { start: p.lba * r, end: (p.lba + p.len) * r, kind: Kind::Pending { bits: p.bits.clone(), bit_off: p.bit_off } });
+            }
+        }
+        segs.sort_unstable_by_key(|s| s.start);
+        let mut snap = Snapshot { segs, ..Default::default() };
+        for (i, (id, c)) in st.clients.iter().enumerate() {
+            let i = i as u32;
+            snap.by_key.insert(c.key, i);
+            for ident in &c.identities {
+                snap.by_name.insert(ident.clone(), i);
+                if let Some(h) = parse_host_id(ident) {
+                    snap.by_host_id.insert(h, i);
+                }
+            }
+            let mut rw = Vec::new();
+            if !c.fenced {
+                for g in st.grants.values().filter(|g| &g.head.client == id && g.head.iomode == IoMode::Rw) {
+                    rw.extend(g.pending.iter().map(|(_, p)| (p.lba * r, (p.lba + p.len) * r)));
+                    if let Some(f) = st.files.get(&g.head.file) {
+                        for (_, run) in f.map.range(g.head.off, g.head.len) {
+                            // Shared blocks are never written in place (copy-on-write).
+                            for (lba, n, count) in st.refs.pieces(run.lba, run.len) {
+                                if count == 1 {
+                                    rw.push((lba * r, (lba + n) * r));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            snap.clients.push(ClientView { fenced: c.fenced, rw: merge(rw) });
+        }
+        snap
+    }
+
+    fn client(&self, who: &Who) -> Option<&ClientView> {
+        let i = who
+            .key
+            .and_then(|k| self.by_key.get(&k))
+            .or_else(|| who.name.and_then(|n| self.by_name.get(n)))
+            .or_else(|| who.host_id.and_then(|h| self.by_host_id.get(h)))?;
+        self.clients.get(*i as usize)
+    }
+
+    /// Index of the first segment ending after `lba`.
+    fn first(&self, lba: u64) -> usize {
+        self.segs.partition_point(|s| s.end <= lba)
+    }
+
+    fn touches_pending(&self, lba: u64, end: u64) -> bool {
+        self.segs[self.first(lba)..].iter().take_while(|s| s.start < end).any(|s| matches!(s.kind, Kind::Pending { .. }))
+    }
+
+    /// Walk `[lba, end)` calling `f(start, end, readable)` for each piece, in order.
+    fn walk(&self, lba: u64, end: u64, mut f: impl FnMut(u64, u64, bool)) {
+        let mut pos = lba;
+        for s in self.segs[self.first(lba)..].iter().take_while(|s| s.start < end) {
+            if s.start > pos {
+                f(pos, s.start, false);
+                pos = s.start;
+            }
+            let e = s.end.min(end);
+            match &s.kind {
+                Kind::Data => f(pos, e, true),
+                Kind::Pending { bits, bit_off } => {
+                    let mut a = pos;
+                    while a < e {
+                        let set = bits.get(bit_off + a - s.start);
+                        let mut b = a + 1;
+                        while b < e && bits.get(bit_off + b - s.start) == set {
+                            b += 1;
+                        }
+                        f(a, b, set);
+                        a = b;
+                    }
+                }
+            }
+            pos = e;
+        }
+        if pos < end {
+            f(pos, end, false);
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    pub writes_refused: AtomicU64,
+    pub writes_audited: AtomicU64,
+    pub writes_tracked: AtomicU64,
+    pub reads_zero_filled: AtomicU64,
+    pub reads_audited: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Guard {
+    pub volume: String,
+    policy: AtomicU8,
+    snap: ArcSwap<Snapshot>,
+    pub counters: Counters,
+    pub block_size: u32,
+    /// Identities of the metadata server: its writes are allowed anywhere (reads still zero-fill).
+    trusted: ArcSwap<Vec<String>>,
+}
+
+impl Guard {
+    pub fn new(volume: &str, policy: Policy, block_size: u32) -> Guard {
+        Guard { volume: volume.to_string(), policy: AtomicU8::new(policy as u8), snap: ArcSwap::from_pointee(Snapshot::default()), counters: Counters::default(), block_size, trusted: ArcSwap::from_pointee(Vec::new()) }
+    }
+    pub fn policy(&self) -> Policy {
+        match self.policy.load(Ordering::Relaxed) {
+            0 => Policy::Enforce,
+            1 => Policy::Audit,
+            _ => Policy::Off,
+        }
+    }
+    pub fn set_policy(&self, p: Policy) {
+        self.policy.store(p as u8, Ordering::Relaxed);
+    }
+    pub fn set_trusted(&self, ids: Vec<String>) {
+        self.trusted.store(Arc::new(ids));
+    }
+
+    fn is_trusted(&self, who: &Who) -> bool {
+        who.name.is_some_and(|n| self.trusted.load().iter().any(|t| t == n))
+    }
+
+    /// Install a new layout (management side).
+    pub fn publish(&self, snap: Snapshot) {
+        self.snap.store(Arc::new(snap));
+    }
+
+    /// May `who` write device blocks `[lba, lba+n)`?
+    pub fn check_write(&self, who: &Who, lba: u64, n: u64) -> WriteVerdict {
+        let policy = self.policy();
+        if policy == Policy::Off {
+            return WriteVerdict::Allow;
+        }
+        let snap = self.snap.load();
+        let end = lba.saturating_add(n);
+        let ok = snap.client(who).is_some_and(|c| {
+            !c.fenced && {
+                let i = c.rw.partition_point(|r| r.1 <= lba);
+                c.rw.get(i).is_some_and(|r| r.0 <= lba && r.1 >= end)
+            }
+        });
+        if !ok && !self.is_trusted(who) {
+            if policy == Policy::Enforce {
+                self.counters.writes_refused.fetch_add(1, Ordering::Relaxed);
+                return WriteVerdict::Refuse;
+            }
+            let k = self.counters.writes_audited.fetch_add(1, Ordering::Relaxed) + 1;
+            // Log the 1st, 2nd, 4th, 8th... so a misbehaving client cannot flood the log.
+            if k.is_power_of_two() {
+                tracing::warn!(volume = %self.volume, lba, n, count = k, "audit: write outside the client's rw grants");
+            }
+        }
+        if snap.touches_pending(lba, end) {
+            WriteVerdict::Track
+        } else {
+            WriteVerdict::Allow
+        }
+    }
+
+    /// Which blocks of a read of `[lba, lba+n)` hold data anyone may see?
+    pub fn check_read(&self, lba: u64, n: u64) -> ReadVerdict {
+        let policy = self.policy();
+        if policy == Policy::Off {
+            return ReadVerdict::Data;
+        }
+        let snap = self.snap.load();
+        let (mut data, mut zero) = (false, false);
+        snap.walk(lba, lba.saturating_add(n), |_, _, readable| if readable { data = true } else { zero = true });
+        let v = match (data, zero) {
+            (_, false) => ReadVerdict::Data,
+            (false, true) => ReadVerdict::Zeros,
+            (true, true) => ReadVerdict::Mixed,
+        };
+        if v != ReadVerdict::Data && policy == Policy::Audit {
+            let k = self.counters.reads_audited.fetch_add(1, Ordering::Relaxed) + 1;
+            if k.is_power_of_two() {
+                tracing::warn!(volume = %self.volume, lba, n, count = k, "audit: read of blocks never written since allocation");
+            }
+            return ReadVerdict::Data;
+        }
+        if v != ReadVerdict::Data {
+            self.counters.reads_zero_filled.fetch_add(1, Ordering::Relaxed);
+        }
+        v
+    }
+
+    /// Zero the blocks of a completed read that nobody may see (buf holds `[lba, lba+n)`).
+    pub fn zero_fill(&self, lba: u64, n: u64, buf: &mut [u8]) {
+        if self.policy() != Policy::Enforce {
+            return;
+        }
+        let bs = self.block_size as usize;
+        let snap = self.snap.load();
+        snap.walk(lba, lba.saturating_add(n), |s, e, readable| {
+            if !readable {
+                let a = ((s - lba) as usize * bs).min(buf.len());
+                let b = ((e - lba) as usize * bs).min(buf.len());
+                buf[a..b].fill(0);
+            }
+        });
+    }
+
+    /// Record a completed write of `[lba, lba+n)` in the written-since-allocation bits.
+    pub fn mark_written(&self, lba: u64, n: u64) {
+        let snap = self.snap.load();
+        let end = lba.saturating_add(n);
+        for s in snap.segs[snap.first(lba)..].iter().take_while(|s| s.start < end) {
+            if let Kind::Pending { bits, bit_off } = &s.kind {
+                let a = lba.max(s.start);
+                let b = end.min(s.end);
+                bits.set_range(bit_off + a - s.start, b - a);
+            }
+        }
+        self.counters.writes_tracked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counters_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        serde_json::json!({
+            "writes_refused": c.writes_refused.load(Ordering::Relaxed),
+            "writes_audited": c.writes_audited.load(Ordering::Relaxed),
+            "writes_tracked": c.writes_tracked.load(Ordering::Relaxed),
+            "reads_zero_filled": c.reads_zero_filled.load(Ordering::Relaxed),
+            "reads_audited": c.reads_audited.load(Ordering::Relaxed),
+        })
+    }
+}

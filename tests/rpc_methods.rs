@@ -68,7 +68,7 @@ fn bdev_malloc_lifecycle_and_errors() {
         "bdev_malloc_create",
         json!({"name": "Other", "num_blocks": 16, "block_size": 512, "uuid": "0b8a5c39-8b8e-4d5e-9a11-000000000001"}),
         -17,
-        "File exists: bdev Other already exists",
+        "File exists: a bdev with UUID 0b8a5c39-8b8e-4d5e-9a11-000000000001 already exists",
     );
     let (c, m) = err(&t, "bdev_malloc_create", json!({"name": "Bad", "num_blocks": 16, "block_size": 1000}));
     assert_eq!(c, -22, "{m}");

@@ -89,6 +89,8 @@ pub trait BdevChannel: Send {
 pub enum BdevError {
     #[error("bdev {0} already exists")]
     Exists(String),
+    #[error("a bdev with UUID {0} already exists")]
+    UuidExists(String),
     #[error("bdev {0} not found")]
     NotFound(String),
     #[error("bdev {0} is in use by {1}")]
@@ -103,7 +105,7 @@ impl BdevError {
     /// SPDK-style negative errno for JSON-RPC errors.
     pub fn errno(&self) -> i32 {
         match self {
-            BdevError::Exists(_) => -libc::EEXIST,
+            BdevError::Exists(_) | BdevError::UuidExists(_) => -libc::EEXIST,
             BdevError::NotFound(_) => -libc::ENODEV,
             BdevError::Busy(..) => -libc::EBUSY,
             BdevError::Invalid(_) => -libc::EINVAL,
@@ -132,8 +134,11 @@ impl BdevRegistry {
     pub fn add(&self, bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
         let mut m = self.inner.lock().unwrap();
         let name = bdev.info().name.clone();
-        if m.contains_key(&name) || m.values().any(|e| e.bdev.info().uuid == bdev.info().uuid) {
+        if m.contains_key(&name) {
             return Err(BdevError::Exists(name));
+        }
+        if m.values().any(|e| e.bdev.info().uuid == bdev.info().uuid) {
+            return Err(BdevError::UuidExists(bdev.info().uuid.to_string()));
         }
         m.insert(name, Entry { bdev, claimed_by: Vec::new() });
         Ok(())

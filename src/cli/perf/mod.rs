@@ -259,8 +259,8 @@ fn worker(mut q: Box<dyn PerfQueue>, w: Arc<Workload>, first: u64, units: u64, s
     };
 
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        while !stopping {
+        // Top up the queue unless the run is over (then only drain).
+        while !stop.load(Ordering::Relaxed) {
             let Some(&tag) = free.last() else { break };
             let Some((unit, write)) = pick(&mut rng, &mut busy) else { break };
             free.pop();

@@ -80,7 +80,9 @@ pub struct PerfArgs {
     /// Run time (10s, 500ms, 2m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub time: Duration,
-    /// Write a per-block pattern (LBA + generation) and check every read.
+    /// Write a per-block pattern (LBA + generation) and check every read of a block written in
+    /// this run; read-only workloads first write the pattern over (up to 256 MiB of) each
+    /// queue's region. Queues get disjoint regions.
     #[arg(long)]
     pub verify: bool,
     /// NVMe/TCP header digest.

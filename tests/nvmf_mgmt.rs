@@ -135,6 +135,13 @@ fn rpc_py_command_forms_and_save_config_restart() {
         let out = Command::new("spdk-rpc").args(["-s", t.sock_str(), "nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    rpc_cli(&t, &["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
+    let one: Value = serde_json::from_str(&rpc_cli(&t, &["nvmf_get_subsystems", NQN])).unwrap();
+    assert_eq!(one[0]["allow_any_host"], true);
+    rpc_cli(&t, &["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
+    let one: Value = serde_json::from_str(&rpc_cli(&t, &["nvmf_get_subsystems", NQN])).unwrap();
+    assert_eq!(one[0]["allow_any_host"], false);
+    assert_eq!(one[0]["namespaces"][0]["nsid"], 3);
     let before = t.rpc("nvmf_get_subsystems", json!({"nqn": NQN}));
     let mut o = opts(port.parse().unwrap(), NQN);
     o.hostnqn = "nqn.2014-08.org.nvmexpress:uuid:allowed".into();

@@ -36,7 +36,21 @@ impl Setup {
 
 /// Target with a 64 MiB RAM bdev (512-byte blocks) exported as nsid 1 of NQN.
 fn setup(transport: serde_json::Value, allow_any: bool) -> Setup {
-    let t = Target::start(&["-m", "0x1"]);
+    setup_on("0x1", transport, allow_any)
+}
+
+/// Two reactors when the machine has two cores: queue pairs of one controller land on different
+/// reactors (round robin), which exercises the cross-reactor paths (AEN messages, teardown).
+fn two_reactors() -> &'static str {
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
+        "0x3"
+    } else {
+        "0x1"
+    }
+}
+
+fn setup_on(mask: &str, transport: serde_json::Value, allow_any: bool) -> Setup {
+    let t = Target::start(&["-m", mask]);
     let port = free_port();
     t.rpc("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 131072, "block_size": 512, "uuid": UUID}));
     let mut tp = json!({"trtype": "TCP"});
@@ -182,7 +196,7 @@ fn io_paths_incapsule_r2t_and_digests() {
 
 #[test]
 fn several_queues_write_read_verify() {
-    let s = setup(json!({}), true);
+    let s = setup_on(two_reactors(), json!({}), true);
     let c = Controller::connect(&s.opts()).unwrap();
     let mut qs: Vec<Queue> = (1..=4).map(|qid| c.io_queue(qid, 32).unwrap()).collect();
     // Pipelined writes on every queue, then read each region back through another queue.
@@ -322,7 +336,7 @@ fn discovery_log_lists_the_subsystem() {
 
 #[test]
 fn keep_alive_expiry_frees_the_controller() {
-    let s = setup(json!({}), true);
+    let s = setup_on(two_reactors(), json!({}), true);
     let mut o = s.opts();
     o.kato_ms = 500;
     let mut c = Controller::connect(&o).unwrap();
@@ -487,7 +501,7 @@ fn malformed_pdus_close_only_that_connection() {
 
 #[test]
 fn namespace_hot_add_raises_an_aen() {
-    let s = setup(json!({}), true);
+    let s = setup_on(two_reactors(), json!({}), true);
     s.t.rpc("bdev_malloc_create", json!({"name": "Malloc1", "num_blocks": 2048, "block_size": 4096}));
     let mut c = Controller::connect(&s.opts()).unwrap();
     c.admin.set_features(fid::ASYNC_EVENT_CONFIG, spec::AEC_NS_ATTR).unwrap();

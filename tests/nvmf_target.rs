@@ -170,10 +170,13 @@ fn io_paths_incapsule_r2t_and_digests() {
     // ICD 4 KiB, MAXH2CDATA 8 KiB: 512 B and 4 KiB travel in the capsule, 8 KiB takes one R2T
     // and one H2CData, 64 KiB one R2T answered by eight H2CData PDUs.
     let s = setup(json!({"in_capsule_data_size": 4096, "io_unit_size": 8192}), true);
-    for (hd, dd) in [(false, false), (true, true), (true, false)] {
+    // The last case keeps SQ flow control on: reads then complete with a CapsuleResp instead of
+    // the C2HData SUCCESS flag.
+    for (hd, dd, no_sqflow) in [(false, false, true), (true, true, true), (true, false, true), (false, true, false)] {
         let mut o = s.opts();
         o.hdgst = hd;
         o.ddgst = dd;
+        o.disable_sqflow = no_sqflow;
         let c = Controller::connect(&o).unwrap();
         let mut q = c.io_queue(1, 64).unwrap();
         assert_eq!(q.digests(), Digests { header: hd, data: dd });

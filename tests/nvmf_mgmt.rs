@@ -100,9 +100,17 @@ fn rpc_shapes_and_errors() {
     assert_eq!(t.rpc("nvmf_get_subsystems", json!({"nqn": "nqn.2016-06.io.spdk:cnode2"}))[0]["hosts"][0]["nqn"], "nqn.2014-08.org.nvmexpress:uuid:h1");
     t.rpc("nvmf_subsystem_remove_host", json!({"nqn": "nqn.2016-06.io.spdk:cnode2", "host": "nqn.2014-08.org.nvmexpress:uuid:h1"}));
     t.rpc("nvmf_delete_subsystem", json!({"nqn": "nqn.2016-06.io.spdk:cnode2"}));
-    // Removing the listener closes the port; the bdev claim goes with the subsystem.
+    // Removing the listener closes the port and the controllers connected through it; the bdev
+    // claim goes with the subsystem.
+    let c = Controller::connect(&opts(port, NQN)).unwrap();
+    assert_eq!(t.rpc("nvmf_subsystem_get_controllers", json!({"nqn": NQN})).as_array().unwrap().len(), 1);
     t.rpc("nvmf_subsystem_remove_listener", json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}));
-    std::thread::sleep(Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !t.rpc("nvmf_subsystem_get_controllers", json!({"nqn": NQN})).as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "controller survived its listener");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(c);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     t.rpc("nvmf_delete_subsystem", json!({"nqn": NQN}));
     t.rpc("bdev_malloc_delete", json!({"name": "Malloc0"}));
@@ -135,6 +143,13 @@ fn rpc_py_command_forms_and_save_config_restart() {
         let out = Command::new("spdk-rpc").args(["-s", t.sock_str(), "nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    rpc_cli(&t, &["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
+    let one: Value = serde_json::from_str(&rpc_cli(&t, &["nvmf_get_subsystems", NQN])).unwrap();
+    assert_eq!(one[0]["allow_any_host"], true);
+    rpc_cli(&t, &["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
+    let one: Value = serde_json::from_str(&rpc_cli(&t, &["nvmf_get_subsystems", NQN])).unwrap();
+    assert_eq!(one[0]["allow_any_host"], false);
+    assert_eq!(one[0]["namespaces"][0]["nsid"], 3);
     let before = t.rpc("nvmf_get_subsystems", json!({"nqn": NQN}));
     let mut o = opts(port.parse().unwrap(), NQN);
     o.hostnqn = "nqn.2014-08.org.nvmexpress:uuid:allowed".into();

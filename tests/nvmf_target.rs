@@ -36,7 +36,21 @@ impl Setup {
 
 /// Target with a 64 MiB RAM bdev (512-byte blocks) exported as nsid 1 of NQN.
 fn setup(transport: serde_json::Value, allow_any: bool) -> Setup {
-    let t = Target::start(&["-m", "0x1"]);
+    setup_on("0x1", transport, allow_any)
+}
+
+/// Two reactors when the machine has two cores: queue pairs of one controller land on different
+/// reactors (round robin), which exercises the cross-reactor paths (AEN messages, teardown).
+fn two_reactors() -> &'static str {
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
+        "0x3"
+    } else {
+        "0x1"
+    }
+}
+
+fn setup_on(mask: &str, transport: serde_json::Value, allow_any: bool) -> Setup {
+    let t = Target::start(&["-m", mask]);
     let port = free_port();
     t.rpc("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 131072, "block_size": 512, "uuid": UUID}));
     let mut tp = json!({"trtype": "TCP"});
@@ -156,10 +170,13 @@ fn io_paths_incapsule_r2t_and_digests() {
     // ICD 4 KiB, MAXH2CDATA 8 KiB: 512 B and 4 KiB travel in the capsule, 8 KiB takes one R2T
     // and one H2CData, 64 KiB one R2T answered by eight H2CData PDUs.
     let s = setup(json!({"in_capsule_data_size": 4096, "io_unit_size": 8192}), true);
-    for (hd, dd) in [(false, false), (true, true), (true, false)] {
+    // The last case keeps SQ flow control on: reads then complete with a CapsuleResp instead of
+    // the C2HData SUCCESS flag.
+    for (hd, dd, no_sqflow) in [(false, false, true), (true, true, true), (true, false, true), (false, true, false)] {
         let mut o = s.opts();
         o.hdgst = hd;
         o.ddgst = dd;
+        o.disable_sqflow = no_sqflow;
         let c = Controller::connect(&o).unwrap();
         let mut q = c.io_queue(1, 64).unwrap();
         assert_eq!(q.digests(), Digests { header: hd, data: dd });
@@ -182,7 +199,7 @@ fn io_paths_incapsule_r2t_and_digests() {
 
 #[test]
 fn several_queues_write_read_verify() {
-    let s = setup(json!({}), true);
+    let s = setup_on(two_reactors(), json!({}), true);
     let c = Controller::connect(&s.opts()).unwrap();
     let mut qs: Vec<Queue> = (1..=4).map(|qid| c.io_queue(qid, 32).unwrap()).collect();
     // Pipelined writes on every queue, then read each region back through another queue.
@@ -322,7 +339,7 @@ fn discovery_log_lists_the_subsystem() {
 
 #[test]
 fn keep_alive_expiry_frees_the_controller() {
-    let s = setup(json!({}), true);
+    let s = setup_on(two_reactors(), json!({}), true);
     let mut o = s.opts();
     o.kato_ms = 500;
     let mut c = Controller::connect(&o).unwrap();
@@ -487,7 +504,7 @@ fn malformed_pdus_close_only_that_connection() {
 
 #[test]
 fn namespace_hot_add_raises_an_aen() {
-    let s = setup(json!({}), true);
+    let s = setup_on(two_reactors(), json!({}), true);
     s.t.rpc("bdev_malloc_create", json!({"name": "Malloc1", "num_blocks": 2048, "block_size": 4096}));
     let mut c = Controller::connect(&s.opts()).unwrap();
     c.admin.set_features(fid::ASYNC_EVENT_CONFIG, spec::AEC_NS_ATTR).unwrap();

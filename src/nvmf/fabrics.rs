@@ -184,3 +184,50 @@ pub fn num_io_qpairs(c: &Ctrlr) -> usize {
     let _ = c.dead.load(Ordering::Relaxed);
     c.state.lock().unwrap().qpairs.iter().filter(|q| q.qid != 0).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvmf::{SubType, Subsystem, SubsystemParams};
+
+    #[test]
+    fn connect_data_roundtrip() {
+        let d = ConnectData { hostid: [7; 16], cntlid: 0xffff, subnqn: "nqn.a".into(), hostnqn: "nqn.b".into() };
+        assert_eq!(ConnectData::decode(&d.encode()).unwrap(), d);
+        assert!(ConnectData::decode(&[0u8; 100]).is_none());
+        let s = build_connect_sqe(3, 2, 31, 500, true);
+        assert_eq!((s.cid(), u16::from_le_bytes([s.0[42], s.0[43]]), s.cdw(12), s.0[46]), (3, 2, 500, 4));
+    }
+
+    #[test]
+    fn properties_enable_and_shutdown() {
+        let params = SubsystemParams { serial_number: "s".into(), model_number: "m".into(), max_namespaces: 1, min_cntlid: 1, max_cntlid: 10, ana_reporting: false };
+        let sub = Arc::new(Subsystem::new("nqn.x".into(), SubType::Nvme, params, true));
+        let c = Ctrlr::new(1, sub, "nqn.h".into(), [0; 16], 0, 4);
+        let opts = TransportOpts::default();
+        let get = |ofst: u32, eight: bool| {
+            let mut s = Sqe::default();
+            s.0[40] = eight as u8;
+            s.set_cdw(11, ofst);
+            property_get(&c, &opts, &s)
+        };
+        let set = |v: u32| {
+            let mut s = Sqe::default();
+            s.set_cdw(11, prop::CC);
+            s.0[48..52].copy_from_slice(&v.to_le_bytes());
+            property_set(&c, &s)
+        };
+        assert_eq!(get(prop::CAP, true).unwrap() & 0xffff, 127);
+        assert!(get(prop::CAP, false).is_err(), "CAP is 8 bytes");
+        assert_eq!(get(prop::VS, false).unwrap(), VERSION as u64);
+        assert!(set(1).is_ok());
+        assert_eq!(get(prop::CSTS, false).unwrap() & 1, 1);
+        assert!(set(1 | 1 << 14).is_ok());
+        assert_eq!((get(prop::CSTS, false).unwrap() >> 2) & 3, 2);
+        assert!(set(0).is_ok());
+        assert_eq!(get(prop::CSTS, false).unwrap() & 1, 0);
+        let mut bad = Sqe::default();
+        bad.set_cdw(11, prop::VS);
+        assert!(!property_set(&c, &bad).is_ok(), "VS is read-only");
+    }
+}

@@ -302,6 +302,12 @@ impl Target {
             let i = l.iter().position(|x| x.same(addr)).ok_or_else(|| NvmfError::NoListener(addr.traddr.clone(), addr.trsvcid.clone()))?;
             l.remove(i);
         }
+        // As SPDK does, hosts connected through the removed address lose those controllers.
+        for c in s.ctrlrs.lock().unwrap().iter() {
+            if c.state.lock().unwrap().qpairs.iter().any(|q| q.listen.same(addr)) {
+                c.dead.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         self.release_listener(addr);
         self.bump();
         Ok(())

@@ -81,7 +81,9 @@ pub struct PerfArgs {
     /// Run time (10s, 500ms, 2m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub time: Duration,
-    /// Write a per-block pattern (LBA + generation) and check every read.
+    /// Write a per-block pattern (LBA + generation) and check every read of a block written in
+    /// this run; read-only workloads first write the pattern over (up to 256 MiB of) each
+    /// queue's region. Queues get disjoint regions.
     #[arg(long)]
     pub verify: bool,
     /// Header digest (CRC32C) on NVMe/TCP PDUs or iSCSI PDUs.
@@ -263,8 +265,8 @@ fn worker(mut q: Box<dyn PerfQueue>, w: Arc<Workload>, first: u64, units: u64, s
     };
 
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        while !stopping {
+        // Top up the queue unless the run is over (then only drain).
+        while !stop.load(Ordering::Relaxed) {
             let Some(&tag) = free.last() else { break };
             let Some((unit, write)) = pick(&mut rng, &mut busy) else { break };
             free.pop();

@@ -63,7 +63,7 @@ fn outcome(text: &str) -> Outcome {
     while let Some(j) = text[from..].find("FAILED") {
         let i = from + j;
         if i == 0 || text.as_bytes()[i - 1] != b'[' {
-            if first.is_none_or(|(k, _)| i < k) {
+            if first.map_or(true, |(k, _)| i < k) {
                 first = Some((i, Outcome::Fail));
             }
             break;

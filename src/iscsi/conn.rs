@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::login::{self, Login, LoginCtx, Negotiated, SessionType, Step};
+use super::outq::{OutQueue, ZERO_COPY_MIN};
 use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
 use super::target::{ConnInfo, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
@@ -55,8 +56,7 @@ pub struct Conn {
     rx: Vec<u8>,
     rx_start: usize,
     rx_end: usize,
-    tx: Vec<u8>,
-    tx_pos: usize,
+    out: OutQueue,
     read_blocked: bool,
     stat_sn: u32,
     exp_cmd_sn: u32,
@@ -112,8 +112,7 @@ impl Conn {
             rx: vec![0u8; RX_CAP],
             rx_start: 0,
             rx_end: 0,
-            tx: Vec::with_capacity(512 * 1024),
-            tx_pos: 0,
+            out: OutQueue::with_capacity(512 * 1024),
             read_blocked: false,
             stat_sn: 1,
             exp_cmd_sn: 0,
@@ -147,14 +146,13 @@ impl Conn {
 
     fn send(&mut self, h: &Bhs, data: &[u8]) {
         let (hd, dd) = hd_dd(&self.params);
-        pdu::encode(&mut self.tx, h, &[], data, hd, dd);
+        pdu::encode(&mut self.out.tx, h, &[], data, hd, dd);
     }
 
     fn fatal(&mut self, core: &mut Core, me: HandlerRef, why: &str) {
         tracing::info!(conn = self.id, peer = %self.peer, "iscsi: dropping connection: {why}");
         self.phase = Phase::Closing;
-        self.tx.clear();
-        self.tx_pos = 0;
+        self.out.clear();
         core.close(me);
     }
 
@@ -175,7 +173,7 @@ impl Conn {
             if self.phase == Phase::Closing {
                 return;
             }
-            if self.tx.len() - self.tx_pos > TX_HIGH_WATER {
+            if self.out.backlog() > TX_HIGH_WATER {
                 self.read_blocked = true;
                 return;
             }
@@ -226,7 +224,7 @@ impl Conn {
             self.dispatch(core, me, &frame.bhs, ahs, data);
         }
         self.rx = rx;
-        if self.tx.len() > self.tx_pos {
+        if self.out.pending() {
             core.want_flush(me);
         }
     }
@@ -285,7 +283,7 @@ impl Conn {
                 r.set_u32(at::W32, self.exp_cmd_sn);
                 r.0[36] = class;
                 r.0[37] = detail;
-                pdu::encode(&mut self.tx, &r, &[], &[], false, false);
+                pdu::encode(&mut self.out.tx, &r, &[], &[], false, false);
                 self.phase = Phase::Closing;
                 core.want_flush(me);
             }
@@ -347,7 +345,7 @@ impl Conn {
         r.set_u32(at::W28, self.exp_cmd_sn);
         r.set_u32(at::W32, self.exp_cmd_sn.wrapping_add(self.queue_depth.max(1)).wrapping_sub(1));
         let text = pdu::encode_text(keys);
-        pdu::encode(&mut self.tx, r, &[], &text, false, false);
+        pdu::encode(&mut self.out.tx, r, &[], &text, false, false);
     }
 
     // ---- SCSI commands ----------------------------------------------------------------------
@@ -563,14 +561,14 @@ impl Conn {
                 self.send_scsi_response_resid(&r, r2ts, Some(res));
                 continue;
             }
-            self.respond(&r, edtl, dir, lun_raw, r2ts);
+            self.respond(r, edtl, dir, lun_raw, r2ts);
         }
         if any {
             core.want_flush(me);
         }
     }
 
-    fn respond(&mut self, r: &ScsiResponse, edtl: u32, dir: DataDir, lun_raw: [u8; 8], r2ts: u32) {
+    fn respond(&mut self, mut r: ScsiResponse, edtl: u32, dir: DataDir, lun_raw: [u8; 8], r2ts: u32) {
         let reads = matches!(dir, DataDir::Read | DataDir::Both);
         let produced = r.data_len;
         let (flag, resid) = if reads || produced > 0 {
@@ -588,8 +586,9 @@ impl Conn {
         let good = (r.status == status::GOOD || r.status == status::CONDITION_MET) && r.sense.is_none();
         let mut datasn = 0u32;
         if reads && send_len > 0 {
-            if let Some(buf) = &r.data_in {
+            if let Some(buf) = r.data_in.take() {
                 let send_len = send_len.min(buf.len());
+                let kept = self.out.keep(buf);
                 let chunk = (self.params.max_xmit_dsl as usize).max(512);
                 let mut off = 0usize;
                 let burst = (self.params.max_burst as usize).max(512);
@@ -615,9 +614,21 @@ impl Conn {
                     h.set_u32(at::W36, datasn);
                     h.set_u32(at::W40, off as u32);
                     datasn += 1;
-                    // Header and data straight into the output buffer: one copy of the data.
                     let (hd, dd) = hd_dd(&self.params);
-                    pdu::encode(&mut self.tx, &h, &[], &buf[off..off + n], hd, dd);
+                    if n >= ZERO_COPY_MIN {
+                        // Large payloads go to the socket from the read buffer itself.
+                        pdu::encode_header(&mut self.out.tx, &h, n, hd);
+                        self.out.splice(kept, off, n);
+                        let q = &mut self.out;
+                        let mut tail = std::mem::take(&mut q.tx);
+                        pdu::data_trailer(&mut tail, &q.kept(kept)[off..off + n], dd);
+                        q.tx = tail;
+                    } else {
+                        let q = &mut self.out;
+                        let mut tx = std::mem::take(&mut q.tx);
+                        pdu::encode(&mut tx, &h, &[], &q.kept(kept)[off..off + n], hd, dd);
+                        q.tx = tx;
+                    }
                     off += n;
                 }
                 if good {
@@ -625,7 +636,7 @@ impl Conn {
                 }
             }
         }
-        self.send_scsi_response(r, edtl, datasn + r2ts, if reads { resid } else { 0 }, lun_raw);
+        self.send_scsi_response(&r, edtl, datasn + r2ts, if reads { resid } else { 0 }, lun_raw);
         let _ = flag;
     }
 
@@ -861,18 +872,11 @@ impl Conn {
     }
 
     fn write_out(&mut self, core: &mut Core, me: HandlerRef) {
-        use std::io::Write;
-        while self.tx_pos < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_pos..]) {
-                Ok(0) => return self.fatal(core, me, "socket closed"),
-                Ok(n) => self.tx_pos += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.fatal(core, me, &format!("write: {e}")),
-            }
+        match self.out.write_to(&mut self.sock) {
+            Ok(false) => return, // the socket is full: a writable event brings us back
+            Ok(true) => {}
+            Err(e) => return self.fatal(core, me, &format!("write: {e}")),
         }
-        self.tx.clear();
-        self.tx_pos = 0;
         if self.phase == Phase::Closing {
             core.close(me);
         } else if self.read_blocked {
@@ -886,7 +890,7 @@ impl Handler for Conn {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             self.read_and_process(core, me);
         }
-        if ev.is_writable() && self.tx_pos < self.tx.len() {
+        if ev.is_writable() && self.out.pending() {
             core.want_flush(me);
         }
     }

@@ -201,7 +201,7 @@ impl Login {
         }
         if csg == 1 && self.stage == 0 {
             // Skipping (or leaving) security negotiation: only without CHAP obligations.
-            if !self.auth_done() && !(self.chap == Chap::NotStarted && !self.policy.require) {
+            if !self.auth_done() && (self.chap != Chap::NotStarted || self.policy.require) {
                 return Step::Fail(status::AUTH_FAILED);
             }
             if self.chap == Chap::NotStarted {
@@ -554,9 +554,9 @@ mod tests {
 
     #[test]
     fn chap_md5_vector() {
-        // RFC 1994 style: MD5(0x01 || "secret" || 16 zero bytes), checked against a known digest.
+        // RFC 1994: MD5(identifier || secret || challenge); digest computed independently.
         let r = chap_response(1, b"secret", &[0u8; 16]);
-        assert_eq!(r.len(), 16);
+        assert_eq!(hex(&r), "7570c653cdf4755ccffcaa80f29268d1");
         assert_eq!(decode_binary(&format!("0x{}", hex(&r))).unwrap(), r);
         assert_eq!(decode_binary("0bAQID").unwrap(), vec![1, 2, 3]);
         assert!(decode_binary("zz").is_none());

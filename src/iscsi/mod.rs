@@ -6,6 +6,7 @@ pub mod conn;
 pub mod initiator;
 pub mod listener;
 pub mod login;
+pub mod outq;
 pub mod pdu;
 pub mod target;
 pub mod tasks;

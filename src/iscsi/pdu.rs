@@ -269,6 +269,30 @@ pub fn encode(out: &mut Vec<u8>, bhs: &Bhs, ahs: &[u8], data: &[u8], hdgst: bool
     }
 }
 
+/// Append only the header (BHS, AHS, header digest) of a PDU whose `dlen`-byte data segment the
+/// caller queues separately (zero-copy Data-In); see [`data_trailer`] for what follows the data.
+pub fn encode_header(out: &mut Vec<u8>, bhs: &Bhs, dlen: usize, hdgst: bool) {
+    let mut h = *bhs;
+    h.0[4] = 0;
+    h.set_data_len(dlen);
+    let start = out.len();
+    out.extend_from_slice(&h.0);
+    if hdgst {
+        let d = digest(&out[start..]);
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+}
+
+/// Padding and (optional) data digest that follow a data segment sent from its own buffer.
+pub fn data_trailer(out: &mut Vec<u8>, data: &[u8], ddgst: bool) {
+    let pad = pad4(data.len()) - data.len();
+    out.extend_from_slice(&[0u8; 3][..pad]);
+    if ddgst && !data.is_empty() {
+        let d = crc32c::crc32c_append(crc32c::crc32c(data), &[0u8; 3][..pad]);
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+}
+
 /// Parse a text data segment: NUL-terminated `key=value` pairs (a missing final NUL is tolerated).
 pub fn parse_text(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
     let mut out = Vec::new();
@@ -349,6 +373,21 @@ mod tests {
         assert_eq!(e.0, PduError::DataDigest);
         assert_eq!(e.1.unwrap().total, out.len());
         assert!(matches!(parse_frame(&out, false, false, 2), Err((PduError::TooLong(5, 2), None))));
+    }
+
+    #[test]
+    fn split_encoding_matches_encode() {
+        for (len, hd, dd) in [(5usize, true, true), (8, false, true), (4097, true, false), (0, true, true)] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let b = Bhs::new(op::DATA_IN, F_FINAL);
+            let mut whole = Vec::new();
+            encode(&mut whole, &b, &[], &data, hd, dd);
+            let mut split = Vec::new();
+            encode_header(&mut split, &b, data.len(), hd);
+            split.extend_from_slice(&data);
+            data_trailer(&mut split, &data, dd);
+            assert_eq!(whole, split, "len {len}");
+        }
     }
 
     #[test]

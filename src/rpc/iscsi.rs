@@ -264,7 +264,7 @@ fn start_listeners(app: &Arc<App>, tag: u32, portals: &[Portal]) -> Result<Vec<c
     for p in portals {
         let addr = portal_addr(p)?;
         let s = std::net::TcpListener::bind(addr).map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("cannot listen on {addr}")))?;
-        s.set_nonblocking(true).map_err(|e| RpcError::internal(e))?;
+        s.set_nonblocking(true).map_err(RpcError::internal)?;
         socks.push(mio::net::TcpListener::from_std(s));
     }
     let mut refs = Vec::new();

@@ -148,9 +148,9 @@ impl ScsiPort {
         self.start_io(core, idx, lun, tag, kind, req);
     }
 
-    /// WRITE SAME(10/16) (SBC-3 5.40, 5.41; NDOB from SBC-4). UNMAP=1 unmaps the range (we
-    /// advertise LBPWS/LBPWS10; SBC-3 lets the device server unmap whatever the data); zero data
-    /// (or NDOB) becomes one WriteZeroes; any other pattern is written in chunks from one buffer.
+    /// WRITE SAME(10/16) (SBC-3 5.40, 5.41; NDOB from SBC-4). UNMAP=1 unmaps the range when the
+    /// bdev reads unmapped blocks as zeros (we advertise LBPWS/LBPWS10); zero data (or NDOB)
+    /// becomes one WriteZeroes; any other pattern is written in chunks from one buffer.
     pub(super) fn write_same(&mut self, core: &mut Core, me: HandlerRef, idx: usize, lun: &Arc<Lun>, cmd: ScsiCommand) {
         let tag = cmd.task_tag;
         let op = cmd.cdb[0];
@@ -197,6 +197,9 @@ impl ScsiPort {
         let zero = data.as_ref().is_none_or(|d| d.iter().all(|&x| x == 0));
         let fua = needs_fua(lun, false);
         let single = |op| IoRequest { op, offset_blocks: b.lba, num_blocks: n, buf: None, fua, owner: me, tag: 0 };
+        // Unmapping is only a valid way to "write" the pattern when unmapped blocks read back
+        // as zeros (LBPRZ); libiscsi checks for zeros after WRITE SAME with UNMAP and any data.
+        let unmap = unmap && lun.volume.bdev().info().unmap_zeroes;
         if unmap || zero {
             let req = single(if unmap { IoOp::Unmap } else { IoOp::WriteZeroes });
             return self.start_io(core, idx, lun, tag, Kind::Single { write: true }, req);

@@ -89,14 +89,10 @@ pub const WRITE_ERROR: Sense = Sense::new(MEDIUM_ERROR, 0x0c, 0x00);
 /// INVALID FIELD IN COMMAND INFORMATION UNIT (SPC-4 D.2): the Data-Out the transport carried is
 /// shorter than the command needs (EDTL below the CDB's transfer length); nothing is written.
 pub const INVALID_FIELD_IN_IU: Sense = Sense::new(ILLEGAL_REQUEST, 0x0e, 0x03);
-pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(ILLEGAL_REQUEST, 0x53, 0x02);
 pub const UA_POWER_ON: Sense = Sense::new(UNIT_ATTENTION, 0x29, 0x00);
-pub const UA_BUS_RESET: Sense = Sense::new(UNIT_ATTENTION, 0x29, 0x02);
 pub const UA_DEVICE_RESET: Sense = Sense::new(UNIT_ATTENTION, 0x29, 0x03);
 pub const UA_MODE_CHANGED: Sense = Sense::new(UNIT_ATTENTION, 0x2a, 0x01);
 pub const UA_CAPACITY_CHANGED: Sense = Sense::new(UNIT_ATTENTION, 0x2a, 0x09);
-pub const UA_REPORTED_LUNS_CHANGED: Sense = Sense::new(UNIT_ATTENTION, 0x3f, 0x0e);
-pub const COMMANDS_CLEARED_BY_OTHER: Sense = Sense::new(UNIT_ATTENTION, 0x2f, 0x00);
 
 #[cfg(test)]
 mod tests {

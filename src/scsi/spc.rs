@@ -85,7 +85,7 @@ pub fn mode_sense(lun: &Lun, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
 /// no well-known or conglomerate LUNs.
 pub fn report_luns(luns: &LunMap, cmd: &ScsiCommand) -> Answer {
     let c = &cmd.cdb;
-    if !matches!(c[2], 0x00 | 0x01 | 0x02) {
+    if c[2] > 0x02 {
         return Err(Sense::invalid_cdb_field(2, None));
     }
     // SPC-4 dropped SPC-3's 16-byte minimum allocation length: short lists are truncated.

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::sense::{Sense, UA_CAPACITY_CHANGED, UA_DEVICE_RESET, UA_MODE_CHANGED, UA_POWER_ON, UA_REPORTED_LUNS_CHANGED};
+use super::sense::{Sense, UA_CAPACITY_CHANGED, UA_DEVICE_RESET, UA_MODE_CHANGED, UA_POWER_ON};
 
 /// Per-LUN event counters, shared by every nexus.
 #[derive(Debug, Default)]
@@ -18,8 +18,6 @@ pub struct LunEvents {
     pub reset: AtomicU64,
     /// MODE SELECT changed a page (2A/01 to every other nexus).
     pub mode: AtomicU64,
-    /// PR engine or other layers asking for a specific condition later can add counters here.
-    pub luns_changed: AtomicU64,
 }
 
 /// Pending conditions of one nexus for one LUN, highest priority first.
@@ -27,7 +25,6 @@ const POWER_ON: u8 = 1 << 0;
 const RESET: u8 = 1 << 1;
 const CAPACITY: u8 = 1 << 2;
 const MODE: u8 = 1 << 3;
-const LUNS: u8 = 1 << 4;
 
 /// One nexus' view of one LUN.
 #[derive(Debug, Clone)]
@@ -35,7 +32,6 @@ pub struct NexusUa {
     pending: u8,
     seen_reset: u64,
     seen_mode: u64,
-    seen_luns: u64,
     seen_capacity: u64,
 }
 
@@ -46,7 +42,6 @@ impl NexusUa {
             pending: POWER_ON,
             seen_reset: ev.reset.load(Ordering::Acquire),
             seen_mode: ev.mode.load(Ordering::Acquire),
-            seen_luns: ev.luns_changed.load(Ordering::Acquire),
             seen_capacity: capacity,
         }
     }
@@ -62,11 +57,6 @@ impl NexusUa {
         if m != self.seen_mode {
             self.seen_mode = m;
             self.pending |= MODE;
-        }
-        let l = ev.luns_changed.load(Ordering::Acquire);
-        if l != self.seen_luns {
-            self.seen_luns = l;
-            self.pending |= LUNS;
         }
         if capacity != self.seen_capacity {
             self.seen_capacity = capacity;
@@ -102,15 +92,10 @@ impl NexusUa {
             POWER_ON => UA_POWER_ON,
             RESET => UA_DEVICE_RESET,
             CAPACITY => UA_CAPACITY_CHANGED,
-            MODE => UA_MODE_CHANGED,
-            _ => UA_REPORTED_LUNS_CHANGED,
+            _ => UA_MODE_CHANGED,
         })
     }
 
-    /// Drop every pending condition (the nexus went away and came back clean, e.g. in tests).
-    pub fn clear(&mut self) {
-        self.pending = 0;
-    }
 }
 
 /// Commands that neither report nor clear a unit attention (SAM-5 5.14: INQUIRY, REPORT LUNS;

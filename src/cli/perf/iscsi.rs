@@ -45,7 +45,7 @@ pub fn connect(
             }
         }
         let (num_blocks, block_size) =
-            cap.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::Other, format!("READ CAPACITY(16) of LUN {lun} failed")))?;
+            cap.ok_or_else(|| std::io::Error::other(format!("READ CAPACITY(16) of LUN {lun} failed")))?;
         out.push(Box::new(IscsiQueue { s, lun, block_size, num_blocks, cdb: [0; 16] }));
     }
     Ok(out)

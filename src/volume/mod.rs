@@ -6,12 +6,15 @@
 //! run.
 
 pub mod identity;
+pub mod pr_gate;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::bdev::{self, Bdev, BdevError, BdevRegistry, IoRequest};
+use crate::bdev::{Bdev, BdevError, BdevRegistry, IoRequest};
 use crate::reactor::Core;
+use crate::reservation::{CommandClass, Reservations};
 
 /// Who sent a command: the I_T nexus (iSCSI) or host (NVMe) as the reservation engine sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -35,6 +38,9 @@ pub enum Denied {
 
 pub struct Volume {
     bdev: Arc<dyn Bdev>,
+    /// The persistent-reservation engine shared by every export of this bdev.
+    pr: Arc<Reservations>,
+    gate: Arc<pr_gate::Gate>,
 }
 
 impl Volume {
@@ -56,13 +62,41 @@ impl Volume {
 
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
     /// reason, so the front-end can answer in its protocol's terms.
-    pub fn submit(&self, core: &mut Core, _who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+    pub fn submit(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
-        bdev::submit(core, self.bdev.as_ref(), req);
+        if !self.pr.snapshot().check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op)) {
+            return Err((req, Denied::ReservationConflict));
+        }
+        pr_gate::submit(core, &self.gate, &self.bdev, req);
         Ok(())
+    }
+
+    /// The reservation check for commands that are not block I/O (MODE SELECT, SYNCHRONIZE
+    /// CACHE, PR OUT, NVMe admin commands on a namespace...), by conflict-table class.
+    #[inline]
+    pub fn check(&self, who: &Initiator, class: CommandClass) -> Result<(), Denied> {
+        if self.pr.snapshot().check(pr_gate::nexus_ref(who), class) {
+            Ok(())
+        } else {
+            Err(Denied::ReservationConflict)
+        }
+    }
+
+    /// The volume's reservation engine (PR commands, unit attentions, management).
+    pub fn reservations(&self) -> &Arc<Reservations> {
+        &self.pr
+    }
+
+    fn new(bdev: Arc<dyn Bdev>, state_dir: Option<&std::path::Path>) -> Result<Volume, BdevError> {
+        let store = state_dir.map(|d| crate::reservation::Store::in_dir(d, &bdev.info().uuid));
+        let pr = Reservations::new(store).map_err(|e| BdevError::Invalid(e.to_string()))?;
+        let gate = pr_gate::Gate::new();
+        let pr = Arc::new(pr);
+        pr.set_fence(Arc::new(pr_gate::VolumeFence(gate.clone())));
+        Ok(Volume { bdev, pr, gate })
     }
 }
 
@@ -70,11 +104,27 @@ impl Volume {
 pub struct VolumeRegistry {
     bdevs: Arc<BdevRegistry>,
     map: Mutex<HashMap<String, (Arc<Volume>, usize)>>,
+    /// Where reservation state of APTPL/PTPL volumes lives (`<dir>/<bdev uuid>.pr.json`); None
+    /// keeps reservations in memory only.
+    state_dir: Mutex<Option<PathBuf>>,
 }
 
 impl VolumeRegistry {
     pub fn new(bdevs: Arc<BdevRegistry>) -> Self {
-        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()) }
+        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None) }
+    }
+
+    /// Set the reservation state directory (before volumes are opened).
+    pub fn set_state_dir(&self, dir: Option<PathBuf>) {
+        *self.state_dir.lock().unwrap() = dir;
+    }
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.state_dir.lock().unwrap().clone()
+    }
+
+    /// Every open volume (management).
+    pub fn list(&self) -> Vec<Arc<Volume>> {
+        self.map.lock().unwrap().values().map(|e| e.0.clone()).collect()
     }
 
     /// Open the volume of `bdev_name` for `user` (an export), claiming the bdev.
@@ -82,7 +132,21 @@ impl VolumeRegistry {
         let bdev = self.bdevs.claim(bdev_name, user)?;
         let name = bdev.info().name.clone();
         let mut m = self.map.lock().unwrap();
-        let e = m.entry(name).or_insert_with(|| (Arc::new(Volume { bdev }), 0));
+        if !m.contains_key(&name) {
+            // A corrupt reservation state file refuses the export, naming the file.
+            let dir = self.state_dir();
+            match Volume::new(bdev, dir.as_deref()) {
+                Ok(v) => {
+                    m.insert(name.clone(), (Arc::new(v), 0));
+                }
+                Err(e) => {
+                    drop(m);
+                    self.bdevs.release(bdev_name, user);
+                    return Err(e);
+                }
+            }
+        }
+        let e = m.get_mut(&name).expect("just inserted");
         e.1 += 1;
         Ok(e.0.clone())
     }

@@ -355,6 +355,11 @@ impl Reservations {
         Some(e.event)
     }
 
+    /// Is an event pending for `who` (NVMe: raise the Reservation Log Page Available AEN)?
+    pub fn has_event(&self, who: NexusRef) -> bool {
+        self.events_pending() && self.inner.lock().unwrap().events.iter().any(|e| who.matches(&e.nexus, e.all_tg_pt))
+    }
+
     /// NVMe: take the next Reservation Notification log entry for `host`: (log page count,
     /// event, entries still available after this one).
     pub fn take_notification(&self, host: NexusRef) -> Option<(u64, PrEvent, usize)> {
@@ -362,7 +367,7 @@ impl Reservations {
         let mut g = self.inner.lock().unwrap();
         let owned = host.to_owned();
         let c = g.log_counts.entry(owned).or_insert(0);
-        // The count wraps past 0xFFFFFFFFFFFFFFFF to 1: 0 means "no entry" (NVMe Base 5.16.1.?).
+        // The count wraps past 0xFFFFFFFFFFFFFFFF to 1: 0 means "no entry" (NVMe Base 2.0, Reservation Notification log page).
         *c = if *c == u64::MAX { 1 } else { *c + 1 };
         let count = *c;
         let left = g.events.iter().filter(|e| host.matches(&e.nexus, e.all_tg_pt)).count();

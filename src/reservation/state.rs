@@ -67,6 +67,8 @@ pub enum Action {
     /// REGISTER AND MOVE (SPC-4 5.13.8); the destination's target port is named by its relative
     /// target port identifier and resolved by the caller ([`super::Reservations`]).
     RegisterAndMove { key: u64, sa_key: u64, dest: Nexus, unreg: bool, aptpl: Aptpl },
+    /// NVMe Set Features Reservation Persistence (Feature 83h): PTPL without a registration.
+    SetPersist { ptpl: bool },
 }
 
 /// A reservation event addressed to the nexuses of one registration.
@@ -293,6 +295,12 @@ impl PrState {
                     self.registrants.retain(|g| g.id != me.id);
                 }
                 self.bump(aptpl, &mut out);
+            }
+            Action::SetPersist { ptpl } => {
+                if self.aptpl != *ptpl {
+                    self.aptpl = *ptpl;
+                    out.changed = true;
+                }
             }
         }
         Ok(out)

@@ -159,7 +159,7 @@ impl PrEvent {
             PrEvent::ReservationPreempted => 0x03,
         }
     }
-    /// NVMe Reservation Notification Log Page type (NVMe Base 2.0 5.16.1.? Figure 241).
+    /// NVMe Reservation Notification Log Page type (NVMe Base 2.0, Reservation Notification log page).
     pub fn nvme_log_type(self) -> u8 {
         match self {
             PrEvent::RegistrationPreempted => 1,

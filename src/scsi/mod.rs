@@ -6,6 +6,8 @@
 //! One `ScsiPort` per I_T nexus (an iSCSI session's connection); `Lun`s are shared by all nexuses
 //! that see them.
 
+pub mod pr;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -287,6 +289,11 @@ impl ScsiPort {
         } else {
             ScsiResponse::good(p.task_tag)
         };
+        self.done.push_back(resp);
+    }
+
+    /// Queue a finished task (commands completed outside this module, e.g. `pr::execute`).
+    pub fn push_done(&mut self, resp: ScsiResponse) {
         self.done.push_back(resp);
     }
 

@@ -67,7 +67,7 @@ impl Volume {
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
-        if !self.pr.snapshot().check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op)) {
+        if !self.pr.snapshot().check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op, who)) {
             return Err((req, Denied::ReservationConflict));
         }
         pr_gate::submit(core, &self.gate, &self.bdev, req);

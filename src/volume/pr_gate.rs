@@ -34,11 +34,14 @@ pub fn nexus_ref(who: &Initiator) -> NexusRef<'_> {
     }
 }
 
-/// The conflict-table class of a block I/O.
+/// The conflict-table class of a block I/O. SCSI SYNCHRONIZE CACHE is write-class (SBC-3 Table
+/// 13); NVMe Flush is in neither the read nor the write command group (NVMe Base 2.0 8.19, reservations), so it
+/// is always allowed.
 #[inline]
-pub fn io_class(op: IoOp) -> CommandClass {
+pub fn io_class(op: IoOp, who: &Initiator) -> CommandClass {
     match op {
         IoOp::Read => CommandClass::Read,
+        IoOp::Flush if matches!(who, Initiator::Nvme { .. }) => CommandClass::Always,
         IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap | IoOp::Flush => CommandClass::Write,
     }
 }

@@ -33,5 +33,7 @@ pub const SPECS: &[(&str, &str)] = &[
     // nvmf (issue: NVMe-oF/TCP) — add lines here
     // iscsi (issue: iSCSI) — add lines here
     // reservation (issue: persistent reservations) — add lines here
+    ("reservation_get", "bdev_name:str"),
+    ("reservation_clear", "bdev_name:str"),
     // layout (issue: layout backend) — add lines here
 ];

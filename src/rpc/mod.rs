@@ -7,6 +7,7 @@ pub mod framework;
 pub mod iscsi;
 pub mod nvmf;
 pub mod registry;
+pub mod reservation;
 pub mod server;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -47,6 +48,7 @@ impl App {
         bdev::register(&mut registry);
         nvmf::register(&mut registry);
         iscsi::register(&mut registry);
+        reservation::register(&mut registry);
         let state = if wait_for_rpc { STARTUP } else { RUNTIME };
         Arc::new(App {
             reactors,

@@ -211,9 +211,17 @@ impl Reservations {
     }
 
     fn start(self: &Arc<Self>, mut g: std::sync::MutexGuard<'_, Inner>, who: NexusRef, action: Action, done: Done) -> Started {
-        let action = match self.resolve(&g, who, action) {
+        let action = match self.resolve(&g, who, action.clone()) {
             Ok(a) => a,
-            Err(e) => return Started::Now(Err(e), done),
+            Err(e) => {
+                // Key and holder checks come first (SPC-4 5.13.8): try the move with the port
+                // unresolved, which cannot match anyone, to see if it would conflict anyway.
+                let e = match g.state.clone().apply(who, &action) {
+                    Err(PrError::Conflict) => PrError::Conflict,
+                    _ => e,
+                };
+                return Started::Now(Err(e), done);
+            }
         };
         let mut next = g.state.clone();
         let applied = match next.apply(who, &action) {

@@ -199,15 +199,12 @@ impl Reservations {
         }
     }
 
-    /// Operator override (reservation_clear RPC): drop every registration and the reservation.
+    /// Operator override (reservation_clear RPC): drop every registration and the reservation;
+    /// every registrant gets RESERVATIONS PREEMPTED (durable first when APTPL is on).
     pub fn operator_clear(self: &Arc<Self>, done: Done) -> Option<Result<Applied, PrError>> {
-        // CLEAR on behalf of the first registrant (if any) gives exactly SPC-4's CLEAR effects;
-        // with no registrants there is nothing to clear.
-        let first = self.read(|s| s.registrants.first().map(|g| (g.nexus.clone(), g.key)));
-        match first {
-            None => Some(Ok(Applied::default())),
-            Some((n, key)) => self.execute(n.as_ref(), Action::Clear { key }, done),
-        }
+        // The action names no nexus; a placeholder NVMe identity matches no registrant.
+        let nobody = Nexus::Nvme { host_id: [0; 16], host_nqn: String::new() };
+        self.execute(nobody.as_ref(), Action::OperatorClear, done)
     }
 
     fn start(self: &Arc<Self>, mut g: std::sync::MutexGuard<'_, Inner>, who: NexusRef, action: Action, done: Done) -> Started {

@@ -67,6 +67,9 @@ pub enum Action {
     /// REGISTER AND MOVE (SPC-4 5.13.8); the destination's target port is named by its relative
     /// target port identifier and resolved by the caller ([`super::Reservations`]).
     RegisterAndMove { key: u64, sa_key: u64, dest: Nexus, unreg: bool, aptpl: Aptpl },
+    /// Operator override (reservation_clear RPC): CLEAR on behalf of nobody, so every
+    /// registrant hears RESERVATIONS PREEMPTED.
+    OperatorClear,
     /// NVMe Set Features Reservation Persistence (Feature 83h): PTPL without a registration.
     SetPersist { ptpl: bool },
 }
@@ -295,6 +298,15 @@ impl PrState {
                     self.registrants.retain(|g| g.id != me.id);
                 }
                 self.bump(aptpl, &mut out);
+            }
+            Action::OperatorClear => {
+                if self.registrants.is_empty() && self.reservation.is_none() {
+                    return Ok(out);
+                }
+                self.notify_all_except(u64::MAX, PrEvent::ReservationPreempted, &mut out);
+                out.removed = std::mem::take(&mut self.registrants);
+                self.reservation = None;
+                self.bump(&None, &mut out);
             }
             Action::SetPersist { ptpl } => {
                 if self.aptpl != *ptpl {

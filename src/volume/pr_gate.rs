@@ -278,3 +278,43 @@ impl Fence for VolumeFence {
 pub fn in_flight_here(gate: &Gate) -> u32 {
     GATE.with(|g| g.borrow().gates.get(gate.id).map(|e| e.counts.iter().map(|c| c.1).sum()).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    fn waiter(fired: &Rc<Cell<u32>>) -> Box<dyn FnOnce()> {
+        let f = fired.clone();
+        Box::new(move || f.set(f.get() + 1))
+    }
+
+    /// Two drains requested while older writes are in flight: each fires only once every write
+    /// of the epochs before it has completed, and not before.
+    #[test]
+    fn epochs_release_waiters_in_order() {
+        let fired = Rc::new(Cell::new(0));
+        let mut e = Epochs::default();
+        e.counts.push_back((0, 2)); // two writes in epoch 0
+        e.current = 1;
+        e.counts.push_back((1, 1)); // one in epoch 1
+        e.waiters.push((0, waiter(&fired))); // first drain: epoch 0
+        e.current = 2;
+        e.counts.push_back((2, 0));
+        e.waiters.push((1, waiter(&fired))); // second drain: epochs 0 and 1
+        e.counts[0].1 -= 1;
+        assert!(e.take_ready().is_empty());
+        e.counts[0].1 -= 1;
+        let r = e.take_ready();
+        assert_eq!(r.iter().map(|w| w.0).collect::<Vec<_>>(), vec![0]);
+        r.into_iter().for_each(|(_, f)| f());
+        assert_eq!(fired.get(), 1);
+        e.counts[0].1 -= 1; // epoch 1's write
+        let r = e.take_ready();
+        assert_eq!(r.len(), 1);
+        r.into_iter().for_each(|(_, f)| f());
+        assert_eq!(fired.get(), 2);
+        assert_eq!(e.counts.len(), 1, "drained epochs are dropped");
+    }
+}

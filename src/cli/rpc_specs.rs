@@ -70,6 +70,8 @@ pub const SPECS: &[(&str, &str)] = &[
     ("iscsi_get_target_nodes", ""),
     ("iscsi_get_connections", ""),
     // reservation (issue: persistent reservations) — add lines here
+    ("reservation_get", "bdev_name:str"),
+    ("reservation_clear", "bdev_name:str"),
     // layout (issue: layout backend) — add lines here
     ("layout_volume_create", "-n/--name=name:str -b/--bdev-name=bdev_name:str -m/--metadata-path=metadata_path:str --metadata-bdev=metadata_bdev:str -g/--guard=guard:str -t/--recall-timeout-ms=recall_timeout_ms:int --block-size=block_size:int --mds-identities=mds_identities:list"),
     ("layout_volume_delete", "name:str"),

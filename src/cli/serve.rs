@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// Wait for framework_start_init before applying runtime configuration.
     #[arg(long = "wait-for-rpc")]
     wait_for_rpc: bool,
+    /// Directory for state that must survive a restart (persistent reservations with APTPL/PTPL:
+    /// `<dir>/<bdev uuid>.pr.json`). Default: `<rpc-socket>.state` next to the RPC socket, so
+    /// every instance (and every test) has its own.
+    #[arg(long = "state-dir")]
+    state_dir: Option<PathBuf>,
     /// Log level: ERROR, WARNING, NOTICE, INFO, DEBUG.
     #[arg(short = 'L', long = "log-level", default_value = "NOTICE")]
     log_level: String,
@@ -71,6 +76,15 @@ fn init_logging(level: &str) -> Result<rpc::LogSetter, String> {
         let f = filter_for(lvl)?;
         handle.reload(f).map_err(|e| e.to_string())
     }))
+}
+
+/// The reservation state directory: `--state-dir`, else `<rpc-socket>.state`.
+pub fn state_dir(a: &ServeArgs) -> PathBuf {
+    a.state_dir.clone().unwrap_or_else(|| {
+        let mut p = a.rpc_socket.clone().into_os_string();
+        p.push(".state");
+        PathBuf::from(p)
+    })
 }
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
@@ -116,6 +130,7 @@ pub fn run(a: ServeArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let app = App::new(reactors, true, Some(setter));
+    app.volumes.set_state_dir(Some(state_dir(&a)));
     let _ = app.set_log_level(&a.log_level.to_ascii_uppercase());
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("mgmt").enable_all().build() {
         Ok(rt) => rt,

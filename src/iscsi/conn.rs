@@ -906,6 +906,15 @@ impl Handler for Conn {
         self.write_out(core, me);
     }
 
+    /// A PR OUT that waited for persistence or a fence drain has finished.
+    fn on_message(&mut self, core: &mut Core, me: HandlerRef, msg: Box<dyn std::any::Any + Send>) {
+        if let Some(p) = self.port.as_mut() {
+            if crate::scsi::pr::take_deferred(p, msg).is_ok() {
+                self.drain(core, me);
+            }
+        }
+    }
+
     fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {
         match self.phase {
             Phase::Login if core.now.duration_since(self.started) > LOGIN_TIMEOUT => {

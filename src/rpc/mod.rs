@@ -8,6 +8,7 @@ pub mod iscsi;
 pub mod layout;
 pub mod nvmf;
 pub mod registry;
+pub mod reservation;
 pub mod server;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -59,6 +60,7 @@ impl App {
         nvmf::register(&mut registry);
         iscsi::register(&mut registry);
         layout::register(&mut registry);
+        reservation::register(&mut registry);
         let state = if wait_for_rpc { STARTUP } else { RUNTIME };
         let volumes = Arc::new(VolumeRegistry::new(bdevs.clone()));
         let nvmf = crate::nvmf::Target::new(reactors.clone(), volumes.clone());

@@ -37,6 +37,7 @@ pub mod ua;
 pub mod vpd;
 pub mod xcopy;
 
+
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -333,14 +334,14 @@ impl ScsiPort {
         self.done.push_back(resp);
     }
 
-    /// Queue a finished task (for command modules outside this file, such as `pr`).
-    pub fn push_response(&mut self, r: ScsiResponse) {
-        self.done.push_back(r);
-    }
-
     /// Feed an I/O completion this port's commands were waiting for.
     pub fn on_io_complete(&mut self, core: &mut Core, me: HandlerRef, ev: IoEvent) {
         self.advance(core, me, ev);
+    }
+
+    /// Queue a finished task (commands completed outside this module, e.g. `pr::execute`).
+    pub fn push_done(&mut self, resp: ScsiResponse) {
+        self.done.push_back(resp);
     }
 
     /// The next finished task, if any.

@@ -10,12 +10,11 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use crate::bdev::{self, Bdev, IoOp, IoRequest};
+use crate::bdev::{IoOp, IoRequest};
 use crate::layout::guard::{Guard, ReadVerdict, Who, WriteVerdict};
 use crate::reactor::{Core, Handler, HandlerRef, IoEvent, Reactor};
 
-use super::range_lock::RangeLock;
-use super::{Denied, Initiator};
+use super::{Denied, Downstream, Initiator};
 
 struct Held {
     owner: HandlerRef,
@@ -70,19 +69,7 @@ fn who(i: &Initiator) -> Who<'_> {
     }
 }
 
-/// Hand `req` to the bdev, through the volume's range lock unless the caller holds the range.
-fn dispatch(core: &mut Core, bdev: &dyn Bdev, locks: Option<&RangeLock>, req: IoRequest) {
-    match locks {
-        Some(l) => {
-            if let Some(req) = l.admit(req) {
-                bdev::submit(core, bdev, req);
-            }
-        }
-        None => bdev::submit(core, bdev, req),
-    }
-}
-
-fn via_interposer(core: &mut Core, bdev: &dyn Bdev, guard: &Arc<Guard>, mut req: IoRequest, read: bool, locks: Option<&RangeLock>) {
+fn via_interposer(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, mut req: IoRequest, read: bool) {
     let Some(me) = INTERPOSER.with(|i| *i.borrow()) else {
         // Without the interposer the guarantee cannot be kept: fail rather than expose data.
         tracing::error!("layout guard interposer missing on reactor {}", core.id);
@@ -92,37 +79,30 @@ fn via_interposer(core: &mut Core, bdev: &dyn Bdev, guard: &Arc<Guard>, mut req:
     let held = Held { owner: req.owner, tag: req.tag, read, lba: req.offset_blocks, n: req.num_blocks, guard: guard.clone() };
     req.tag = HELD.with(|s| s.borrow_mut().insert(held)) as u64;
     req.owner = me;
-    dispatch(core, bdev, locks, req);
+    down.send(core, req);
 }
 
-/// Submit `req` under `guard`; `locks` is the volume's range lock (None for its holder).
-pub fn submit(
-    core: &mut Core,
-    bdev: &dyn Bdev,
-    guard: &Arc<Guard>,
-    who_: &Initiator,
-    mut req: IoRequest,
-    locks: Option<&RangeLock>,
-) -> Result<(), (IoRequest, Denied)> {
+/// Submit `req` under `guard`, then on down the volume's path.
+pub fn submit(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, who_: &Initiator, mut req: IoRequest) -> Result<(), (IoRequest, Denied)> {
     match req.op {
         IoOp::Read => match guard.check_read(req.offset_blocks, req.num_blocks) {
-            ReadVerdict::Data => dispatch(core, bdev, locks, req),
+            ReadVerdict::Data => down.send(core, req),
             ReadVerdict::Zeros => {
                 if let Some(b) = req.buf.as_mut() {
                     b.as_mut_slice().fill(0);
                 }
                 req.complete(core, 0);
             }
-            ReadVerdict::Mixed => via_interposer(core, bdev, guard, req, true, locks),
+            ReadVerdict::Mixed => via_interposer(core, down, guard, req, true),
         },
         IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => match guard.check_write(&who(who_), req.offset_blocks, req.num_blocks) {
             WriteVerdict::Refuse => return Err((req, Denied::WriteProtected)),
-            WriteVerdict::Allow => dispatch(core, bdev, locks, req),
+            WriteVerdict::Allow => down.send(core, req),
             // Unmapped blocks have no defined content: they stay unwritten (read as zeros).
-            WriteVerdict::Track if req.op == IoOp::Unmap => dispatch(core, bdev, locks, req),
-            WriteVerdict::Track => via_interposer(core, bdev, guard, req, false, locks),
+            WriteVerdict::Track if req.op == IoOp::Unmap => down.send(core, req),
+            WriteVerdict::Track => via_interposer(core, down, guard, req, false),
         },
-        IoOp::Flush => dispatch(core, bdev, locks, req),
+        IoOp::Flush => down.send(core, req),
     }
     Ok(())
 }

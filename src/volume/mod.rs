@@ -7,13 +7,16 @@
 
 pub mod guard_hook;
 pub mod identity;
+pub mod pr_gate;
 pub mod range_lock;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::bdev::{self, Bdev, BdevError, BdevRegistry, IoRequest};
+use crate::bdev::{Bdev, BdevError, BdevRegistry, IoRequest};
 use crate::reactor::Core;
+use crate::reservation::{CommandClass, Reservations};
 
 /// Who sent a command: the I_T nexus (iSCSI) or host (NVMe) as the reservation engine sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -38,15 +41,47 @@ pub enum Denied {
 pub struct Volume {
     bdev: Arc<dyn Bdev>,
     /// LBA range locks of read-modify-write commands (COMPARE AND WRITE and kin).
-    pub locks: range_lock::RangeLock,
+    pub locks: Arc<range_lock::RangeLock>,
     /// The layout guard, when a layout volume lives on this bdev (read lock-free per I/O).
     guard: arc_swap::ArcSwapOption<crate::layout::guard::Guard>,
+    /// The persistent-reservation engine shared by every export of this bdev.
+    pr: Arc<Reservations>,
+    /// Tracks modifying I/O so PREEMPT AND ABORT can wait for what was already admitted.
+    gate: Arc<pr_gate::Gate>,
+}
+
+/// Where a request goes once every check has passed: the reservation gate's in-flight tracking
+/// (so a fence waits for it), then the range lock (a write overlapping a held range waits), then
+/// the bdev. The layout guard's interposer hands its rewritten requests here too.
+pub struct Downstream<'a> {
+    gate: &'a pr_gate::Gate,
+    bdev: &'a Arc<dyn Bdev>,
+    /// None for the holder of a range lock (its own I/O inside the range).
+    locks: Option<&'a Arc<range_lock::RangeLock>>,
+}
+
+impl Downstream<'_> {
+    pub fn send(&self, core: &mut Core, req: IoRequest) {
+        pr_gate::submit(core, self.gate, self.bdev, req, self.locks);
+    }
 }
 
 impl Volume {
+    /// A volume whose reservations live in memory only (tests, tools).
     pub fn new(bdev: Arc<dyn Bdev>) -> Volume {
-        Volume { bdev, locks: Default::default(), guard: Default::default() }
+        Volume::with_state(bdev, None).expect("no state file to read")
     }
+
+    /// A volume whose APTPL/PTPL reservation state lives under `state_dir`.
+    pub fn with_state(bdev: Arc<dyn Bdev>, state_dir: Option<&std::path::Path>) -> Result<Volume, BdevError> {
+        let store = state_dir.map(|d| crate::reservation::Store::in_dir(d, &bdev.info().uuid));
+        let pr = Reservations::new(store).map_err(|e| BdevError::Invalid(e.to_string()))?;
+        let gate = pr_gate::Gate::new();
+        let pr = Arc::new(pr);
+        pr.set_fence(Arc::new(pr_gate::VolumeFence(gate.clone())));
+        Ok(Volume { bdev, locks: Default::default(), guard: Default::default(), pr, gate })
+    }
+
     pub fn bdev(&self) -> &Arc<dyn Bdev> {
         &self.bdev
     }
@@ -64,33 +99,37 @@ impl Volume {
     }
 
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
-    /// reason, so the front-end can answer in its protocol's terms.
+    /// reason, so the front-end can answer in its protocol's terms. Checks, in order: range,
+    /// reservation conflict table, layout guard; then [`Downstream`].
     pub fn submit(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
-        let end = req.offset_blocks.checked_add(req.num_blocks);
-        if end.is_none_or(|e| e > self.num_blocks()) {
-            return Err((req, Denied::OutOfRange));
-        }
-        if let Some(g) = &*self.guard.load() {
-            return guard_hook::submit(core, self.bdev.as_ref(), g, who, req, Some(&self.locks));
-        }
-        // A write overlapping a held range waits for its release (range_lock.rs).
-        if let Some(req) = self.locks.admit(req) {
-            bdev::submit(core, self.bdev.as_ref(), req);
-        }
-        Ok(())
+        self.checked(core, who, req, Some(&self.locks))
     }
 
     /// Submit for the holder of a range lock covering `req` (its own read and write bypass the
     /// lock); every other check of [`Volume::submit`] applies.
     pub fn submit_locked(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+        self.checked(core, who, req, None)
+    }
+
+    fn checked(
+        &self,
+        core: &mut Core,
+        who: &Initiator,
+        req: IoRequest,
+        locks: Option<&Arc<range_lock::RangeLock>>,
+    ) -> Result<(), (IoRequest, Denied)> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
-        if let Some(g) = &*self.guard.load() {
-            return guard_hook::submit(core, self.bdev.as_ref(), g, who, req, None);
+        if !self.pr.snapshot().check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op, who)) {
+            return Err((req, Denied::ReservationConflict));
         }
-        bdev::submit(core, self.bdev.as_ref(), req);
+        let down = Downstream { gate: &self.gate, bdev: &self.bdev, locks };
+        if let Some(g) = &*self.guard.load() {
+            return guard_hook::submit(core, &down, g, who, req);
+        }
+        down.send(core, req);
         Ok(())
     }
 
@@ -99,17 +138,49 @@ impl Volume {
     pub fn set_guard(&self, g: Option<Arc<crate::layout::guard::Guard>>) {
         self.guard.store(g);
     }
+
+    /// The reservation check for commands that are not block I/O (MODE SELECT, SYNCHRONIZE
+    /// CACHE, PR OUT, NVMe admin commands on a namespace...), by conflict-table class.
+    #[inline]
+    pub fn check(&self, who: &Initiator, class: CommandClass) -> Result<(), Denied> {
+        if self.pr.snapshot().check(pr_gate::nexus_ref(who), class) {
+            Ok(())
+        } else {
+            Err(Denied::ReservationConflict)
+        }
+    }
+
+    /// The volume's reservation engine (PR commands, unit attentions, management).
+    pub fn reservations(&self) -> &Arc<Reservations> {
+        &self.pr
+    }
 }
 
 /// One volume per exported bdev, shared by every LUN and namespace that exports it.
 pub struct VolumeRegistry {
     bdevs: Arc<BdevRegistry>,
     map: Mutex<HashMap<String, (Arc<Volume>, usize)>>,
+    /// Where reservation state of APTPL/PTPL volumes lives (`<dir>/<bdev uuid>.pr.json`); None
+    /// keeps reservations in memory only.
+    state_dir: Mutex<Option<PathBuf>>,
 }
 
 impl VolumeRegistry {
     pub fn new(bdevs: Arc<BdevRegistry>) -> Self {
-        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()) }
+        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None) }
+    }
+
+    /// Set the reservation state directory (before volumes are opened).
+    pub fn set_state_dir(&self, dir: Option<PathBuf>) {
+        *self.state_dir.lock().unwrap() = dir;
+    }
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.state_dir.lock().unwrap().clone()
+    }
+
+    /// Every open volume (management).
+    pub fn list(&self) -> Vec<Arc<Volume>> {
+        self.map.lock().unwrap().values().map(|e| e.0.clone()).collect()
     }
 
     /// Open the volume of `bdev_name` for `user` (an export), claiming the bdev.
@@ -117,7 +188,21 @@ impl VolumeRegistry {
         let bdev = self.bdevs.claim(bdev_name, user)?;
         let name = bdev.info().name.clone();
         let mut m = self.map.lock().unwrap();
-        let e = m.entry(name).or_insert_with(|| (Arc::new(Volume::new(bdev)), 0));
+        if !m.contains_key(&name) {
+            // A corrupt reservation state file refuses the export, naming the file.
+            let dir = self.state_dir();
+            match Volume::with_state(bdev, dir.as_deref()) {
+                Ok(v) => {
+                    m.insert(name.clone(), (Arc::new(v), 0));
+                }
+                Err(e) => {
+                    drop(m);
+                    self.bdevs.release(bdev_name, user);
+                    return Err(e);
+                }
+            }
+        }
+        let e = m.get_mut(&name).expect("just inserted");
         e.1 += 1;
         Ok(e.0.clone())
     }

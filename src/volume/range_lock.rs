@@ -267,3 +267,15 @@ mod tests {
         let _ = id;
     }
 }
+
+/// Hand a checked request to the bdev, through `locks` unless the caller holds the range.
+pub fn admit_and_submit(core: &mut Core, bdev: &Arc<dyn Bdev>, locks: Option<&Arc<RangeLock>>, req: IoRequest) {
+    match locks {
+        Some(l) => {
+            if let Some(req) = l.admit(req) {
+                bdev::submit(core, bdev.as_ref(), req);
+            }
+        }
+        None => bdev::submit(core, bdev.as_ref(), req),
+    }
+}

@@ -11,8 +11,11 @@
 //!
 //! This module knows nothing of volumes, SCSI or NVMe (they import it).
 
+mod describe;
+mod events;
 pub mod nexus;
 pub mod persist;
+mod spc2;
 pub mod snapshot;
 pub mod state;
 pub mod types;
@@ -328,172 +331,6 @@ impl Reservations {
     fn publish(&self, g: &Inner) {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         self.snap.store(Arc::new(Snapshot::build(seq, &g.state, g.spc2.as_ref())));
-    }
-
-    fn push_event(&self, g: &mut Inner, e: Event) {
-        if e.nexus.is_nvme() {
-            let mask = g.masks.get(&e.nexus).copied().unwrap_or(0);
-            if mask & e.event.nvme_mask_bit() != 0 {
-                return;
-            }
-        }
-        if g.events.len() >= MAX_EVENTS {
-            g.events.pop_front();
-        }
-        g.events.push_back(e);
-        self.pending_events.store(g.events.len(), Ordering::Release);
-    }
-
-    /// Any unit attention or notification pending for anyone (one load: front-ends call it before
-    /// each command and only then [`Reservations::take_event`]).
-    #[inline]
-    pub fn events_pending(&self) -> bool {
-        self.pending_events.load(Ordering::Acquire) != 0
-    }
-
-    /// The oldest pending event for `who`, removed (delivered exactly once).
-    pub fn take_event(&self, who: NexusRef) -> Option<PrEvent> {
-        let mut g = self.inner.lock().unwrap();
-        let i = g.events.iter().position(|e| who.matches(&e.nexus, e.all_tg_pt))?;
-        let e = g.events.remove(i)?;
-        self.pending_events.store(g.events.len(), Ordering::Release);
-        Some(e.event)
-    }
-
-    /// Is an event pending for `who` (NVMe: raise the Reservation Log Page Available AEN)?
-    pub fn has_event(&self, who: NexusRef) -> bool {
-        self.events_pending() && self.inner.lock().unwrap().events.iter().any(|e| who.matches(&e.nexus, e.all_tg_pt))
-    }
-
-    /// NVMe: take the next Reservation Notification log entry for `host`: (log page count,
-    /// event, entries still available after this one).
-    pub fn take_notification(&self, host: NexusRef) -> Option<(u64, PrEvent, usize)> {
-        let ev = self.take_event(host)?;
-        let mut g = self.inner.lock().unwrap();
-        let owned = host.to_owned();
-        let c = g.log_counts.entry(owned).or_insert(0);
-        // The count wraps past 0xFFFFFFFFFFFFFFFF to 1: 0 means "no entry" (NVMe Base 2.0, Reservation Notification log page).
-        *c = if *c == u64::MAX { 1 } else { *c + 1 };
-        let count = *c;
-        let left = g.events.iter().filter(|e| host.matches(&e.nexus, e.all_tg_pt)).count();
-        Some((count, ev, left))
-    }
-
-    /// NVMe Set Features Reservation Notification Mask (82h) for `host` (bits 1..3).
-    pub fn set_notification_mask(&self, host: NexusRef, mask: u32) {
-        let mut g = self.inner.lock().unwrap();
-        g.masks.insert(host.to_owned(), mask & 0b1110);
-        // Masked types already queued are dropped too: the host asked not to see them.
-        let before = g.events.len();
-        g.events.retain(|e| !(host.matches(&e.nexus, e.all_tg_pt) && mask & e.event.nvme_mask_bit() != 0));
-        if g.events.len() != before {
-            self.pending_events.store(g.events.len(), Ordering::Release);
-        }
-    }
-
-    pub fn notification_mask(&self, host: NexusRef) -> u32 {
-        self.inner.lock().unwrap().masks.get(&host.to_owned()).copied().unwrap_or(0)
-    }
-
-    /// RESERVE(6)/(10) (SPC-2 5.5.1 with SPC-4 5.13.3 and CRH=1).
-    pub fn reserve6(&self, who: NexusRef) -> Result<(), PrError> {
-        let mut g = self.inner.lock().unwrap();
-        if !g.state.registrants.is_empty() || g.state.reservation.is_some() {
-            // CRH=1: the holder (or a registrant of a RO/AR reservation) gets GOOD, no effect.
-            return match g.state.relation(who) {
-                Relation::Holder => Ok(()),
-                Relation::Registered if g.state.reservation.is_some_and(|r| r.rtype.registrants_have_access()) => Ok(()),
-                _ => Err(PrError::Conflict),
-            };
-        }
-        match &g.spc2 {
-            Some(h) if !who.matches(h, false) => Err(PrError::Conflict),
-            Some(_) => Ok(()),
-            None => {
-                g.spc2 = Some(who.to_owned());
-                self.publish(&g);
-                Ok(())
-            }
-        }
-    }
-
-    /// RELEASE(6)/(10): the holder releases; anyone else gets GOOD with no effect (SPC-2 5.5.1).
-    pub fn release6(&self, who: NexusRef) -> Result<(), PrError> {
-        let mut g = self.inner.lock().unwrap();
-        if !g.state.registrants.is_empty() || g.state.reservation.is_some() {
-            return match g.state.relation(who) {
-                Relation::Holder => Ok(()),
-                Relation::Registered if g.state.reservation.is_some_and(|r| r.rtype.registrants_have_access()) => Ok(()),
-                _ => Err(PrError::Conflict),
-            };
-        }
-        if g.spc2.as_ref().is_some_and(|h| who.matches(h, false)) {
-            g.spc2 = None;
-            self.publish(&g);
-        }
-        Ok(())
-    }
-
-    /// I_T nexus loss or logical unit reset: an SPC-2 reservation of that nexus (or any, for a
-    /// reset) goes away; persistent reservations stay (SPC-4 5.13.1).
-    pub fn nexus_lost(&self, who: Option<NexusRef>) {
-        let mut g = self.inner.lock().unwrap();
-        let drop = match (&g.spc2, who) {
-            (Some(h), Some(w)) => w.matches(h, false),
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if drop {
-            g.spc2 = None;
-            self.publish(&g);
-        }
-    }
-
-    /// The management view (reservation_get).
-    pub fn describe(&self) -> serde_json::Value {
-        let g = self.inner.lock().unwrap();
-        let s = &g.state;
-        let regs: Vec<_> = s
-            .registrants
-            .iter()
-            .map(|r| {
-                let mut v = serde_json::json!({
-                    "key": format!("0x{:016x}", r.key),
-                    "holder": s.is_holder(r),
-                    "all_tg_pt": r.all_tg_pt,
-                });
-                match &r.nexus {
-                    Nexus::Iscsi { initiator_port, target_port, rel_port_id } => {
-                        v["protocol"] = "iscsi".into();
-                        v["initiator_port"] = initiator_port.clone().into();
-                        v["target_port"] = target_port.clone().into();
-                        v["relative_target_port_id"] = (*rel_port_id).into();
-                    }
-                    Nexus::Nvme { host_id, host_nqn } => {
-                        v["protocol"] = "nvme".into();
-                        v["hostnqn"] = host_nqn.clone().into();
-                        v["hostid"] = uuid::Uuid::from_bytes(*host_id).hyphenated().to_string().into();
-                    }
-                }
-                v
-            })
-            .collect();
-        let holder = s.holder().map(|h| h.nexus.describe());
-        serde_json::json!({
-            "generation": s.generation,
-            "aptpl": s.aptpl,
-            "state_file": self.store.lock().unwrap().as_ref().map(|st| st.path.display().to_string()),
-            "reservation": s.reservation.map(|r| serde_json::json!({
-                "type": format!("{:?}", r.rtype),
-                "scsi_type": r.rtype.scsi_code(),
-                "nvme_rtype": r.rtype.nvme_code(),
-                "key": format!("0x{:016x}", s.reservation_key()),
-                "holder": if r.rtype.all_registrants() { None } else { holder },
-                "all_registrants": r.rtype.all_registrants(),
-            })),
-            "registrants": regs,
-            "spc2_reservation_holder": g.spc2.as_ref().map(|n| n.describe()),
-        })
     }
 }
 

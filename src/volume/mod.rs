@@ -21,7 +21,9 @@ use crate::reservation::{CommandClass, Reservations};
 /// Who sent a command: the I_T nexus (iSCSI) or host (NVMe) as the reservation engine sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Initiator {
-    /// iSCSI initiator port (initiator name + ",i,0x" + ISID) and the target port it came through.
+    /// iSCSI initiator port (initiator name + ",i,0x" + ISID as 12 lowercase hex digits, the form
+    /// READ FULL STATUS reports and REGISTER AND MOVE's TransportID decodes to) and the target
+    /// port it came through (target name + ",t,0x" + TPGT) with its relative port identifier.
     Iscsi { initiator_port: String, target_port: String, rel_port_id: u16 },
     /// NVMe host identifier (128-bit, or 64-bit extended) and host NQN.
     Nvme { host_id: [u8; 16], host_nqn: String },

@@ -582,3 +582,21 @@ fn initiator_works_against_tgt() {
         .unwrap();
     }
 }
+
+#[test]
+fn discovery_chap() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    t.rpc("iscsi_create_auth_group", json!({"tag": 9, "secrets": [{"user": "disc", "secret": "discoverysecret"}]}));
+    t.rpc("iscsi_set_discovery_auth", json!({"require_chap": true, "chap_group": 9}));
+    let mut o = LoginOptions::new("iqn.test:disc-chap", None);
+    let e = Session::connect("127.0.0.1", port, &o, 1).err().expect("discovery without CHAP must be refused");
+    assert!(e.to_string().contains("02/01"), "{e}");
+    o.chap = Some(("disc".into(), "discoverysecret".into()));
+    let mut d = Session::connect("127.0.0.1", port, &o, 1).unwrap();
+    assert_eq!(d.send_targets("All").unwrap().len(), 1);
+    // Normal sessions follow the node's policy, not the discovery one.
+    login(port, "iqn.test:plain").unwrap().logout().unwrap();
+    t.stop();
+}

@@ -600,3 +600,26 @@ fn discovery_chap() {
     login(port, "iqn.test:plain").unwrap().logout().unwrap();
     t.stop();
 }
+
+#[test]
+fn deleting_node_and_portal_group_stops_service() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    let mut s = login(port, "iqn.test:delete").unwrap();
+    write_read(&mut s, 0, 1, 1);
+    t.rpc("iscsi_delete_target_node", json!({"name": IQN}));
+    assert!(cmd(&mut s, 0, &read16(0, 1), &[], 512, Duration::from_secs(5)).is_err(), "sessions of a deleted node must end");
+    let e = login(port, "iqn.test:delete").err().expect("deleted node must not accept logins");
+    assert!(e.to_string().contains("02/03"), "{e}");
+    // The bdev is free again once no node claims it.
+    t.rpc("bdev_malloc_delete", json!({"name": "Malloc0"}));
+    t.rpc("iscsi_delete_portal_group", json!({"tag": 1}));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "portal still listening after iscsi_delete_portal_group");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t.try_rpc("iscsi_delete_portal_group", Some(json!({"tag": 1}))).is_err());
+    t.stop();
+}

@@ -582,3 +582,44 @@ fn initiator_works_against_tgt() {
         .unwrap();
     }
 }
+
+#[test]
+fn discovery_chap() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    t.rpc("iscsi_create_auth_group", json!({"tag": 9, "secrets": [{"user": "disc", "secret": "discoverysecret"}]}));
+    t.rpc("iscsi_set_discovery_auth", json!({"require_chap": true, "chap_group": 9}));
+    let mut o = LoginOptions::new("iqn.test:disc-chap", None);
+    let e = Session::connect("127.0.0.1", port, &o, 1).err().expect("discovery without CHAP must be refused");
+    assert!(e.to_string().contains("02/01"), "{e}");
+    o.chap = Some(("disc".into(), "discoverysecret".into()));
+    let mut d = Session::connect("127.0.0.1", port, &o, 1).unwrap();
+    assert_eq!(d.send_targets("All").unwrap().len(), 1);
+    // Normal sessions follow the node's policy, not the discovery one.
+    login(port, "iqn.test:plain").unwrap().logout().unwrap();
+    t.stop();
+}
+
+#[test]
+fn deleting_node_and_portal_group_stops_service() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    let mut s = login(port, "iqn.test:delete").unwrap();
+    write_read(&mut s, 0, 1, 1);
+    t.rpc("iscsi_delete_target_node", json!({"name": IQN}));
+    assert!(cmd(&mut s, 0, &read16(0, 1), &[], 512, Duration::from_secs(5)).is_err(), "sessions of a deleted node must end");
+    let e = login(port, "iqn.test:delete").err().expect("deleted node must not accept logins");
+    assert!(e.to_string().contains("02/03"), "{e}");
+    // The bdev is free again once no node claims it.
+    t.rpc("bdev_malloc_delete", json!({"name": "Malloc0"}));
+    t.rpc("iscsi_delete_portal_group", json!({"tag": 1}));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "portal still listening after iscsi_delete_portal_group");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t.try_rpc("iscsi_delete_portal_group", Some(json!({"tag": 1}))).is_err());
+    t.stop();
+}

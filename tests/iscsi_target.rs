@@ -623,3 +623,23 @@ fn deleting_node_and_portal_group_stops_service() {
     assert!(t.try_rpc("iscsi_delete_portal_group", Some(json!({"tag": 1}))).is_err());
     t.stop();
 }
+
+#[test]
+fn unsupported_pdu_is_rejected_and_the_session_continues() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    let mut s = login(port, "iqn.test:reject").unwrap();
+    write_read(&mut s, 0, 1, 1);
+    // SNACK needs ErrorRecoveryLevel > 0: Reject with "command not supported" (0x05).
+    let mut h = Bhs::new(op::SNACK, 0x80);
+    h.set_itt(pdu::RESERVED_TAG);
+    let mut bytes = Vec::new();
+    pdu::encode(&mut bytes, &h, &[], &[], false, false);
+    s.raw_write(&bytes).unwrap();
+    let e = s.poll(Duration::from_secs(5), &mut |_, _| {}).expect_err("a Reject must arrive");
+    assert!(e.to_string().contains("reason 0x5"), "{e}");
+    write_read(&mut s, 0, 1, 2);
+    s.logout().unwrap();
+    t.stop();
+}

@@ -458,8 +458,9 @@ fn nop_in_pings_idle_connections_and_drops_dead_ones() {
     t.rpc("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}));
     t.rpc("iscsi_create_initiator_group", json!({"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}));
     node(&t, json!({}));
-    // A live initiator answers the pings and keeps its session.
+    // A live initiator answers the pings and keeps its session; the target answers its pings.
     let mut live = login(port, "iqn.test:live").unwrap();
+    assert_eq!(live.ping(b"are you there", Duration::from_secs(5)).unwrap(), b"are you there");
     // A connection that logs in and then never answers is dropped.
     let dead = login(port, "iqn.test:dead").unwrap();
     let until = Instant::now() + Duration::from_secs(4);

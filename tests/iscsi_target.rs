@@ -131,6 +131,7 @@ fn libiscsi_tools_and_discovery() {
     let list = d.send_targets("All").unwrap();
     assert_eq!(list, vec![(IQN.to_string(), vec![format!("127.0.0.1:{port},1")])]);
     assert_eq!(d.send_targets("iqn.nope").unwrap(), vec![]);
+    assert_eq!(d.send_targets(IQN).unwrap().len(), 1);
     d.logout().unwrap();
     t.stop();
 }

@@ -131,6 +131,7 @@ fn libiscsi_tools_and_discovery() {
     let list = d.send_targets("All").unwrap();
     assert_eq!(list, vec![(IQN.to_string(), vec![format!("127.0.0.1:{port},1")])]);
     assert_eq!(d.send_targets("iqn.nope").unwrap(), vec![]);
+    assert_eq!(d.send_targets(IQN).unwrap().len(), 1);
     d.logout().unwrap();
     t.stop();
 }
@@ -458,8 +459,9 @@ fn nop_in_pings_idle_connections_and_drops_dead_ones() {
     t.rpc("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}));
     t.rpc("iscsi_create_initiator_group", json!({"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}));
     node(&t, json!({}));
-    // A live initiator answers the pings and keeps its session.
+    // A live initiator answers the pings and keeps its session; the target answers its pings.
     let mut live = login(port, "iqn.test:live").unwrap();
+    assert_eq!(live.ping(b"are you there", Duration::from_secs(5)).unwrap(), b"are you there");
     // A connection that logs in and then never answers is dropped.
     let dead = login(port, "iqn.test:dead").unwrap();
     let until = Instant::now() + Duration::from_secs(4);
@@ -621,5 +623,25 @@ fn deleting_node_and_portal_group_stops_service() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(t.try_rpc("iscsi_delete_portal_group", Some(json!({"tag": 1}))).is_err());
+    t.stop();
+}
+
+#[test]
+fn unsupported_pdu_is_rejected_and_the_session_continues() {
+    let port = free_port();
+    let t = start(port);
+    node(&t, json!({}));
+    let mut s = login(port, "iqn.test:reject").unwrap();
+    write_read(&mut s, 0, 1, 1);
+    // SNACK needs ErrorRecoveryLevel > 0: Reject with "command not supported" (0x05).
+    let mut h = Bhs::new(op::SNACK, 0x80);
+    h.set_itt(pdu::RESERVED_TAG);
+    let mut bytes = Vec::new();
+    pdu::encode(&mut bytes, &h, &[], &[], false, false);
+    s.raw_write(&bytes).unwrap();
+    let e = s.poll(Duration::from_secs(5), &mut |_, _| {}).expect_err("a Reject must arrive");
+    assert!(e.to_string().contains("reason 0x5"), "{e}");
+    write_read(&mut s, 0, 1, 2);
+    s.logout().unwrap();
     t.stop();
 }

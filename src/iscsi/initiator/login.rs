@@ -182,7 +182,7 @@ pub fn run(s: &mut Session, opts: &LoginOptions) -> std::io::Result<()> {
             kv("ImmediateData", "Yes"),
             kv("MaxBurstLength", "16776192"),
             kv("FirstBurstLength", "262144"),
-            kv("MaxOutstandingR2T", "1"),
+            kv("MaxOutstandingR2T", "8"),
             kv("DataPDUInOrder", "Yes"),
             kv("DataSequenceInOrder", "Yes"),
         ]);

@@ -56,6 +56,8 @@ pub struct Session {
     slots: Vec<Slot>,
     /// Commands waiting for the CmdSN window: (tag, header) with data kept in the slot.
     waiting: std::collections::VecDeque<(u32, Bhs)>,
+    /// ITT and echoed data of the last NOP-In answering our NOP-Out.
+    pong: Option<(u32, Vec<u8>)>,
 }
 
 impl Session {
@@ -76,6 +78,7 @@ impl Session {
             seq: 0,
             slots: (0..depth.max(1)).map(|_| Slot::default()).collect(),
             waiting: Default::default(),
+            pong: None,
         };
         s.sock.set_read_timeout(Some(Duration::from_secs(15)))?;
         login::run(&mut s, opts)?;
@@ -418,6 +421,9 @@ impl Session {
                 }
                 op::NOP_IN => {
                     self.note_sn(&h, h.itt() != RESERVED_TAG);
+                    if h.itt() != RESERVED_TAG {
+                        self.pong = Some((h.itt(), self.rx[range.clone()].to_vec()));
+                    }
                     let ttt = h.u32_at(at::W20);
                     if ttt != RESERVED_TAG {
                         // The target pings: answer with its tag.
@@ -459,6 +465,33 @@ impl Session {
             self.poll(deadline - now, &mut |c, d| out = Some((c, d.to_vec())))?;
         }
         Ok(out.unwrap())
+    }
+
+    /// NOP-Out ping with `data`; returns the data the target echoed.
+    pub fn ping(&mut self, data: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+        let itt = 0x3000_0000 | (self.seq & 0xfff);
+        self.seq = self.seq.wrapping_add(1);
+        let mut h = Bhs::new(op::NOP_OUT, F_FINAL);
+        h.set_itt(itt);
+        h.set_u32(at::W20, RESERVED_TAG);
+        h.set_u32(at::W24, self.cmd_sn);
+        h.set_u32(at::W28, self.exp_stat_sn);
+        // A NOP-Out that wants an answer takes a CmdSN like a command.
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        self.queue_pdu(&h, data);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((i, d)) = self.pong.take() {
+                if i == itt {
+                    return Ok(d);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(err(std::io::ErrorKind::TimedOut, "no NOP-In"));
+            }
+            self.poll((deadline - now).min(Duration::from_millis(50)), &mut |_, _| {})?;
+        }
     }
 
     /// Logout (close the session) and wait for the answer.

@@ -153,7 +153,12 @@ pub mod rig {
                 })
                 .unwrap()
                 .unwrap();
-            Port { set: set.clone(), h, lun, out, next_tag: 1 }
+            let mut p = Port { set: set.clone(), h, lun, out, next_tag: 1 };
+            // A new nexus first sees the POWER ON unit attention (SAM-5 5.14): take it with TEST
+            // UNIT READY so each step of a test sees only its own outcome.
+            let tur = p.cmd(&[0u8; 6], None, 0);
+            assert!(tur.status == 0 || tur.sense.is_some_and(|s| s.key == 0x6), "{tur:?}");
+            p
         }
 
         /// Run one command and wait for its response.

@@ -9,8 +9,8 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+SUDO=""
 if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; exit 1; }
     SUDO="sudo"
@@ -22,6 +22,12 @@ fi
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || { echo "package $p failed to install" >&2; exit 1; }
 done
+# Debian's tgt package starts a tgtd service on 0.0.0.0:3260 where systemd runs; the tests start
+# their own tgtd on their own ports and the default config listens on 127.0.0.1:3260.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then
+  echo "stopping the tgt service (it holds port 3260; tests run their own tgtd)" >&2
+  ${SUDO:-} systemctl stop tgt || true
+fi
 # Rust: the distribution's rustc is too old for the dependencies; use rustup's stable toolchain.
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 if ! command -v cargo >/dev/null 2>&1; then

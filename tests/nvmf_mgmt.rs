@@ -210,6 +210,11 @@ fn perf_verify_over_several_queues() {
     let out = Command::new(BIN).args(["perf", "--transport", "iscsi", "--time", "1s"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--target"));
+    // The iSCSI transport with no target behind the port: a clean error naming it.
+    let nobody = free_port().to_string();
+    let out = Command::new(BIN).args(["perf", "--transport", "iscsi", "--target", "iqn.x", "--port", &nobody, "--time", "1s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("iSCSI login"), "{}", String::from_utf8_lossy(&out.stderr));
     t.stop();
 }
 
@@ -254,7 +259,10 @@ fn default_config_exports_malloc0() {
     assert_eq!(calls, ["nvmf_create_transport", "nvmf_create_subsystem", "nvmf_subsystem_add_ns", "nvmf_subsystem_add_listener"]);
     // Run the same config on a free port and connect to it.
     let port = free_port();
-    let text = palisade::cli::serve::DEFAULT_CONFIG.replace("\"4420\"", &format!("\"{port}\""));
+    // Its iSCSI portal (3260) moves to a free port too: the test must not depend on fixed ports.
+    let text = palisade::cli::serve::DEFAULT_CONFIG
+        .replace("\"4420\"", &format!("\"{port}\""))
+        .replace("\"3260\"", &format!("\"{}\"", free_port()));
     let cfg_dir = tempfile::tempdir().unwrap();
     let t = start_with(&serde_json::from_str(&text).unwrap(), &cfg_dir);
     let mut c = Controller::connect(&opts(port, NQN)).unwrap();

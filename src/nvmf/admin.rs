@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::nvme::reservation as nv;
 use crate::nvme::spec::{self, admin, cns, fid, lid, sc, Sqe, Status};
 use crate::nvmf::{discovery, Ctrlr, SubType, Target, TransportOpts};
 
@@ -67,6 +68,12 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
                 oui: crate::volume::identity::OUI,
             };
             spec::identify_controller(&info, &mut page);
+            if !discovery {
+                // ONCS: Reservations; CTRATT bit 0: 128-bit host identifiers (always on fabrics).
+                let oncs = u16::from_le_bytes([page[520], page[521]]) | nv::ONCS_RESERVATIONS;
+                page[520..522].copy_from_slice(&oncs.to_le_bytes());
+                page[96] |= 1;
+            }
         }
         cns::NAMESPACE if !discovery => {
             if nsid == 0 || nsid == 0xffff_ffff {
@@ -83,6 +90,7 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
                         dealloc_zeroes: n.volume.bdev().info().unmap_zeroes,
                     };
                     spec::identify_namespace(&info, &mut page);
+                    page[31] = nv::RESCAP;
                 }
                 None if max_ns != 0 && nsid > max_ns => return done(Status::generic(sc::INVALID_NAMESPACE)),
                 None => {}
@@ -149,6 +157,23 @@ fn get_log_page(t: &Target, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) -> Out
         lid::COMMANDS_EFFECTS if !discovery => {
             page.resize(4096, 0);
             spec::commands_effects_log(&mut page);
+            for op in [nv::OPC_RESERVATION_REGISTER, nv::OPC_RESERVATION_REPORT, nv::OPC_RESERVATION_ACQUIRE, nv::OPC_RESERVATION_RELEASE] {
+                page[1024 + op as usize * 4] = 1; // CSUPP
+            }
+        }
+        nv::LOG_RESERVATION_NOTIFICATION if !discovery => {
+            // One entry from the first namespace holding a notification for this host (each
+            // volume keeps its own queue); an empty page when none is pending.
+            page.resize(64, 0);
+            for n in c.sub.namespaces().iter() {
+                if nv::notification_pending(&n.volume, &c.initiator) {
+                    page.copy_from_slice(&nv::notification_log(&n.volume, &c.initiator, n.nsid));
+                    break;
+                }
+            }
+            if !rae {
+                c.state.lock().unwrap().resv_notice_masked = false;
+            }
         }
         _ => return Outcome::Complete { status: Status::specific(sc::INVALID_LOG_PAGE), dw0: 0 },
     }
@@ -190,7 +215,9 @@ fn set_features(c: &Arc<Ctrlr>, sqe: &Sqe, _data_in: &[u8]) -> Outcome {
             c.touch_keepalive();
             done(Status::SUCCESS)
         }
-        // The host identifier comes from Connect on fabrics (NVMe-oF 3.3.1.1).
+        // The host identifier comes from Connect on fabrics (NVMe-oF 3.3.1.1; Base 5.27.1.25: Set
+        // Features is aborted with Command Sequence Error on message-based controllers). It is
+        // the controller's reservation identity (`Ctrlr::initiator`).
         fid::HOST_IDENTIFIER => done(Status::generic(sc::COMMAND_SEQUENCE_ERROR)),
         fid::ARBITRATION | fid::POWER_MANAGEMENT | fid::TEMPERATURE_THRESHOLD | fid::ERROR_RECOVERY | fid::VOLATILE_WRITE_CACHE | fid::INTERRUPT_COALESCING | fid::WRITE_ATOMICITY => {
             st.features.insert(f, v);
@@ -215,6 +242,18 @@ fn get_features(c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) -> Outcome {
         }
         fid::ASYNC_EVENT_CONFIG => st.async_event_config,
         fid::KEEP_ALIVE_TIMER => st.kato_ms,
+        nv::FEAT_RESERVATION_NOTIFICATION_MASK | nv::FEAT_RESERVATION_PERSISTENCE if c.sub.subtype != SubType::Discovery => {
+            drop(st);
+            // Namespace-specific: the namespace named, or the first one for 0 / FFFFFFFFh.
+            let nsid = sqe.nsid();
+            let namespaces = c.sub.namespaces();
+            let ns = namespaces.iter().find(|n| n.nsid == nsid || nsid == 0 || nsid == 0xffff_ffff);
+            let Some(ns) = ns else { return done(Status::generic(sc::INVALID_NAMESPACE)) };
+            match nv::get_features(&ns.volume, &c.initiator, f) {
+                Ok(v) => v,
+                Err(e) => return done(Status { sct: e.sct, sc: e.sc, dnr: true }),
+            }
+        }
         fid::HOST_IDENTIFIER => {
             if sqe.cdw(11) & 1 == 0 {
                 // Only the 128-bit extended host identifier exists on fabrics.

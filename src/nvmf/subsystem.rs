@@ -187,6 +187,8 @@ pub struct CtrlrState {
     pub pending_events: Vec<u32>,
     /// Namespace attribute notices masked until the host reads the changed namespace list.
     pub ns_notice_masked: bool,
+    /// Reservation Log Page Available raised and not yet acknowledged by reading log page 80h.
+    pub resv_notice_masked: bool,
     pub changed_ns: Vec<u32>,
     pub qpairs: Vec<QpairInfo>,
 }
@@ -231,6 +233,7 @@ impl Ctrlr {
                 features: BTreeMap::new(),
                 pending_events: Vec::new(),
                 ns_notice_masked: false,
+                resv_notice_masked: false,
                 changed_ns: Vec::new(),
                 qpairs: Vec::new(),
             }),

@@ -318,8 +318,8 @@ async fn nvmf_subsystem_add_ns(c: Call) -> RpcResult {
     check_tgt(&p.tgt_name)?;
     let n = p.namespace;
     let _ = (n.anagrpid, n.hide_metadata);
-    if n.ptpl_file.is_some() {
-        return Err(RpcError::invalid_params("namespace.ptpl_file: persistent reservations are not supported yet"));
+    if n.ptpl_file.as_deref().is_some_and(str::is_empty) {
+        return Err(RpcError::invalid_params("namespace.ptpl_file: empty path"));
     }
     if n.no_auto_visible == Some(true) {
         return Err(RpcError::invalid_params("namespace.no_auto_visible: per-host namespace visibility is not supported"));
@@ -337,6 +337,18 @@ async fn nvmf_subsystem_add_ns(c: Call) -> RpcResult {
         return Err(RpcError::invalid_params("the discovery subsystem has no namespaces"));
     }
     let nsid = c.app.nvmf.add_ns(&s, &n.bdev_name, n.nsid, nguid, eui64, uuid)?;
+    if let Some(path) = n.ptpl_file {
+        // SPDK's persist-through-power-loss file: the volume's reservation state lives there
+        // (loaded now if the volume holds none yet). A bad file undoes the add.
+        let ns = s.namespaces().iter().find(|x| x.nsid == nsid).cloned();
+        if let Some(ns) = ns {
+            let store = crate::reservation::Store { path: path.clone().into(), volume_uuid: ns.volume.uuid().to_string() };
+            if let Err(e) = ns.volume.reservations().set_store(store) {
+                let _ = c.app.nvmf.remove_ns(&s, nsid);
+                return Err(RpcError::invalid_params(format!("namespace.ptpl_file: {e}")));
+            }
+        }
+    }
     Ok(json!(nsid))
 }
 
@@ -581,6 +593,13 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
             }
             if n.explicit.2 {
                 o.insert("uuid".into(), json!(n.uuid.to_string()));
+            }
+            // A reservation state file other than the state directory's default came from ptpl_file.
+            if let Some(p) = n.volume.reservations().store_path() {
+                let default = app.volumes.state_dir().map(|d| crate::reservation::Store::in_dir(&d, &n.volume.uuid()).path);
+                if default.as_ref() != Some(&p) {
+                    o.insert("ptpl_file".into(), json!(p.to_string_lossy()));
+                }
             }
             out.push(e("nvmf_subsystem_add_ns", json!({"nqn": s.nqn, "namespace": ns})));
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::PerfQueue;
+use super::{PerfQueue, PrType};
 use crate::iscsi::initiator::{LoginOptions, Session};
 
 struct IscsiQueue {
@@ -83,5 +83,29 @@ impl PerfQueue for IscsiQueue {
             };
             done(c.tag, r, data)
         })
+    }
+    fn pr_register(&mut self, key: u64, reserve: Option<PrType>) -> Result<(), String> {
+        let mut run = |sa: u8, ty: u8, k: u64, sa_key: u64| -> Result<(), String> {
+            let cdb = [0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+            let mut p = [0u8; 24];
+            p[0..8].copy_from_slice(&k.to_be_bytes());
+            p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+            // Retried past unit attentions.
+            for _ in 0..4 {
+                let (c, _) = self.s.command(self.lun, &cdb, &p, 0, Duration::from_secs(15)).map_err(|e| e.to_string())?;
+                if c.status == 0 {
+                    return Ok(());
+                }
+                if !(c.status == 2 && c.sense.get(2).map(|k| k & 0xf) == Some(6)) {
+                    return Err(format!("PERSISTENT RESERVE OUT {sa:#04x}: SCSI status {:#04x}", c.status));
+                }
+            }
+            Err("unit attentions do not stop".into())
+        };
+        run(0x06, 0, 0, key)?; // REGISTER AND IGNORE EXISTING KEY
+        if let Some(t) = reserve {
+            run(0x01, t.scsi(), key, 0)?; // RESERVE
+        }
+        Ok(())
     }
 }

@@ -31,6 +31,45 @@ pub trait PerfQueue: Send {
         timeout: Duration,
         done: &mut dyn FnMut(u32, Result<(), String>, &[u8]),
     ) -> std::io::Result<usize>;
+    /// Before the run (queue idle): register persistent reservation key `key` for this queue's
+    /// nexus (NVMe Register with IEKEY / SCSI REGISTER AND IGNORE EXISTING KEY) and, with
+    /// `reserve`, acquire that reservation type.
+    fn pr_register(&mut self, key: u64, reserve: Option<PrType>) -> Result<(), String> {
+        let _ = (key, reserve);
+        Err("this transport cannot register reservation keys".into())
+    }
+}
+
+/// A reservation type for `--pr-reserve`: (SPC-4 TYPE, NVMe RTYPE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrType {
+    We,
+    Ea,
+    WeRo,
+    EaRo,
+    WeAr,
+    EaAr,
+}
+
+impl PrType {
+    pub fn scsi(self) -> u8 {
+        [1, 3, 5, 6, 7, 8][self as usize]
+    }
+    pub fn nvme(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+fn parse_key(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    match r {
+        Ok(0) => Err("a reservation key must not be 0".into()),
+        Ok(k) => Ok(k),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -111,6 +150,13 @@ pub struct PerfArgs {
     /// iSCSI initiator name to log in with.
     #[arg(long)]
     pub initiator: Option<String>,
+    /// Register this persistent reservation key (0x hex or decimal) from every queue's nexus
+    /// before the run (NVMe: one host, so once in effect; iSCSI: every session).
+    #[arg(long = "pr-key", value_parser = parse_key)]
+    pub pr_key: Option<u64>,
+    /// With --pr-key: the first queue's nexus also acquires this reservation type.
+    #[arg(long = "pr-reserve", value_enum, requires = "pr_key")]
+    pub pr_reserve: Option<PrType>,
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -403,7 +449,7 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
     if a.mix > 100 {
         return Err("--mix is a percentage of reads (0..100)".into());
     }
-    let (mut session, queues) = match a.transport {
+    let (mut session, mut queues) = match a.transport {
         Transport::Tcp => {
             let (s, q) = tcp::open(a)?;
             (Some(s), q)
@@ -432,6 +478,11 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
             (None, q)
         }
     };
+    if let Some(key) = a.pr_key {
+        for (i, q) in queues.iter_mut().enumerate() {
+            q.pr_register(key, if i == 0 { a.pr_reserve } else { None }).map_err(|e| format!("queue {}: {e}", i + 1))?;
+        }
+    }
     let bs = queues[0].block_size() as u64;
     let nblocks = queues[0].num_blocks();
     if a.bs % bs != 0 {

@@ -3,7 +3,7 @@
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use super::{PerfArgs, PerfQueue};
+use super::{PerfArgs, PerfQueue, PrType};
 use crate::nvmf::host::{rw_sqe, Controller, HostOpts, Queue};
 
 pub struct TcpQueue {
@@ -38,6 +38,26 @@ impl PerfQueue for TcpQueue {
                 done(cid as u32, r, data)
             })
             .map_err(std::io::Error::other)
+    }
+    fn pr_register(&mut self, key: u64, reserve: Option<PrType>) -> Result<(), String> {
+        let cmd = |q: &mut Queue, opc: u8, cdw10: u32, a: u64, b: u64| -> Result<(), String> {
+            let mut s = crate::nvme::spec::Sqe::default();
+            s.set_opcode(opc).set_nsid(self.nsid).set_cdw(10, cdw10);
+            let mut d = a.to_le_bytes().to_vec();
+            d.extend_from_slice(&b.to_le_bytes());
+            let (cqe, _) = q.sync(s, Some(&d), 0).map_err(|e| e.to_string())?;
+            if cqe.status.is_ok() {
+                Ok(())
+            } else {
+                Err(format!("reservation command {opc:#04x}: NVMe status {}", cqe.status))
+            }
+        };
+        // Register (RREGA 000b) with IEKEY.
+        cmd(&mut self.q, 0x0d, 1 << 3, 0, key)?;
+        if let Some(t) = reserve {
+            cmd(&mut self.q, 0x11, (t.nvme() as u32) << 8, key, 0)?;
+        }
+        Ok(())
     }
 }
 

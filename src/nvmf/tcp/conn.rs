@@ -19,6 +19,7 @@ use super::outq::OutQueue;
 use super::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp, Layout, PduError};
 use crate::bdev::{IoOp, IoRequest};
 use crate::nvme::io::{self as nio, Dir, IoKind};
+use crate::nvme::reservation as nv;
 use crate::nvme::spec::{admin as aop, fctype, io as iop, sc, sgl, Cqe, Sqe, Status};
 use crate::nvmf::admin::{self, Outcome};
 use crate::nvmf::fabrics;
@@ -28,6 +29,8 @@ use crate::volume::{Denied, Initiator};
 
 const RBUF_MIN: usize = 256 << 10;
 const MAX_AERS: usize = 4;
+/// Asynchronous event type "I/O command specific status" (Base 5.2, Figure 146).
+const AER_TYPE_IO_SPECIFIC: u32 = 0x6;
 /// How long a closing connection may take to drain its termination request.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a new connection may take to send its ICReq.
@@ -93,6 +96,27 @@ impl Slot {
 
 /// Message to an admin queue pair: an asynchronous event is pending.
 pub struct AenKick;
+
+/// Message to a queue pair: a deferred reservation command (or reservation feature) completed
+/// (made durable, or PREEMPT AND ABORT drained) on another thread.
+struct ResvDone {
+    idx: u16,
+    seq: u16,
+    c: nv::Completion,
+}
+
+/// The transport status of a reservation-layer status.
+fn nv_status(s: nv::Status) -> Status {
+    if s.is_success() {
+        Status::SUCCESS
+    } else {
+        Status { sct: s.sct, sc: s.sc, dnr: true }
+    }
+}
+
+fn is_resv_opcode(opc: u8) -> bool {
+    matches!(opc, nv::OPC_RESERVATION_REGISTER | nv::OPC_RESERVATION_REPORT | nv::OPC_RESERVATION_ACQUIRE | nv::OPC_RESERVATION_RELEASE)
+}
 
 pub struct Conn {
     t: Arc<Target>,
@@ -477,6 +501,14 @@ impl Conn {
     }
 
     fn admin(&mut self, core: &mut Core, idx: usize, sqe: Sqe, c: &Arc<Ctrlr>) {
+        if sqe.opcode() == aop::SET_FEATURES && c.sub.subtype == SubType::Nvme {
+            let fid = (sqe.cdw(10) & 0xff) as u8;
+            let save = sqe.cdw(10) & (1 << 31) != 0;
+            if !save && (fid == nv::FEAT_RESERVATION_NOTIFICATION_MASK || fid == nv::FEAT_RESERVATION_PERSISTENCE) {
+                c.touch_keepalive();
+                return self.resv_set_features(core, idx, sqe, fid);
+            }
+        }
         let buf = self.slots[idx].buf.take();
         let out = admin::execute(&self.t, &self.opts, c, &sqe, buf.as_deref().unwrap_or(&[]), &mut self.scratch);
         drop(buf);
@@ -563,6 +595,9 @@ impl Conn {
         let Some(ns) = self.lookup_ns(sqe.nsid()) else {
             return self.complete_err(core, idx, Status::generic(sc::INVALID_NAMESPACE));
         };
+        if is_resv_opcode(sqe.opcode()) {
+            return self.reservation(core, idx, sqe, &ns);
+        }
         let bs = ns.volume.block_size();
         let plan = match nio::plan(&sqe, ns.volume.num_blocks(), bs, self.opts.max_io_size) {
             Ok(p) => p,
@@ -615,9 +650,112 @@ impl Conn {
                     }
                 }
             }
-            IoKind::DsmHint => {}
+            IoKind::DsmHint => {
+                // Nothing reaches the bdev, but the command is write-class under a reservation.
+                if let Err(d) = ns.volume.check(&self.initiator, nv::io_class(sqe.opcode())) {
+                    return self.complete_err(core, idx, denied_status(d));
+                }
+            }
         }
         self.maybe_finish(core, idx);
+    }
+
+    /// A `done` callback for the reservation engine that completes slot `idx` by a message to
+    /// this queue pair (it runs on the persist thread or another reactor).
+    fn resv_waker(&self, idx: usize) -> impl Fn(nv::Completion) + Send + Sync + 'static {
+        let reactors = self.t.reactors.clone();
+        let me = self.me;
+        let seq = self.slots[idx].seq;
+        move |c: nv::Completion| {
+            let msg = ResvDone { idx: idx as u16, seq, c };
+            reactors.send(me.reactor, move |r| {
+                r.send_to_handler(me, Box::new(msg));
+            });
+        }
+    }
+
+    /// Reservation Register / Report / Acquire / Release on namespace `ns`.
+    fn reservation(&mut self, core: &mut Core, idx: usize, sqe: Sqe, ns: &Arc<Namespace>) {
+        let data = self.slots[idx].buf.take();
+        self.slots[idx].pending = 1;
+        let wake = self.resv_waker(idx);
+        let r = nv::execute(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), wake);
+        if let Some(c) = r {
+            self.resv_complete(core, idx, c);
+        }
+    }
+
+    /// Set Features 82h (notification mask) / 83h (persistence) on the namespace named by NSID,
+    /// or on every namespace for NSID 0 or FFFFFFFFh. Completes by message once every volume
+    /// has answered (83h is durable first).
+    fn resv_set_features(&mut self, core: &mut Core, idx: usize, sqe: Sqe, fid: u8) {
+        self.lookup_ns(0);
+        let nsid = sqe.nsid();
+        let mut targets: Vec<Arc<Namespace>> = Vec::new();
+        for n in self.ns_cache.iter() {
+            if (nsid == 0 || nsid == 0xffff_ffff || n.nsid == nsid) && !targets.iter().any(|t| Arc::ptr_eq(&t.volume, &n.volume)) {
+                targets.push(n.clone());
+            }
+        }
+        if targets.is_empty() {
+            return self.complete_err(core, idx, Status::generic(sc::INVALID_NAMESPACE));
+        }
+        self.slots[idx].pending = 1;
+        let wake = Arc::new(self.resv_waker(idx));
+        let left = Arc::new(std::sync::Mutex::new((targets.len(), nv::Status::SUCCESS)));
+        for n in targets {
+            let (left, wake) = (left.clone(), wake.clone());
+            let one = move |c: nv::Completion| {
+                let mut g = left.lock().unwrap();
+                g.0 -= 1;
+                if !c.status.is_success() {
+                    g.1 = c.status;
+                }
+                if g.0 == 0 {
+                    let status = g.1;
+                    drop(g);
+                    (*wake)(nv::Completion { status, data: Vec::new() });
+                }
+            };
+            let one = Arc::new(one);
+            let deferred = one.clone();
+            if let Some(c) = nv::set_features(&n.volume, &self.initiator, fid, sqe.cdw(11), move |c| (*deferred)(c)) {
+                (*one)(c);
+            }
+        }
+    }
+
+    /// Finish a reservation command: its data (Report) and its response.
+    fn resv_complete(&mut self, core: &mut Core, idx: usize, c: nv::Completion) {
+        let s = &mut self.slots[idx];
+        s.pending = 0;
+        let (cid, len) = (s.sqe.cid(), s.len as usize);
+        if c.status.is_success() {
+            let n = c.data.len().min(len);
+            if n > 0 {
+                self.c2h(cid, &c.data[..n], false);
+            }
+        }
+        self.respond(core, idx, nv_status(c.status), 0, 0)
+    }
+
+    /// Admin queue: raise the Reservation Log Page Available event (type 6h, info 0h, log 80h)
+    /// when the engine holds a notification for this host on any namespace. Masked until the host
+    /// reads log page 80h, like the namespace notice. One atomic load per volume when idle.
+    fn check_resv_events(&mut self, core: &mut Core, c: &Arc<Ctrlr>) {
+        if c.sub.subtype != SubType::Nvme || c.state.lock().unwrap().resv_notice_masked {
+            return;
+        }
+        self.lookup_ns(0);
+        if !self.ns_cache.iter().any(|n| nv::notification_pending(&n.volume, &self.initiator)) {
+            return;
+        }
+        {
+            let mut st = c.state.lock().unwrap();
+            st.resv_notice_masked = true;
+            st.pending_events.push(crate::nvme::spec::aer_dw0(AER_TYPE_IO_SPECIFIC, 0, nv::LOG_RESERVATION_NOTIFICATION));
+        }
+        self.deliver_aens(core);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -745,7 +883,7 @@ impl Conn {
 fn denied_status(d: Denied) -> Status {
     match d {
         Denied::OutOfRange => Status::generic(sc::LBA_OUT_OF_RANGE),
-        Denied::ReservationConflict => Status::generic(sc::RESERVATION_CONFLICT),
+        Denied::ReservationConflict => nv_status(nv::denied_status(d)),
         Denied::WriteProtected => Status::generic(sc::NAMESPACE_WRITE_PROTECTED),
     }
 }
@@ -810,6 +948,8 @@ impl Handler for Conn {
             tracing::warn!(cntlid = c.cntlid, subnqn = %c.sub.nqn, hostnqn = %c.hostnqn, "keep-alive timeout: tearing down the controller");
             c.kill();
             self.begin_close(core);
+        } else if self.qid == 0 {
+            self.check_resv_events(core, &c);
         }
     }
 
@@ -818,8 +958,16 @@ impl Handler for Conn {
     }
 
     fn on_message(&mut self, core: &mut Core, _me: HandlerRef, msg: Box<dyn std::any::Any + Send>) {
-        if msg.downcast::<AenKick>().is_ok() {
-            self.deliver_aens(core);
+        let msg = match msg.downcast::<AenKick>() {
+            Ok(_) => return self.deliver_aens(core),
+            Err(m) => m,
+        };
+        if let Ok(d) = msg.downcast::<ResvDone>() {
+            let idx = d.idx as usize;
+            let live = self.slots.get(idx).is_some_and(|s| s.state == SlotState::Exec && s.seq == d.seq && s.pending == 1);
+            if live {
+                self.resv_complete(core, idx, d.c);
+            }
         }
     }
 

@@ -946,6 +946,12 @@ impl Handler for Conn {
 
     fn on_close(&mut self, core: &mut Core, _me: HandlerRef) {
         let _ = core.registry().deregister(&mut self.sock);
+        // Logout, connection loss or reinstatement: with MaxConnections=1 the session, and so the
+        // I_T nexus, ends here (an SPC-2 RESERVE of this nexus is released; persistent
+        // reservations stay).
+        if let Some(p) = self.port.as_ref() {
+            p.nexus_lost();
+        }
         if self.registered {
             self.target.unregister_conn(self.id);
         }

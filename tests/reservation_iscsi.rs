@@ -24,6 +24,7 @@ const T: Duration = Duration::from_secs(10);
 const GOOD: u8 = 0x00;
 const CHECK_CONDITION: u8 = 0x02;
 const RESERVATION_CONFLICT: u8 = 0x18;
+const TASK_ABORTED: u8 = 0x40;
 
 /// A target exporting Malloc0 (`blocks` × 512 B, fixed uuid) as LUN 0 of `IQN` on `port`, with
 /// its reservation state in `state_dir`.
@@ -285,7 +286,7 @@ fn preempt_and_abort_fences_a_client_under_qd32_load() {
         std::thread::spawn(move || {
             let depth = victim.depth();
             let mut free: Vec<u32> = (0..depth as u32).collect();
-            let (mut good, mut conflict, mut ua, mut other) = (0u64, 0u64, 0u64, 0u64);
+            let (mut good, mut conflict, mut ua, mut aborted, mut other) = (0u64, 0u64, 0u64, 0u64, 0u64);
             let hard_stop = Instant::now() + Duration::from_secs(8);
             loop {
                 let stopping = stop.load(Ordering::Acquire) || Instant::now() > hard_stop;
@@ -305,13 +306,15 @@ fn preempt_and_abort_fences_a_client_under_qd32_load() {
                             GOOD => good += 1,
                             RESERVATION_CONFLICT => conflict += 1,
                             CHECK_CONDITION if sense_of(&c) == (0x6, 0x2a, 0x05) => ua += 1,
+                            // A task of ours the preempt aborted (TAS=1).
+                            TASK_ABORTED => aborted += 1,
                             _ => other += 1,
                         }
                         free.push(c.tag);
                     })
                     .unwrap();
             }
-            (good, conflict, ua, other)
+            (good, conflict, ua, aborted, other)
         })
     };
 
@@ -328,15 +331,16 @@ fn preempt_and_abort_fences_a_client_under_qd32_load() {
     // The victim keeps submitting after the fence: all of those must be refused.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Release);
-    let (good, conflict, ua, other) = load.join().unwrap();
+    let (good, conflict, ua, aborted, other) = load.join().unwrap();
     let total = issued.load(Ordering::Acquire);
     eprintln!(
-        "victim: {good} good, {conflict} conflict, {ua} unit attention, {other} other; issued {total}, {before} before the fence, {fence_done} when it completed"
+        "victim: {good} good, {conflict} conflict, {ua} unit attention, {aborted} aborted, {other} other; issued {total}, {before} before the fence, {fence_done} when it completed"
     );
     assert!(before > 1000, "the victim was not under load before the fence ({before} writes)");
     assert!(total > fence_done + 32, "the victim did not keep writing after the fence");
     assert_eq!(ua, 1, "REGISTRATIONS PREEMPTED is reported exactly once");
-    assert!(conflict > 0 && other == 0, "after the fence the victim gets RESERVATION CONFLICT only");
+    assert!(conflict > 0 && other == 0, "after the fence the victim gets RESERVATION CONFLICT (or TASK ABORTED) only");
+    assert!(aborted <= 32, "only tasks outstanding at the fence can be aborted ({aborted})");
     assert!(good >= before.saturating_sub(32), "writes before the fence succeeded ({good} of {before})");
 
     // Read back everything the victim may have written: no block may carry a sequence number
@@ -362,6 +366,48 @@ fn preempt_and_abort_fences_a_client_under_qd32_load() {
     }
     assert!(landed >= before.min(BLOCKS).saturating_sub(32), "the victim's pre-fence writes are on the volume ({landed})");
     assert!(test_start.elapsed() < Duration::from_secs(10), "bounded in time: {:?}", test_start.elapsed());
+    mds.logout().unwrap();
+    t.stop();
+}
+
+/// A task of the preempted nexus that is still waiting for its Data-Out when PREEMPT AND ABORT
+/// completes is aborted: it ends with TASK ABORTED (the control mode page has TAS=1), none of its
+/// data reaches the volume, and the victim then hears REGISTRATIONS PREEMPTED once.
+#[test]
+fn preempt_and_abort_aborts_a_write_waiting_for_data_out() {
+    let port = free_port();
+    let state = tempfile::tempdir().unwrap();
+    let t = start(port, state.path(), 65536, "0x3");
+    let mut mds = login(port, MDS);
+    mds_setup(&mut mds);
+    let mut victim = login(port, CLIENT);
+    assert_eq!(prout(&mut victim, REGISTER_AND_IGNORE, 0, 0, CLIENT_KEY, true).status, GOOD);
+
+    // 1 MiB: beyond FirstBurstLength, so the target asks for the rest with R2T. The command and
+    // its first burst are sent, and the R2T is left unanswered.
+    let blocks = 2048u32;
+    let data = vec![0xa5u8; blocks as usize * 512];
+    victim.submit(0, 0, &rw16(0x8a, 4096, blocks), &data, 0).unwrap();
+    victim.raw_write(&[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let c = prout(&mut mds, PREEMPT_AND_ABORT, EA_RO, MDS_KEY, CLIENT_KEY, false);
+    assert_eq!(c.status, GOOD, "PREEMPT AND ABORT: {c:?}");
+
+    let mut done = None;
+    let deadline = Instant::now() + T;
+    while done.is_none() && Instant::now() < deadline {
+        victim.poll(Duration::from_millis(100), &mut |c, _| done = Some(c)).unwrap();
+    }
+    let c = done.expect("the aborted write was never answered");
+    assert_eq!(c.status, TASK_ABORTED, "write waiting for Data-Out at the fence: {c:?}");
+    let (c, d) = mds.command(0, &rw16(0x88, 4096, blocks), &[], data.len(), T).unwrap();
+    assert_eq!(c.status, GOOD);
+    assert!(d.iter().all(|&b| b == 0), "data of the aborted write reached the volume");
+    let c = write(&mut victim, 10, 0xcc);
+    assert_eq!(sense_of(&c), (0x6, 0x2a, 0x05), "then REGISTRATIONS PREEMPTED: {c:?}");
+    assert_eq!(write(&mut victim, 10, 0xcc).status, RESERVATION_CONFLICT);
+    victim.logout().unwrap();
     mds.logout().unwrap();
     t.stop();
 }

@@ -398,6 +398,25 @@ pub fn command_class(cdb: &[u8]) -> CommandClass {
 #[derive(Debug)]
 pub struct Deferred(pub ScsiResponse);
 
+/// A PREEMPT AND ABORT has completed (every write of the preempted nexuses drained): delivered to
+/// the handler of the port that issued it, just before its [`Deferred`] completion, so that the
+/// transport can abort the tasks the preempted nexuses still hold on this volume (SPC-4
+/// 5.13.11.4.5; with TAS=1 they end with TASK ABORTED status). Ports that ignore it leave those
+/// tasks to finish: anything they submit from now on gets RESERVATION CONFLICT.
+pub struct PreemptAbort {
+    pub volume: Arc<crate::volume::Volume>,
+    /// The removed registrations: (nexus, registered with ALL_TG_PT).
+    pub preempted: Vec<(Nexus, bool)>,
+}
+
+impl PreemptAbort {
+    /// Does this abort concern `who`?
+    pub fn concerns(&self, who: &crate::volume::Initiator) -> bool {
+        let me = nexus_ref(who);
+        self.preempted.iter().any(|(n, all)| me.matches(n, *all))
+    }
+}
+
 /// Call from `Handler::on_message`: a [`Deferred`] completion goes to the port's done queue
 /// (then flush); any other message is handed back.
 pub fn take_deferred(port: &mut ScsiPort, msg: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
@@ -442,12 +461,23 @@ pub fn execute(port: &mut ScsiPort, core: &mut Core, me: HandlerRef, lun: &Arc<L
                 Err(f) => return port.push_done(f.response(tag)),
             };
             let set = core.reactors().clone();
+            let volume = lun.volume.clone();
             let done: crate::reservation::Done = Box::new(move |r| {
+                let abort = match &r {
+                    Ok(a) if a.abort && !a.removed.is_empty() => Some(PreemptAbort {
+                        volume,
+                        preempted: a.removed.iter().map(|g| (g.nexus.clone(), g.all_tg_pt)).collect(),
+                    }),
+                    _ => None,
+                };
                 let resp = match r {
                     Ok(_) => ScsiResponse::good(tag),
                     Err(e) => failure(&e).response(tag),
                 };
                 set.send(me.reactor, move |reactor| {
+                    if let Some(a) = abort {
+                        reactor.send_to_handler(me, Box::new(a));
+                    }
                     reactor.send_to_handler(me, Box::new(Deferred(resp)));
                 });
             });

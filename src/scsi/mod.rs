@@ -305,7 +305,7 @@ impl ScsiPort {
                 self.push(tag, r)
             }
             0x83 => self.extended_copy(core, me, idx, cmd),
-            0x5e | 0x5f | 0x16 | 0x17 => pr::execute(self, core, me, &lun, cmd),
+            0x5e | 0x5f | 0x16 | 0x17 | 0x56 | 0x57 => pr::execute(self, core, me, &lun, cmd),
             _ => {
                 let r = self.spc_command(idx, &lun, &cmd);
                 self.push(tag, r)

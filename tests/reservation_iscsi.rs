@@ -411,3 +411,43 @@ fn preempt_and_abort_aborts_a_write_waiting_for_data_out() {
     mds.logout().unwrap();
     t.stop();
 }
+
+/// REGISTER AND MOVE over iSCSI: the holder moves the reservation to another initiator port named
+/// by an iSCSI TransportID (format 01b, in another letter case) and the relative target port id
+/// its login made known.
+#[test]
+fn register_and_move_to_a_logged_in_initiator_port() {
+    let port = free_port();
+    let state = tempfile::tempdir().unwrap();
+    let t = start(port, state.path(), 65536, "0x1");
+    let mut mds = login(port, MDS);
+    mds_setup(&mut mds);
+    let mut client = login(port, CLIENT);
+    assert_eq!(write(&mut client, 5, 0xcc).status, RESERVATION_CONFLICT);
+
+    let mut tid = format!("{},i,0x800000000002", CLIENT.to_ascii_uppercase()).into_bytes();
+    tid.push(0);
+    while tid.len() % 4 != 0 {
+        tid.push(0);
+    }
+    let mut p = Vec::new();
+    p.extend_from_slice(&MDS_KEY.to_be_bytes());
+    p.extend_from_slice(&CLIENT_KEY.to_be_bytes());
+    p.extend_from_slice(&[0, 0x02]); // reserved, UNREG=1 APTPL=0
+    p.extend_from_slice(&1u16.to_be_bytes()); // relative target port identifier: portal group 1
+    p.extend_from_slice(&(4 + tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(&[0x45, 0]); // format 01b, iSCSI
+    p.extend_from_slice(&(tid.len() as u16).to_be_bytes());
+    p.extend_from_slice(&tid);
+    let len = (p.len() as u32).to_be_bytes();
+    let cdb = [0x5f, 0x07, EA_RO, 0, 0, len[0], len[1], len[2], len[3], 0];
+    let (c, _) = mds.command(0, &cdb, &p, 0, T).unwrap();
+    assert_eq!(c.status, GOOD, "REGISTER AND MOVE: {c:?}");
+    assert_eq!(read_reservation(&mut client), Some((CLIENT_KEY, EA_RO)), "the client holds it now");
+    assert_eq!(read_keys(&mut client), vec![CLIENT_KEY], "UNREG=1 dropped the mover's registration");
+    assert_eq!(write(&mut client, 5, 0xcc).status, GOOD);
+    assert_eq!(write(&mut mds, 5, 0x11).status, RESERVATION_CONFLICT);
+    client.logout().unwrap();
+    mds.logout().unwrap();
+    t.stop();
+}

@@ -313,7 +313,8 @@ impl Conn {
                     self.queue_depth = node.queue_depth.clamp(1, 4096);
                     let isid = login::hex(&lg.isid);
                     let initiator = Initiator::Iscsi {
-                        initiator_port: format!("{},i,0x{isid}", lg.initiator_name),
+                        // iSCSI names compare case-insensitively (RFC 7143 4.2.7.2): one spelling.
+                        initiator_port: format!("{},i,0x{isid}", lg.initiator_name.to_ascii_lowercase()),
                         target_port: format!("{},t,0x{:04x}", node.name, self.pg_tag),
                         rel_port_id: self.pg_tag as u16,
                     };

@@ -191,6 +191,8 @@ pub fn decode_transport_id(t: &[u8], rel_port_id: u16) -> Result<Nexus, u16> {
             let end = body.iter().position(|&b| b == 0).ok_or(4u16)?;
             let s = std::str::from_utf8(&body[..end]).map_err(|_| 4u16)?;
             let (name, isid) = split_port(s).ok_or(4u16)?;
+            // iSCSI names compare case-insensitively: the same spelling as the login's nexus.
+            let name = name.to_ascii_lowercase();
             Ok(Nexus::Iscsi { initiator_port: format!("{name},i,0x{isid}"), target_port: String::new(), rel_port_id })
         }
         (PROTO_NONE, 0) if body.len() > 16 => {

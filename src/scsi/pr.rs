@@ -374,6 +374,17 @@ pub fn command_class(cdb: &[u8]) -> CommandClass {
                 CommandClass::Always
             }
         }
+        // START STOP UNIT that only starts the unit is allowed; stopping or a power condition
+        // change is not (SBC-3 Table 13).
+        0x1b => {
+            let b4 = cdb.get(4).copied().unwrap_or(0);
+            if b4 & 0x01 != 0 && b4 >> 4 == 0 {
+                CommandClass::Always
+            } else {
+                CommandClass::StateChange
+            }
+        }
+        0x37 | 0xb7 => CommandClass::Read, // READ DEFECT DATA: allowed under WE, not EA (SBC-3 Table 13)
         0x9e if sa1 == 0x10 => CommandClass::Always, // READ CAPACITY(16)
         0x9e if sa1 == 0x12 => CommandClass::Read,   // GET LBA STATUS
         0xa3 => match sa1 {

@@ -21,7 +21,13 @@ use super::target::{ConnInfo, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
+use crate::reservation::Nexus;
+use crate::scsi::pr::PreemptAbort;
 use crate::volume::Initiator;
+
+/// A PREEMPT AND ABORT of another connection that may concern this one (see
+/// `Conn::abort_preempted`).
+struct VictimAbort(Arc<PreemptAbort>);
 
 /// Receive buffer: several maximal PDUs, so one recv can carry many small ones.
 const RX_CAP: usize = 1 << 20;
@@ -307,7 +313,8 @@ impl Conn {
                     self.queue_depth = node.queue_depth.clamp(1, 4096);
                     let isid = login::hex(&lg.isid);
                     let initiator = Initiator::Iscsi {
-                        initiator_port: format!("{},i,0x{isid}", lg.initiator_name),
+                        // iSCSI names compare case-insensitively (RFC 7143 4.2.7.2): one spelling.
+                        initiator_port: format!("{},i,0x{isid}", lg.initiator_name.to_ascii_lowercase()),
                         target_port: format!("{},t,0x{:04x}", node.name, self.pg_tag),
                         rel_port_id: self.pg_tag as u16,
                     };
@@ -871,6 +878,75 @@ impl Conn {
         core.want_flush(me);
     }
 
+    /// Our PREEMPT AND ABORT completed: tell every connection of a preempted initiator port
+    /// (each checks its own target port and LUNs).
+    fn forward_abort(&mut self, core: &mut Core, a: PreemptAbort) {
+        let ports: Vec<&str> = a
+            .preempted
+            .iter()
+            .filter_map(|(n, _)| match n {
+                Nexus::Iscsi { initiator_port, .. } => Some(initiator_port.as_str()),
+                Nexus::Nvme { .. } => None,
+            })
+            .collect();
+        let victims: Vec<HandlerRef> = self
+            .target
+            .conns
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| {
+                let port = format!("{},i,0x{}", c.initiator_name, login::hex(&c.isid));
+                ports.iter().any(|p| p.eq_ignore_ascii_case(&port))
+            })
+            .map(|c| c.handler)
+            .collect();
+        if victims.is_empty() {
+            return;
+        }
+        let a = Arc::new(a);
+        for h in victims {
+            let a = a.clone();
+            core.reactors().send(h.reactor, move |r| {
+                r.send_to_handler(h, Box::new(VictimAbort(a)));
+            });
+        }
+    }
+
+    /// Another nexus' PREEMPT AND ABORT removed our registration: every task we still hold on a
+    /// LUN of that volume is aborted and, as the control mode page says TAS=1, answered with
+    /// TASK ABORTED (SPC-4 5.13.11.4.5, SAM-5 5.6). The preempt completed only after our writes
+    /// drained, so what is left are tasks waiting for Data-Out, reads, and commands that were
+    /// refused anyway; a late I/O completion of an aborted task is dropped.
+    fn abort_preempted(&mut self, core: &mut Core, me: HandlerRef, a: &PreemptAbort) {
+        let Some(p) = self.port.as_mut() else { return };
+        if !a.concerns(&p.initiator) {
+            return;
+        }
+        let luns: Vec<u64> = p.luns.luns.iter().filter(|l| Arc::ptr_eq(&l.volume, &a.volume)).map(|l| l.id).collect();
+        if luns.is_empty() {
+            return;
+        }
+        let mut aborted = Vec::new();
+        for slot in self.tasks.active_slots() {
+            let t = self.tasks.get_mut(slot);
+            if luns.contains(&t.lun) {
+                aborted.push((t.itt, t.r2t_sn));
+                self.tasks.free(slot);
+            }
+        }
+        for &(itt, r2ts) in &aborted {
+            if let Some(p) = self.port.as_mut() {
+                p.abort_task(itt);
+            }
+            self.send_scsi_response_resid(&ScsiResponse::status(itt, status::TASK_ABORTED), r2ts, None);
+        }
+        if !aborted.is_empty() {
+            tracing::info!(conn = self.id, tasks = aborted.len(), "iscsi: tasks aborted by PREEMPT AND ABORT");
+            core.want_flush(me);
+        }
+    }
+
     fn write_out(&mut self, core: &mut Core, me: HandlerRef) {
         match self.out.write_to(&mut self.sock) {
             Ok(false) => return, // the socket is full: a writable event brings us back
@@ -906,12 +982,20 @@ impl Handler for Conn {
         self.write_out(core, me);
     }
 
-    /// A PR OUT that waited for persistence or a fence drain has finished.
+    /// A PR OUT that waited for persistence or a fence drain has finished; or a PREEMPT AND
+    /// ABORT (ours, or another nexus' that preempted us) has completed.
     fn on_message(&mut self, core: &mut Core, me: HandlerRef, msg: Box<dyn std::any::Any + Send>) {
-        if let Some(p) = self.port.as_mut() {
-            if crate::scsi::pr::take_deferred(p, msg).is_ok() {
-                self.drain(core, me);
-            }
+        let Some(p) = self.port.as_mut() else { return };
+        let msg = match crate::scsi::pr::take_deferred(p, msg) {
+            Ok(()) => return self.drain(core, me),
+            Err(m) => m,
+        };
+        let msg = match msg.downcast::<PreemptAbort>() {
+            Ok(a) => return self.forward_abort(core, *a),
+            Err(m) => m,
+        };
+        if let Ok(v) = msg.downcast::<VictimAbort>() {
+            self.abort_preempted(core, me, &v.0);
         }
     }
 
@@ -946,6 +1030,12 @@ impl Handler for Conn {
 
     fn on_close(&mut self, core: &mut Core, _me: HandlerRef) {
         let _ = core.registry().deregister(&mut self.sock);
+        // Logout, connection loss or reinstatement: with MaxConnections=1 the session, and so the
+        // I_T nexus, ends here (an SPC-2 RESERVE of this nexus is released; persistent
+        // reservations stay).
+        if let Some(p) = self.port.as_ref() {
+            p.nexus_lost();
+        }
         if self.registered {
             self.target.unregister_conn(self.id);
         }

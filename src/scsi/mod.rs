@@ -9,8 +9,8 @@
 //! Modules: `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
 //! `sbc` (block commands), `mode` (mode pages), `vpd` (INQUIRY data), `opcodes` (supported
 //! command table), `ua` (unit attentions), `task` (in-flight task state machines), `xcopy`
-//! (EXTENDED COPY / RECEIVE COPY RESULTS), `pr` (reservation commands: a placeholder until the
-//! reservation engine is merged).
+//! (EXTENDED COPY / RECEIVE COPY RESULTS), `pr` (persistent reservations and RESERVE/RELEASE on
+//! the volume's reservation engine).
 //!
 //! For the transport:
 //! - The VPD 0x83 target port designators come from [`Initiator::Iscsi`]'s `target_port` (the
@@ -24,6 +24,10 @@
 //!   every IoEvent, as for block I/O.
 //! - Task attributes are accepted and not reordered: commands run in arrival order.
 //! - Each new `ScsiPort` starts with a POWER ON unit attention per LUN (SAM-5), as LIO and tgt do.
+//! - Reservations: a new `ScsiPort` registers its target port with each LUN's reservation engine
+//!   (REGISTER AND MOVE resolves relative port ids through it); call [`ScsiPort::nexus_lost`] when
+//!   the I_T nexus ends (logout, connection loss, reinstatement). Deferred PR OUT completions
+//!   reach the transport as messages: hand them to `pr::take_deferred` from `on_message`.
 
 pub mod cdb;
 pub mod mode;
@@ -45,6 +49,8 @@ use std::sync::Arc;
 use slab::Slab;
 
 use crate::reactor::{Core, HandlerRef, IoBuf, IoEvent};
+use crate::reservation::CommandClass;
+use crate::volume::pr_gate::nexus_ref;
 use crate::volume::{Denied, Initiator, Volume};
 
 pub use sense::{sense_key, status, Sense};
@@ -175,6 +181,9 @@ pub struct ScsiPort {
     done: VecDeque<ScsiResponse>,
     /// Unit attention state per LUN (index into `luns`).
     ua: Vec<NexusUa>,
+    /// Per LUN: the reservation snapshot sequence at which no reservation unit attention was
+    /// pending for this nexus (so events queued for other nexuses cost no engine lock here).
+    pr_seen: Vec<u64>,
     /// Results of finished EXTENDED COPY commands kept for RECEIVE COPY RESULTS (list ids are
     /// per I_T nexus); the oldest are forgotten first.
     copies: VecDeque<CopyRecord>,
@@ -193,7 +202,52 @@ const MAX_COPY_RECORDS: usize = 16;
 impl ScsiPort {
     pub fn new(initiator: Initiator, luns: Arc<LunMap>) -> Self {
         let ua = luns.luns.iter().map(|l| NexusUa::new(&l.events, l.volume.num_blocks())).collect();
-        ScsiPort { initiator, luns, tasks: Slab::with_capacity(128), done: VecDeque::with_capacity(128), ua, copies: VecDeque::new() }
+        // The reservation engines learn this target port (REGISTER AND MOVE names it by its
+        // relative port identifier).
+        for l in &luns.luns {
+            l.volume.reservations().observe(nexus_ref(&initiator));
+        }
+        let pr_seen = vec![0; luns.luns.len()];
+        ScsiPort {
+            initiator,
+            luns,
+            tasks: Slab::with_capacity(128),
+            done: VecDeque::with_capacity(128),
+            ua,
+            pr_seen,
+            copies: VecDeque::new(),
+        }
+    }
+
+    /// I_T nexus loss (logout, connection loss, session reinstatement): SPC-2 reservations of
+    /// this nexus end; persistent reservations and registrations stay (SPC-4 5.13.1).
+    pub fn nexus_lost(&self) {
+        for l in &self.luns.luns {
+            l.volume.reservations().nexus_lost(Some(nexus_ref(&self.initiator)));
+        }
+    }
+
+    /// The next unit attention of this nexus on LUN `idx`, cleared as it is reported (SAM-5
+    /// 5.14): POWER ON / RESET (29h) first, then the reservation events (2Ah: REGISTRATIONS
+    /// PREEMPTED, RESERVATIONS PREEMPTED, RESERVATIONS RELEASED) oldest first, then the other
+    /// conditions of the SCSI core (capacity, mode parameters changed). Each is reported once.
+    fn next_ua(&mut self, idx: usize, lun: &Lun) -> Option<Sense> {
+        if let Some(s) = self.ua[idx].take_reset() {
+            return Some(s);
+        }
+        let pr = lun.volume.reservations();
+        if pr.events_pending() {
+            let seq = pr.snapshot().seq;
+            if self.pr_seen[idx] != seq {
+                // Every event is queued before the snapshot that follows it is published: when
+                // nothing is found for us at `seq`, nothing can be until the sequence moves.
+                match pr::unit_attention(lun, &self.initiator) {
+                    Some(s) => return Some(s),
+                    None => self.pr_seen[idx] = seq,
+                }
+            }
+        }
+        self.ua[idx].take()
     }
 
     /// Commands still waiting for I/O.
@@ -217,11 +271,23 @@ impl ScsiPort {
         };
         let lun = self.luns.luns[idx].clone();
         // Unit attention (SAM-5 5.14): reported once, before the command runs.
-        let ua = &mut self.ua[idx];
-        ua.refresh(&lun.events, lun.volume.num_blocks());
-        if ua.is_pending() && !ua::exempt(op) {
-            if let Some(s) = ua.take() {
+        self.ua[idx].refresh(&lun.events, lun.volume.num_blocks());
+        if !ua::exempt(op) {
+            if let Some(s) = self.next_ua(idx, &lun) {
                 return self.done.push_back(ScsiResponse::check(tag, s));
+            }
+        }
+        // Reservation conflicts (SPC-4 5.13.1 Table 66, SBC-3 Table 13), decided by the volume
+        // from the lock-free snapshot. Block I/O is checked again where it is submitted (the
+        // fence relies on that check); this one also covers commands that move no data (a zero
+        // transfer length, VERIFY without BYTCHK, MODE SENSE/SELECT...). PR OUT and RESERVE /
+        // RELEASE apply their own rules in `pr::execute`.
+        match pr::command_class(cmd.cdb()) {
+            CommandClass::Always | CommandClass::PrOut => {}
+            class => {
+                if let Err(why) = lun.volume.check(&self.initiator, class) {
+                    return self.done.push_back(denied(why).into_response(tag));
+                }
             }
         }
         match op {
@@ -239,7 +305,7 @@ impl ScsiPort {
                 self.push(tag, r)
             }
             0x83 => self.extended_copy(core, me, idx, cmd),
-            0x5e | 0x5f | 0x16 | 0x17 => pr::execute(self, core, me, &lun, cmd),
+            0x5e | 0x5f | 0x16 | 0x17 | 0x56 | 0x57 => pr::execute(self, core, me, &lun, cmd),
             _ => {
                 let r = self.spc_command(idx, &lun, &cmd);
                 self.push(tag, r)
@@ -252,7 +318,7 @@ impl ScsiPort {
         let c = &cmd.cdb;
         match c[0] {
             0x00 => Ok(None), // TEST UNIT READY: a volume is always ready
-            0x03 => Ok(Some(spc::request_sense(&mut self.ua[idx], cmd)?)),
+            0x03 => Ok(Some(spc::request_sense(|| self.next_ua(idx, lun), cmd)?)),
             0x12 => spc::inquiry(lun, &self.initiator, cmd).map(Some),
             0x15 | 0x55 => self.mode_select(idx, lun, cmd).map(|_| None),
             0x1a | 0x5a => spc::mode_sense(lun, cmd).map(Some),
@@ -394,6 +460,9 @@ impl ScsiPort {
         let l = &self.luns.luns[idx];
         l.events.reset.fetch_add(1, Ordering::AcqRel);
         self.ua[idx].set_reset(&l.events);
+        // A logical unit reset releases an SPC-2 RESERVE of any nexus; persistent reservations
+        // and registrations are not affected (SPC-4 5.13.1, SAM-5 6.3.3).
+        l.volume.reservations().nexus_lost(None);
         true
     }
 

@@ -24,8 +24,7 @@ macro_rules! op {
     };
 }
 
-/// Every command this device server implements (PR opcodes are listed by the reservation module
-/// when it lands).
+/// Every command this device server implements.
 pub static OPS: &[OpInfo] = &[
     op!(0x00, None, [0, 0, 0, 0, 0]),                           // TEST UNIT READY
     op!(0x03, None, [0x01, 0, 0, F, 0]),                        // REQUEST SENSE
@@ -33,6 +32,8 @@ pub static OPS: &[OpInfo] = &[
     op!(0x0a, None, [0x1f, F, F, F, 0]),                        // WRITE(6)
     op!(0x12, None, [0x01, F, F, F, 0]),                        // INQUIRY
     op!(0x15, None, [0x11, 0, 0, F, 0]),                        // MODE SELECT(6)
+    op!(0x16, None, [0, 0, 0, 0, 0]),                           // RESERVE(6)
+    op!(0x17, None, [0, 0, 0, 0, 0]),                           // RELEASE(6)
     op!(0x1a, None, [0x08, F, F, F, 0]),                        // MODE SENSE(6)
     op!(0x1b, None, [0x01, 0, 0x0f, 0xf7, 0]),                  // START STOP UNIT
     op!(0x1e, None, [0, 0, 0, 0x03, 0]),                        // PREVENT ALLOW MEDIUM REMOVAL
@@ -66,6 +67,20 @@ pub static OPS: &[OpInfo] = &[
     op!(0xa0, None, [0, F, 0, 0, 0, F, F, F, F, 0, 0]),         // REPORT LUNS
     op!(0xa3, Some(0x0c), [0x0c, 0x87, F, F, F, F, F, F, F, 0, 0]), // REPORT SUPPORTED OPCODES
     op!(0xa3, Some(0x0d), [0x0d, 0x80, 0, 0, 0, F, F, F, F, 0, 0]), // REPORT SUPPORTED TMFs
+    op!(0x56, None, [0, 0, 0, 0, 0, 0, 0, 0, 0]),               // RESERVE(10)
+    op!(0x57, None, [0, 0, 0, 0, 0, 0, 0, 0, 0]),               // RELEASE(10)
+    op!(0x5e, Some(0x00), [0x00, 0, 0, 0, 0, 0, F, F, 0]),      // PERSISTENT RESERVE IN: READ KEYS
+    op!(0x5e, Some(0x01), [0x01, 0, 0, 0, 0, 0, F, F, 0]),      // READ RESERVATION
+    op!(0x5e, Some(0x02), [0x02, 0, 0, 0, 0, 0, F, F, 0]),      // REPORT CAPABILITIES
+    op!(0x5e, Some(0x03), [0x03, 0, 0, 0, 0, 0, F, F, 0]),      // READ FULL STATUS
+    op!(0x5f, Some(0x00), [0x00, F, 0, 0, F, F, F, F, 0]),      // PERSISTENT RESERVE OUT: REGISTER
+    op!(0x5f, Some(0x01), [0x01, F, 0, 0, F, F, F, F, 0]),      // RESERVE
+    op!(0x5f, Some(0x02), [0x02, F, 0, 0, F, F, F, F, 0]),      // RELEASE
+    op!(0x5f, Some(0x03), [0x03, F, 0, 0, F, F, F, F, 0]),      // CLEAR
+    op!(0x5f, Some(0x04), [0x04, F, 0, 0, F, F, F, F, 0]),      // PREEMPT
+    op!(0x5f, Some(0x05), [0x05, F, 0, 0, F, F, F, F, 0]),      // PREEMPT AND ABORT
+    op!(0x5f, Some(0x06), [0x06, F, 0, 0, F, F, F, F, 0]),      // REGISTER AND IGNORE EXISTING KEY
+    op!(0x5f, Some(0x07), [0x07, F, 0, 0, F, F, F, F, 0]),      // REGISTER AND MOVE
     op!(0xa8, None, [0x18, F, F, F, F, F, F, F, F, 0x1f, 0]),   // READ(12)
     op!(0xaa, None, [0x18, F, F, F, F, F, F, F, F, 0x1f, 0]),   // WRITE(12)
     op!(0xae, None, [0x12, F, F, F, F, F, F, F, F, 0x1f, 0]),   // WRITE AND VERIFY(12)

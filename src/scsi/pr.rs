@@ -191,6 +191,8 @@ pub fn decode_transport_id(t: &[u8], rel_port_id: u16) -> Result<Nexus, u16> {
             let end = body.iter().position(|&b| b == 0).ok_or(4u16)?;
             let s = std::str::from_utf8(&body[..end]).map_err(|_| 4u16)?;
             let (name, isid) = split_port(s).ok_or(4u16)?;
+            // iSCSI names compare case-insensitively: the same spelling as the login's nexus.
+            let name = name.to_ascii_lowercase();
             Ok(Nexus::Iscsi { initiator_port: format!("{name},i,0x{isid}"), target_port: String::new(), rel_port_id })
         }
         (PROTO_NONE, 0) if body.len() > 16 => {
@@ -372,6 +374,17 @@ pub fn command_class(cdb: &[u8]) -> CommandClass {
                 CommandClass::Always
             }
         }
+        // START STOP UNIT that only starts the unit is allowed; stopping or a power condition
+        // change is not (SBC-3 Table 13).
+        0x1b => {
+            let b4 = cdb.get(4).copied().unwrap_or(0);
+            if b4 & 0x01 != 0 && b4 >> 4 == 0 {
+                CommandClass::Always
+            } else {
+                CommandClass::StateChange
+            }
+        }
+        0x37 | 0xb7 => CommandClass::Read, // READ DEFECT DATA: allowed under WE, not EA (SBC-3 Table 13)
         0x9e if sa1 == 0x10 => CommandClass::Always, // READ CAPACITY(16)
         0x9e if sa1 == 0x12 => CommandClass::Read,   // GET LBA STATUS
         0xa3 => match sa1 {
@@ -397,6 +410,25 @@ pub fn command_class(cdb: &[u8]) -> CommandClass {
 /// port as a message (see [`take_deferred`]).
 #[derive(Debug)]
 pub struct Deferred(pub ScsiResponse);
+
+/// A PREEMPT AND ABORT has completed (every write of the preempted nexuses drained): delivered to
+/// the handler of the port that issued it, just before its [`Deferred`] completion, so that the
+/// transport can abort the tasks the preempted nexuses still hold on this volume (SPC-4
+/// 5.13.11.4.5; with TAS=1 they end with TASK ABORTED status). Ports that ignore it leave those
+/// tasks to finish: anything they submit from now on gets RESERVATION CONFLICT.
+pub struct PreemptAbort {
+    pub volume: Arc<crate::volume::Volume>,
+    /// The removed registrations: (nexus, registered with ALL_TG_PT).
+    pub preempted: Vec<(Nexus, bool)>,
+}
+
+impl PreemptAbort {
+    /// Does this abort concern `who`?
+    pub fn concerns(&self, who: &crate::volume::Initiator) -> bool {
+        let me = nexus_ref(who);
+        self.preempted.iter().any(|(n, all)| me.matches(n, *all))
+    }
+}
 
 /// Call from `Handler::on_message`: a [`Deferred`] completion goes to the port's done queue
 /// (then flush); any other message is handed back.
@@ -442,12 +474,23 @@ pub fn execute(port: &mut ScsiPort, core: &mut Core, me: HandlerRef, lun: &Arc<L
                 Err(f) => return port.push_done(f.response(tag)),
             };
             let set = core.reactors().clone();
+            let volume = lun.volume.clone();
             let done: crate::reservation::Done = Box::new(move |r| {
+                let abort = match &r {
+                    Ok(a) if a.abort && !a.removed.is_empty() => Some(PreemptAbort {
+                        volume,
+                        preempted: a.removed.iter().map(|g| (g.nexus.clone(), g.all_tg_pt)).collect(),
+                    }),
+                    _ => None,
+                };
                 let resp = match r {
                     Ok(_) => ScsiResponse::good(tag),
                     Err(e) => failure(&e).response(tag),
                 };
                 set.send(me.reactor, move |reactor| {
+                    if let Some(a) = abort {
+                        reactor.send_to_handler(me, Box::new(a));
+                    }
                     reactor.send_to_handler(me, Box::new(Deferred(resp)));
                 });
             });

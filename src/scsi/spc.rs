@@ -4,7 +4,6 @@
 
 use super::cdb::{alloc_len, be};
 use super::sense::{Sense, INVALID_FIELD_IN_CDB, NO_SENSE_DATA};
-use super::ua::NexusUa;
 use super::{mode, vpd, Lun, LunMap, ScsiCommand};
 use crate::volume::Initiator;
 
@@ -18,11 +17,13 @@ fn truncated(mut v: Vec<u8>, alloc: usize) -> Vec<u8> {
 /// REQUEST SENSE (SPC-4 6.39): a pending unit attention (cleared by this), else the unit's state.
 /// Sense for failed commands travels with their CHECK CONDITION (autosense), so nothing else is
 /// kept per nexus.
-pub fn request_sense(ua: &mut NexusUa, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
+/// `next_ua` yields the pending unit attention (and clears it); it is called only once the CDB is
+/// known to be valid.
+pub fn request_sense(next_ua: impl FnOnce() -> Option<Sense>, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
     if cmd.cdb[1] & 0x01 != 0 {
         return Err(Sense::invalid_cdb_field(1, Some(0))); // DESC: fixed format only
     }
-    let s = ua.take().unwrap_or(NO_SENSE_DATA);
+    let s = next_ua().unwrap_or(NO_SENSE_DATA);
     Ok(truncated(s.encode().to_vec(), cmd.cdb[4] as usize))
 }
 

@@ -86,6 +86,19 @@ impl NexusUa {
         if self.pending == 0 {
             return None;
         }
+        self.take_bit()
+    }
+
+    /// Report (and clear) a pending 29h condition (POWER ON, RESET): these come before every
+    /// other unit attention, the reservation ones included (SAM-5 5.14).
+    pub fn take_reset(&mut self) -> Option<Sense> {
+        if self.pending & (POWER_ON | RESET) == 0 {
+            return None;
+        }
+        self.take_bit()
+    }
+
+    fn take_bit(&mut self) -> Option<Sense> {
         let bit = self.pending & self.pending.wrapping_neg();
         self.pending &= !bit;
         Some(match bit {

@@ -63,12 +63,13 @@ fn linux_pnfs_sequence_over_scsi() {
     // 5. Fence: PREEMPT AND ABORT type 6 of the client's key.
     let (c, p) = sd_pr_out(0x05, 0x06, MDS_KEY, CLIENT_KEY, 0);
     ok(mds.cmd(&c, Some(&p), 24));
+    // The preempted client's next command reports REGISTRATIONS PREEMPTED once (a unit attention
+    // comes before anything else, SPC-4 5.14.11.2.1); after that its writes are refused.
+    let first = client.cmd(&write10(2), Some(&block), 512);
+    let ua = first.sense.expect("unit attention");
+    assert_eq!((first.status, ua.key, ua.asc, ua.ascq), (status::CHECK_CONDITION, 0x6, 0x2a, 0x05));
     assert_eq!(client.cmd(&write10(2), Some(&block), 512).status, status::RESERVATION_CONFLICT);
     ok(mds.cmd(&write10(2), Some(&block), 512));
-    // The preempted client sees REGISTRATIONS PREEMPTED once (through the SCSI core's UA check).
-    let lun = palisade::scsi::Lun::new(0, v.clone());
-    let ua = palisade::scsi::pr::unit_attention(&lun, &iscsi("iqn.2026-11.test:client", "400001370001", 1)).unwrap();
-    assert_eq!((ua.asc, ua.ascq), (0x2a, 0x05));
     // A repeated fence of the removed key (older kernels: type 0): RESERVATION CONFLICT.
     let (c, p) = sd_pr_out(0x05, 0x00, MDS_KEY, CLIENT_KEY, 0);
     assert_eq!(mds.cmd(&c, Some(&p), 24).status, status::RESERVATION_CONFLICT);

@@ -17,7 +17,7 @@ use super::bitmap::Bitmap;
 use super::state::State;
 use super::types::{IoMode, Policy};
 
-/// Who issued an I/O, as far as the guard can tell: the PR key of its nexus (once the reservation
+/// Who issued an I/O, as far as the guard can tell: the PR key its nexus registered (from the reservation
 /// engine is wired), its initiator name (iSCSI) or host NQN (NVMe), its NVMe host identifier.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Who<'a> {

@@ -244,6 +244,19 @@ mod tests {
         assert!(data.iter().all(|&x| x == 0));
         lv.guard().set_trusted(vec![]);
 
+        // A client known only by its PR key: its nexus is mapped to it through the key it
+        // registered with the reservation engine (no identity matches).
+        let k = Initiator::Nvme { host_id: [7; 16], host_nqn: "nqn.2026-01.test:k".into() };
+        lv.client_register("K", 0xc0ffee, vec![]).unwrap();
+        lv.file_create(&FileId::Num(2)).unwrap();
+        let gk = lv.layout_get(&FileId::Num(2), "K", 0, BS as u64, 0, IoMode::Rw).unwrap();
+        let lk = gk.extents[0].volume_offset / BS as u64;
+        assert_eq!(rig.io(&k, IoOp::Write, lk, 1, 0xc1).unwrap_err(), Denied::WriteProtected, "unregistered: unknown");
+        let reg = crate::reservation::Action::NvmeRegister { nrkey: 0xc0ffee, aptpl: None };
+        vol.reservations().execute(crate::volume::pr_gate::nexus_ref(&k), reg, Box::new(|_| {})).unwrap().unwrap();
+        assert_eq!(rig.io(&k, IoOp::Write, lk, 1, 0xc1).unwrap().0, 0, "mapped by its registered key");
+        assert_eq!(rig.io(&k, IoOp::Write, lk + 1, 1, 0xc1).unwrap_err(), Denied::WriteProtected);
+
         // Fenced: A's writes stop at once, its unwritten blocks are gone.
         lv.client_fence("A").unwrap();
         assert_eq!(rig.io(&a, IoOp::Write, l, 1, 0xa3).unwrap_err(), Denied::WriteProtected);

@@ -17,8 +17,9 @@ use super::bitmap::Bitmap;
 use super::state::State;
 use super::types::{IoMode, Policy};
 
-/// Who issued an I/O, as far as the guard can tell: the PR key of its nexus (once the reservation
-/// engine is wired), its initiator name (iSCSI) or host NQN (NVMe), its NVMe host identifier.
+/// Who issued an I/O, as far as the guard can tell: the PR key its nexus registered (from the
+/// reservation engine's snapshot), its initiator name (iSCSI) or host NQN (NVMe), its NVMe host
+/// identifier. Matched in that order.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Who<'a> {
     pub key: Option<u64>,

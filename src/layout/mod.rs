@@ -13,28 +13,36 @@
 //!
 //! This layer imports nothing above it (no volume, protocol or RPC code): they call into it.
 //!
-//! # Wiring after the front-ends and the reservation engine are merged
+//! # How it is wired (rpc, volume and reservation layers)
 //!
-//! - **Fencing**: implement [`recall::Fencer`] with the reservation engine (PREEMPT AND ABORT of
-//!   `pr_key` on the volume, returning when no write of that key can still land) and install it
-//!   once with `app.layout.set_fencer(Arc::new(..))` (`rpc::layout::LayoutApp`); volumes created
-//!   before that pick it up too. Until then the guard alone refuses a fenced client's writes.
-//! - **Data path**: nothing to do in the front-ends: every protocol's I/O already passes
-//!   `Volume::submit`, which consults the guard (`volume::guard_hook`). A refused write comes
-//!   back as `Denied::WriteProtected` (SCSI: DATA PROTECT / WRITE PROTECTED; NVMe: Access
-//!   Denied). Reads needing zero-fill complete with zeros there; nothing else changes.
-//! - **Identity**: the hook maps an iSCSI nexus by initiator name (the part of the initiator port
-//!   before `,i,0x`) and an NVMe host by host NQN or host ID (a client identity written as a UUID)
-//!   to a client. To map by registered PR key instead, pass `Who { key: Some(k), .. }` from the
-//!   reservation engine's registration of the nexus (see `guard_hook::who`).
+//! - **Fencing**: `rpc::layout::ReservationFencer` implements [`recall::Fencer`] with the
+//!   reservation engine: an operator PREEMPT AND ABORT of the client's `pr_key` on the data volume
+//!   (`Reservations::operator_preempt_abort`), which completes only after the volume's fence has
+//!   drained every write submitted before it, on every reactor and both protocols. The store
+//!   publishes a guard snapshot with the client fenced *before* calling it, so nothing of the
+//!   client can be admitted afterwards and nothing admitted before is still in flight when its
+//!   extents are freed. It is the default of `LayoutApp` (`set_fencer` replaces it). Unfencing
+//!   needs no engine action: the preempted registrations are gone, the client registers again.
+//! - **Data path**: every protocol's I/O passes `Volume::submit`, which consults the guard
+//!   (`volume::guard_hook`). A refused write comes back as `Denied::WriteProtected` (SCSI: DATA
+//!   PROTECT / WRITE PROTECTED 27/00; NVMe/TCP: Namespace Is Write Protected). Reads needing
+//!   zero-fill complete with zeros there.
+//! - **Identity**: the hook passes the PR key the nexus registered on the volume
+//!   (`reservation::Snapshot::key_of`, lock-free, no allocation) as `Who::key`; the guard matches
+//!   it first, then the initiator name (iSCSI, the part of the initiator port before `,i,0x`) and
+//!   the host NQN / host ID (NVMe) against the clients' identities.
 //!
 //! # Known limits
 //!
-//! - Written-since-allocation bits live in memory: after a restart (or while the guard is `off`,
-//!   when commits trust the client) blocks written before are not known, so they read as zeros
-//!   and a commit under `enforce` leaves them unwritten.
-//! - Without a [`recall::Fencer`] wired, a write already past the guard when a fence starts can
-//!   still land in blocks the fence frees; PREEMPT AND ABORT closes that window.
+//! - Written-since-allocation bits live in memory, and are not saved at a clean shutdown either:
+//!   after a restart (or while the guard is `off`, when commits trust the client) blocks written
+//!   before are not known, so they read as zeros and a commit under `enforce` leaves them
+//!   unwritten (the client must write them again).
+//! - With [`recall::GuardOnlyFencer`] instead of the reservation fencer, a write already past the
+//!   guard when a fence starts can still land in blocks the fence frees.
+//! - Blocks a client wrote into its INVALID_DATA extents read back as data to every reader before
+//!   commit, not only to the grant holder (the read path does not identify the reader); stale
+//!   data (blocks nobody wrote since allocation) never shows.
 //! - Metadata on a bdev (`metadata_bdev`) is not implemented; only a file journal is.
 //! - Truncating to a size inside a block keeps that block mapped; the store cannot zero its tail
 //!   (no data path of its own), so the metadata server must zero it before growing the file again.

@@ -1,9 +1,10 @@
 //! What the store tells the world: recall notifications and fencing.
 //!
 //! The store does not know JSON-RPC or the reservation engine; it calls these traits. The RPC
-//! layer implements [`Notifier`] (a `layout_recall` notification to subscribed connections) and,
-//! once the reservation engine is merged, [`Fencer`] becomes one line there: PREEMPT AND ABORT of
-//! the client's key on the volume, returning only when no write of the client can still land.
+//! layer implements [`Notifier`] (a `layout_recall` notification to subscribed connections) and
+//! [`Fencer`] (`rpc::layout::ReservationFencer`: PREEMPT AND ABORT of the client's key on the
+//! volume through the reservation engine, returning only when no write of the client can still
+//! land).
 
 use serde::Serialize;
 
@@ -33,7 +34,8 @@ pub trait Fencer: Send + Sync {
     }
 }
 
-/// No reservation engine wired yet: the guard alone refuses the fenced client's writes.
+/// Without the reservation engine (tests, tools): the guard alone refuses the fenced client's
+/// writes; a write already admitted may still land.
 pub struct GuardOnlyFencer;
 
 impl Fencer for GuardOnlyFencer {

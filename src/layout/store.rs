@@ -413,7 +413,7 @@ impl LayoutVolume {
         let mut shadow = inner.st.clone();
         shadow.clients.get_mut(client).unwrap().fenced = true;
         self.guard.publish(Snapshot::build(&shadow));
-        // 2. PREEMPT AND ABORT (once wired): nothing of the client in flight can land after this.
+        // 2. PREEMPT AND ABORT (the reservation fencer): nothing of the client in flight can land after this.
         if let Err(e) = self.hooks.fencer.fence(&self.name, client, c.key) {
             self.guard.publish(Snapshot::build(&inner.st));
             return Err(LayoutError::Io(format!("fencing {client} failed: {e}")));

@@ -86,7 +86,9 @@ pub fn denied_status(d: Denied) -> Status {
     match d {
         Denied::ReservationConflict => Status::RESERVATION_CONFLICT,
         Denied::OutOfRange => Status { sct: 0, sc: 0x80 }, // LBA Out of Range
-        Denied::WriteProtected => Status { sct: 2, sc: 0x82 }, // Attempted Write to Read Only Range
+        // The layout guard refused a write outside the client's grants: Access Denied (NVMe Base
+        // 2.0, Media and Data Integrity Errors, 86h).
+        Denied::WriteProtected => Status { sct: 2, sc: 0x86 },
     }
 }
 

@@ -210,6 +210,14 @@ impl Reservations {
         self.execute(nobody.as_ref(), Action::OperatorClear, done)
     }
 
+    /// Fence a key (layout store's client fence): remove every registration holding `sa_key`
+    /// (RESERVATIONS PREEMPTED... as PREEMPT AND ABORT would) and complete only after the volume's
+    /// in-flight writes submitted before have drained, whether or not the key was registered.
+    pub fn operator_preempt_abort(self: &Arc<Self>, sa_key: u64, done: Done) -> Option<Result<Applied, PrError>> {
+        let nobody = Nexus::Nvme { host_id: [0; 16], host_nqn: String::new() };
+        self.execute(nobody.as_ref(), Action::OperatorPreemptAbort { sa_key }, done)
+    }
+
     fn start(self: &Arc<Self>, mut g: std::sync::MutexGuard<'_, Inner>, who: NexusRef, action: Action, done: Done) -> Started {
         let action = match self.resolve(&g, who, action.clone()) {
             Ok(a) => a,

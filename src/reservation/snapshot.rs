@@ -13,6 +13,8 @@ pub struct Snapshot {
     /// Registrations: (fingerprint, index) sorted by fingerprint, exact and ALL_TG_PT forms.
     table: Vec<(u64, u32)>,
     regs: Vec<(Nexus, bool)>,
+    /// The key of each registration (same index as `regs`).
+    keys: Vec<u64>,
     /// SPC-2 RESERVE(6)/(10) holder.
     spc2: Option<Nexus>,
 }
@@ -38,7 +40,8 @@ impl Snapshot {
         let mut table: Vec<(u64, u32)> =
             regs.iter().enumerate().map(|(i, (n, all))| (n.as_ref().fingerprint(!all), i as u32)).collect();
         table.sort_unstable();
-        Snapshot { seq, res, table, regs, spc2: spc2.cloned() }
+        let keys = s.registrants.iter().map(|g| g.key).collect();
+        Snapshot { seq, res, table, regs, keys, spc2: spc2.cloned() }
     }
 
     /// Nothing reserved at all: the common case costs one branch.
@@ -81,6 +84,24 @@ impl Snapshot {
             Relation::Unregistered
         };
         allowed(class, r.rtype, rel)
+    }
+
+    /// The key `who` registered, if any (lock-free, no allocation: the layout guard maps a nexus
+    /// to its pNFS client by it).
+    #[inline]
+    pub fn key_of(&self, who: NexusRef) -> Option<u64> {
+        if self.regs.is_empty() {
+            return None;
+        }
+        self.find(who, who.fingerprint(true)).or_else(|| self.find(who, who.fingerprint(false))).map(|i| self.keys[i])
+    }
+
+    fn find(&self, who: NexusRef, fp: u64) -> Option<usize> {
+        let start = self.table.partition_point(|e| e.0 < fp);
+        self.table[start..].iter().take_while(|e| e.0 == fp).map(|&(_, i)| i as usize).find(|&i| {
+            let (n, all) = &self.regs[i];
+            who.matches(n, *all)
+        })
     }
 
     fn registered(&self, who: NexusRef) -> bool {

@@ -70,6 +70,10 @@ pub enum Action {
     /// Operator override (reservation_clear RPC): CLEAR on behalf of nobody, so every
     /// registrant hears RESERVATIONS PREEMPTED.
     OperatorClear,
+    /// Operator / layout-store fence: PREEMPT AND ABORT of every registration holding `sa_key`
+    /// on behalf of nobody (a reservation they hold goes with them). Succeeds with nothing to
+    /// remove too, and always drains: whatever the victim had in flight is done when it completes.
+    OperatorPreemptAbort { sa_key: u64 },
     /// NVMe Set Features Reservation Persistence (Feature 83h): PTPL without a registration.
     SetPersist { ptpl: bool },
 }
@@ -307,6 +311,13 @@ impl PrState {
                 out.removed = std::mem::take(&mut self.registrants);
                 self.reservation = None;
                 self.bump(&None, &mut out);
+            }
+            Action::OperatorPreemptAbort { sa_key } => {
+                out.abort = true;
+                if self.registrants.iter().any(|g| g.key == *sa_key) {
+                    self.remove_where(|g| g.key == *sa_key, &mut out);
+                    self.bump(&None, &mut out);
+                }
             }
             Action::SetPersist { ptpl } => {
                 if self.aptpl != *ptpl {

@@ -16,7 +16,7 @@ use super::registry::{Call, Registry, Subsystem, RUNTIME};
 use super::{ok, App, RpcError, RpcResult};
 use crate::config::Entry;
 use crate::layout::journal::FileJournal;
-use crate::layout::recall::{Fencer, GuardOnlyFencer, Notifier, RecallEvent};
+use crate::layout::recall::{Fencer, Notifier, RecallEvent};
 use crate::layout::{DataDev, FileId, Hooks, IoMode, LayoutError, LayoutVolume, Options, Policy};
 use crate::volume::{identity, Volume};
 
@@ -60,28 +60,85 @@ impl Fencer for SwitchFencer {
     }
 }
 
+/// Fences through the reservation engine: PREEMPT AND ABORT of the client's PR key on the layout
+/// volume's data volume, on behalf of the metadata server (the operator form, so the metadata
+/// server needs no registration of its own). It returns once the engine's fence has drained every
+/// write submitted before: with the guard already refusing the client (the store publishes that
+/// first), none of the client's writes can land afterwards, on any path or protocol. Unfencing
+/// needs nothing here: the preempted registrations are gone and the client may register again.
+#[derive(Default)]
+pub struct ReservationFencer {
+    /// Layout volume name → its data volume.
+    vols: Mutex<BTreeMap<String, std::sync::Weak<Volume>>>,
+}
+
+/// How long a fence may wait for in-flight writes before it is reported failed.
+const FENCE_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ReservationFencer {
+    fn attach(&self, layout_volume: &str, v: &Arc<Volume>) {
+        self.vols.lock().unwrap().insert(layout_volume.to_string(), Arc::downgrade(v));
+    }
+    fn detach(&self, layout_volume: &str) {
+        self.vols.lock().unwrap().remove(layout_volume);
+    }
+}
+
+impl Fencer for ReservationFencer {
+    fn fence(&self, volume: &str, client: &str, pr_key: u64) -> Result<(), String> {
+        let v = self.vols.lock().unwrap().get(volume).and_then(|w| w.upgrade());
+        let Some(v) = v else {
+            return Err(format!("layout volume {volume}: data volume is gone"));
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let now = v.reservations().operator_preempt_abort(
+            pr_key,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let r = match now {
+            Some(r) => r,
+            None => rx.recv_timeout(FENCE_DRAIN_TIMEOUT).map_err(|_| "reservation engine did not drain in time".to_string())?,
+        };
+        let applied = r.map_err(|e| e.to_string())?;
+        tracing::info!(
+            volume,
+            client,
+            pr_key = format_args!("{pr_key:#x}"),
+            registrations = applied.removed.len(),
+            "fenced: PREEMPT AND ABORT of the client's key, in-flight writes drained"
+        );
+        Ok(())
+    }
+}
+
 /// Layout state of the application (an App field).
 pub struct LayoutApp {
     volumes: Mutex<BTreeMap<String, Entry_>>,
     subscribers: Arc<Subscribers>,
     fencer: Arc<SwitchFencer>,
+    /// The reservation engine's fencer (installed by default; `set_fencer` may replace it).
+    pr_fencer: Arc<ReservationFencer>,
     timer: AtomicBool,
 }
 
 impl Default for LayoutApp {
     fn default() -> Self {
+        let pr_fencer = Arc::new(ReservationFencer::default());
         LayoutApp {
             volumes: Mutex::default(),
             subscribers: Arc::default(),
-            fencer: Arc::new(SwitchFencer(Mutex::new(Arc::new(GuardOnlyFencer)))),
+            fencer: Arc::new(SwitchFencer(Mutex::new(pr_fencer.clone()))),
+            pr_fencer,
             timer: AtomicBool::new(false),
         }
     }
 }
 
 impl LayoutApp {
-    /// Install what fences a client's paths (the reservation engine's PREEMPT AND ABORT of the
-    /// client's key, after the merge). Until then the guard alone refuses a fenced client's writes.
+    /// Replace what fences a client's paths (default: [`ReservationFencer`], PREEMPT AND ABORT of
+    /// the client's key through the reservation engine; [`crate::layout::recall::GuardOnlyFencer`] leaves it to the guard).
     pub fn set_fencer(&self, f: Arc<dyn Fencer>) {
         *self.fencer.0.lock().unwrap() = f;
     }
@@ -207,6 +264,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     let dev = DataDev { uuid: vol.uuid(), block_size: vol.block_size(), num_blocks: vol.num_blocks() };
     let recall_timeout_ms = p.recall_timeout_ms.unwrap_or(DEFAULT_RECALL_TIMEOUT_MS);
     let opts = Options { name: p.name.clone(), block_size: p.block_size, policy: p.guard, recall_timeout: Duration::from_millis(recall_timeout_ms) };
+    c.app.layout.pr_fencer.attach(&p.name, &vol);
     let fencer: Arc<dyn Fencer> = c.app.layout.fencer.clone();
     let hooks = Hooks { notifier: c.app.layout.subscribers.clone(), fencer };
     let p2 = path.clone();
@@ -218,6 +276,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     let lv = match opened {
         Ok(v) => Arc::new(v),
         Err(e) => {
+            c.app.layout.pr_fencer.detach(&p.name);
             c.app.volumes.close(&p.bdev_name, &user);
             return Err(e);
         }
@@ -259,6 +318,7 @@ async fn layout_volume_delete(c: Call) -> RpcResult {
         return Err(RpcError::errno(libc::ENODEV, format!("layout volume {} not found", p.name)));
     };
     e.volume.set_guard(None);
+    c.app.layout.pr_fencer.detach(&p.name);
     c.app.volumes.close(&e.bdev_name, &format!("layout:{}", p.name));
     let v = e.vol.clone();
     blocking(move || v.checkpoint()).await?;

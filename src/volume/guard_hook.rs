@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::bdev::{IoOp, IoRequest};
 use crate::layout::guard::{Guard, ReadVerdict, Who, WriteVerdict};
 use crate::reactor::{Core, Handler, HandlerRef, IoEvent, Reactor};
+use crate::reservation::Snapshot;
 
 use super::{Denied, Downstream, Initiator};
 
@@ -58,14 +59,17 @@ pub fn install(r: &mut Reactor) {
     INTERPOSER.with(|i| *i.borrow_mut() = h);
 }
 
-/// Who the guard sees: the initiator name (iSCSI, without the ISID part) or host NQN and ID.
-fn who(i: &Initiator) -> Who<'_> {
+/// Who the guard sees: the PR key the nexus registered on the volume (looked up in the
+/// reservation snapshot, lock-free), then the initiator name (iSCSI, without the ISID part) or host
+/// NQN and ID as fallback identities.
+fn who<'a>(pr: &Snapshot, i: &'a Initiator) -> Who<'a> {
+    let key = pr.key_of(super::pr_gate::nexus_ref(i));
     match i {
         Initiator::Iscsi { initiator_port, .. } => {
             let name = initiator_port.split(",i,").next().unwrap_or(initiator_port);
-            Who { key: None, name: Some(name), host_id: None }
+            Who { key, name: Some(name), host_id: None }
         }
-        Initiator::Nvme { host_id, host_nqn } => Who { key: None, name: Some(host_nqn), host_id: Some(host_id) },
+        Initiator::Nvme { host_id, host_nqn } => Who { key, name: Some(host_nqn), host_id: Some(host_id) },
     }
 }
 
@@ -83,7 +87,14 @@ fn via_interposer(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, mut re
 }
 
 /// Submit `req` under `guard`, then on down the volume's path.
-pub fn submit(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, who_: &Initiator, mut req: IoRequest) -> Result<(), (IoRequest, Denied)> {
+pub fn submit(
+    core: &mut Core,
+    down: &Downstream,
+    guard: &Arc<Guard>,
+    pr: &Snapshot,
+    who_: &Initiator,
+    mut req: IoRequest,
+) -> Result<(), (IoRequest, Denied)> {
     match req.op {
         IoOp::Read => match guard.check_read(req.offset_blocks, req.num_blocks) {
             ReadVerdict::Data => down.send(core, req),
@@ -95,7 +106,7 @@ pub fn submit(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, who_: &Ini
             }
             ReadVerdict::Mixed => via_interposer(core, down, guard, req, true),
         },
-        IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => match guard.check_write(&who(who_), req.offset_blocks, req.num_blocks) {
+        IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => match guard.check_write(&who(pr, who_), req.offset_blocks, req.num_blocks) {
             WriteVerdict::Refuse => return Err((req, Denied::WriteProtected)),
             WriteVerdict::Allow => down.send(core, req),
             // Unmapped blocks have no defined content: they stay unwritten (read as zeros).
@@ -232,6 +243,19 @@ mod tests {
         let (_, data) = rig.io(&b, IoOp::Read, 41, 1, 0x55).unwrap();
         assert!(data.iter().all(|&x| x == 0));
         lv.guard().set_trusted(vec![]);
+
+        // A client known only by its PR key: its nexus is mapped to it through the key it
+        // registered with the reservation engine (no identity matches).
+        let k = Initiator::Nvme { host_id: [7; 16], host_nqn: "nqn.2026-01.test:k".into() };
+        lv.client_register("K", 0xc0ffee, vec![]).unwrap();
+        lv.file_create(&FileId::Num(2)).unwrap();
+        let gk = lv.layout_get(&FileId::Num(2), "K", 0, BS as u64, 0, IoMode::Rw).unwrap();
+        let lk = gk.extents[0].volume_offset / BS as u64;
+        assert_eq!(rig.io(&k, IoOp::Write, lk, 1, 0xc1).unwrap_err(), Denied::WriteProtected, "unregistered: unknown");
+        let reg = crate::reservation::Action::NvmeRegister { nrkey: 0xc0ffee, aptpl: None };
+        vol.reservations().execute(crate::volume::pr_gate::nexus_ref(&k), reg, Box::new(|_| {})).unwrap().unwrap();
+        assert_eq!(rig.io(&k, IoOp::Write, lk, 1, 0xc1).unwrap().0, 0, "mapped by its registered key");
+        assert_eq!(rig.io(&k, IoOp::Write, lk + 1, 1, 0xc1).unwrap_err(), Denied::WriteProtected);
 
         // Fenced: A's writes stop at once, its unwritten blocks are gone.
         lv.client_fence("A").unwrap();

@@ -124,12 +124,13 @@ impl Volume {
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
-        if !self.pr.snapshot().check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op, who)) {
+        let snap = self.pr.snapshot();
+        if !snap.check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op, who)) {
             return Err((req, Denied::ReservationConflict));
         }
         let down = Downstream { gate: &self.gate, bdev: &self.bdev, locks };
         if let Some(g) = &*self.guard.load() {
-            return guard_hook::submit(core, &down, g, who, req);
+            return guard_hook::submit(core, &down, g, &snap, who, req);
         }
         down.send(core, req);
         Ok(())

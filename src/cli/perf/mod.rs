@@ -157,6 +157,20 @@ pub struct PerfArgs {
     /// With --pr-key: the first queue's nexus also acquires this reservation type.
     #[arg(long = "pr-reserve", value_enum, requires = "pr_key")]
     pub pr_reserve: Option<PrType>,
+    /// Start of the LBA region to use, bytes (a multiple of --bs), e.g. a layout grant's
+    /// volume_offset.
+    #[arg(long, default_value = "0", value_parser = parse_offset)]
+    pub offset: u64,
+    /// Length of the region, bytes (default: to the end of the device).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+}
+
+fn parse_offset(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -488,9 +502,18 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
     if a.bs % bs != 0 {
         return Err(format!("--bs {} is not a multiple of the device block size {bs}", a.bs));
     }
-    let total_units = nblocks / (a.bs / bs);
+    let dev_bytes = nblocks * bs;
+    if a.offset % a.bs != 0 || a.offset >= dev_bytes {
+        return Err(format!("--offset {} must be a multiple of --bs {} inside the device ({dev_bytes} bytes)", a.offset, a.bs));
+    }
+    let region = a.size.unwrap_or(dev_bytes - a.offset);
+    if a.offset + region > dev_bytes {
+        return Err(format!("--offset {} + --size {region} is beyond the device ({dev_bytes} bytes)", a.offset));
+    }
+    let base_unit = a.offset / a.bs;
+    let total_units = region / a.bs;
     if total_units == 0 {
-        return Err("the device is smaller than one I/O".into());
+        return Err("the region is smaller than one I/O".into());
     }
     // Verify needs each queue to own its LBAs (no cross-queue races); otherwise share the device.
     let nq = queues.len() as u64;
@@ -504,7 +527,7 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
     let live = Arc::new(Live::default());
     let mut prepared = Vec::new();
     for (i, mut q) in queues.into_iter().enumerate() {
-        let first = if a.verify { i as u64 * per_q } else { 0 };
+        let first = base_unit + if a.verify { i as u64 * per_q } else { 0 };
         let mut units = per_q;
         if a.verify && read_only {
             // Keep the untimed prefill short: at most 256 MiB per queue.

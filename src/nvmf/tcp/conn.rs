@@ -880,12 +880,9 @@ impl Conn {
     }
 }
 
+/// The volume's refusal in NVMe terms (one mapping, in the command set).
 fn denied_status(d: Denied) -> Status {
-    match d {
-        Denied::OutOfRange => Status::generic(sc::LBA_OUT_OF_RANGE),
-        Denied::ReservationConflict => nv_status(nv::denied_status(d)),
-        Denied::WriteProtected => Status::generic(sc::NAMESPACE_WRITE_PROTECTED),
-    }
+    nv_status(nv::denied_status(d))
 }
 
 /// Map a bdev errno to an NVMe status: no space → capacity exceeded; otherwise a media error

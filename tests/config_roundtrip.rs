@@ -61,10 +61,11 @@ fn embedded_default_config() {
     assert_eq!(b["name"], "Malloc0");
     assert_eq!(b["num_blocks"].as_u64().unwrap() * b["block_size"].as_u64().unwrap(), 256 << 20);
     let saved = save(&t);
+    // The default exports listen on fixed ports: restart means stop, then start from the save.
+    t.stop();
     let t2 = Target::start_with_config(&saved, &[]);
     assert_eq!(save(&t2), saved);
     t2.stop();
-    t.stop();
 }
 
 #[test]

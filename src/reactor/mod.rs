@@ -136,6 +136,8 @@ pub struct Reactor {
     poll: mio::Poll,
     rx: mpsc::Receiver<Msg>,
     next_gen: u32,
+    /// The other half of the double-buffered flush list.
+    flush_spare: Vec<HandlerRef>,
 }
 
 impl Reactor {
@@ -326,13 +328,17 @@ impl Reactor {
                     break;
                 }
             }
-            for me_ in std::mem::take(&mut self.core.flush) {
+            // Swap in the spare list (keeps both allocations: no allocation per loop iteration).
+            let mut flush = std::mem::take(&mut self.flush_spare);
+            std::mem::swap(&mut flush, &mut self.core.flush);
+            for me_ in flush.drain(..) {
                 if let Some(s) = self.slots.get(me_.slot as usize) {
                     if s.gen == me_.gen {
                         self.call(me_.slot as usize, |h, core, me| h.on_flush(core, me));
                     }
                 }
             }
+            self.flush_spare = flush;
             work += self.housekeeping();
             if self.core.now.duration_since(last_tick) >= TICK {
                 last_tick = self.core.now;
@@ -518,6 +524,7 @@ impl ReactorSet {
                     poll,
                     rx,
                     next_gen: 0,
+                    flush_spare: Vec::with_capacity(256),
                 };
                 init(&mut r);
                 r.run(shared2);

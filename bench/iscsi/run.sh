@@ -95,10 +95,13 @@ qemu_bench() { # url write?
 palisade_perf() { # target iqn lun port rw
   "$PALISADE" perf --help 2>/dev/null | grep -q -- '--transport' || { echo "skip"; return; }
   local out; out=$(taskset -c "$CLIENT_CORE" "$PALISADE" perf --transport iscsi --addr 127.0.0.1 --port "$3" --target "$1" \
-    --lun "$2" --qd 32 --bs 4k --rw "$4" --time "$DURATION" 2>&1)
-  local iops p99; iops=$(echo "$out" | grep -oi 'iops[^0-9]*[0-9.]*' | head -1 | grep -o '[0-9.]*$')
-  p99=$(echo "$out" | grep -oi 'p99[^0-9]*[0-9.]*[a-z]*' | head -1 | sed 's/^[^0-9]*//')
-  echo "$(printf '%.0f' "$(echo "${iops:-0} * $DURATION" | bc)") $(printf '%.0f' "$(echo "${iops:-0} * $DURATION * 4096" | bc)") ${p99:-n/a}"
+    --lun "$2" --qd 32 --bs 4k --rw "$4" --time "${DURATION}s" --json 2>/dev/null)
+  # The JSON summary: completed I/Os, bytes and p99 latency in microseconds.
+  echo "$out" | python3 -c 'import json,sys
+try:
+    v = json.load(sys.stdin); print(v["ios"], v["ios"] * 4096, "%.0fus" % v["lat_us"]["p99"])
+except Exception:
+    print(0, 0, "n/a")'
 }
 
 declare -A RES

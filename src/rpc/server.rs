@@ -53,30 +53,27 @@ pub fn claim_socket_path(path: &Path) -> Result<std::fs::File, ServeError> {
 }
 
 pub async fn serve_unix(app: Arc<App>, listener: tokio::net::UnixListener) {
-    loop {
-        match listener.accept().await {
-            Ok((s, _)) => {
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let (r, w) = s.into_split();
-                    serve_conn(app, r, w).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!("RPC accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept_loop(app, || async { listener.accept().await.map(|(s, _)| s) }).await
 }
 
 pub async fn serve_tcp(app: Arc<App>, listener: tokio::net::TcpListener) {
+    accept_loop(app, || async { listener.accept().await.map(|(s, _)| s) }).await
+}
+
+/// Accept connections for ever, serving each on its own task; a failed accept (out of
+/// descriptors, say) is retried after a pause instead of ending the server.
+async fn accept_loop<S, F, Fut>(app: Arc<App>, mut accept: F)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
     loop {
-        match listener.accept().await {
-            Ok((s, _)) => {
+        match accept().await {
+            Ok(s) => {
                 let app = app.clone();
                 tokio::spawn(async move {
-                    let (r, w) = s.into_split();
+                    let (r, w) = tokio::io::split(s);
                     serve_conn(app, r, w).await;
                 });
             }

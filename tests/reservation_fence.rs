@@ -181,7 +181,10 @@ fn preempt_and_abort_drains_every_reactor_before_completing() {
     assert!(late.is_empty(), "{} victim writes landed after the preempt completed (first: seq {})", late.len(), late[0].1);
     let drained = landed.iter().filter(|(t, _)| *t >= t_start).count();
     assert!(drained > 0, "writes were in flight when the preempt started (the drain was exercised)");
-    assert!(t_done.duration_since(t_start) >= DELAY / 2, "completion waited for in-flight writes");
+    // (No wall-clock bound on the wait: how long it lasts depends on when the victim's reactor
+    // last submitted, which a loaded machine delays. The assertions around this line are exact:
+    // writes landed after the fence started and before it completed, none after, and every
+    // accepted write landed.)
     assert!(accepted.lock().unwrap().iter().all(|(t, _)| *t < t_done));
     assert!(refused.load(Ordering::Relaxed), "the victim is refused after the fence");
     // Every accepted write landed (nothing lost in the proxy), and each exactly once.

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::bdev::{self, Bdev, IoOp, IoRequest};
 use crate::reactor::{alloc, parse_core_mask, Core, Handler, HandlerRef, IoBuf, IoEvent, PollMode, ReactorSet};
+use super::perf::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
@@ -172,17 +173,6 @@ struct Slot {
     start: Instant,
     unit: u64,
     write: bool,
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 struct Perf {

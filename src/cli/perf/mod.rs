@@ -247,9 +247,10 @@ fn check_pattern(buf: &[u8], bs: usize, lba: u64, gen: u32) -> Result<(), String
     Ok(())
 }
 
-struct Rng(u64);
+/// The offset generator of both load generators (`perf`, `bdevperf`).
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         // xorshift64*: cheap and good enough for offsets.
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;

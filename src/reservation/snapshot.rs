@@ -93,7 +93,9 @@ impl Snapshot {
         if self.regs.is_empty() {
             return None;
         }
-        self.find(who, who.fingerprint(true)).or_else(|| self.find(who, who.fingerprint(false))).map(|i| self.keys[i])
+        self.find(who, who.fingerprint(true))
+            .or_else(|| if who.has_target_port() { self.find(who, who.fingerprint(false)) } else { None })
+            .map(|i| self.keys[i])
     }
 
     fn find(&self, who: NexusRef, fp: u64) -> Option<usize> {
@@ -105,7 +107,8 @@ impl Snapshot {
     }
 
     fn registered(&self, who: NexusRef) -> bool {
-        self.lookup(who, who.fingerprint(true)) || self.lookup(who, who.fingerprint(false))
+        // An NVMe nexus has one fingerprint: look it up once.
+        self.lookup(who, who.fingerprint(true)) || (who.has_target_port() && self.lookup(who, who.fingerprint(false)))
     }
 
     fn lookup(&self, who: NexusRef, fp: u64) -> bool {

@@ -124,6 +124,13 @@ impl ScsiResponse {
     pub fn data(task_tag: u32, buf: IoBuf, len: u32) -> Self {
         ScsiResponse { task_tag, status: status::GOOD, sense: None, data_in: Some(buf), data_len: len }
     }
+    /// Parameter data built in memory (INQUIRY, MODE SENSE, PR IN...) copied into a pooled buffer.
+    pub fn from_bytes(task_tag: u32, bytes: &[u8]) -> Self {
+        let mut buf = IoBuf::new(bytes.len().max(1));
+        buf.set_len(bytes.len());
+        buf.copy_from_slice(bytes);
+        ScsiResponse::data(task_tag, buf, bytes.len() as u32)
+    }
 }
 
 /// A logical unit: a volume seen through SCSI, with the state every nexus shares.
@@ -389,12 +396,7 @@ impl ScsiPort {
     fn push(&mut self, tag: u32, r: Result<Option<Vec<u8>>, Sense>) {
         let resp = match r {
             Ok(None) => ScsiResponse::good(tag),
-            Ok(Some(bytes)) => {
-                let mut buf = IoBuf::new(bytes.len().max(1));
-                buf.set_len(bytes.len());
-                buf.copy_from_slice(&bytes);
-                ScsiResponse::data(tag, buf, bytes.len() as u32)
-            }
+            Ok(Some(bytes)) => ScsiResponse::from_bytes(tag, &bytes),
             Err(s) => ScsiResponse::check(tag, s),
         };
         self.done.push_back(resp);

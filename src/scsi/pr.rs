@@ -17,7 +17,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::{sense_key, status, Lun, ScsiCommand, ScsiPort, ScsiResponse, Sense};
-use crate::reactor::{Core, HandlerRef, IoBuf};
+use crate::reactor::{Core, HandlerRef};
 use crate::reservation::{Action, CommandClass, Nexus, PrError, PrEvent, PrState, ResType};
 use crate::volume::pr_gate::nexus_ref;
 use crate::volume::Denied;
@@ -438,14 +438,6 @@ pub fn take_deferred(port: &mut ScsiPort, msg: Box<dyn Any + Send>) -> Result<()
     Ok(())
 }
 
-fn respond(tag: u32, bytes: &[u8], alloc: usize) -> ScsiResponse {
-    let n = bytes.len().min(alloc);
-    let mut buf = IoBuf::new(n.max(1));
-    buf.set_len(n);
-    buf.copy_from_slice(&bytes[..n]);
-    ScsiResponse::data(tag, buf, n as u32)
-}
-
 /// Run a PR IN / PR OUT / RESERVE / RELEASE command for `port` on `lun`; the response is pushed to
 /// the port's done queue now or, for a PR OUT that waits for persistence or a drain, delivered
 /// later to `me` as a [`Deferred`] message.
@@ -456,10 +448,10 @@ pub fn execute(port: &mut ScsiPort, core: &mut Core, me: HandlerRef, lun: &Arc<L
     let who = nexus_ref(&port.initiator);
     let resp = match cdb[0] {
         PERSISTENT_RESERVE_IN => {
-            let alloc = if cdb.len() >= 9 { u16::from_be_bytes([cdb[7], cdb[8]]) as usize } else { 0 };
+            let alloc = super::cdb::alloc_len(&cmd.cdb, 7, 2);
             pr.observe(who);
             match pr.read(|s| pr_in(cdb, s)) {
-                Ok(d) => respond(tag, &d, alloc),
+                Ok(d) => ScsiResponse::from_bytes(tag, &d[..d.len().min(alloc)]),
                 Err(f) => f.response(tag),
             }
         }

@@ -4,7 +4,8 @@
 //! NVMe/TCP (Palisade's host). A is known to the layout store only by its PR key, which it
 //! registers over iSCSI: the guard maps its nexus to the client through the reservation engine.
 //!
-//! A writes into INVALID_DATA extents; stale data never shows; A commits and B reads A's data; A's
+//! A writes into INVALID_DATA extents and reads its data back while B sees zeros; stale data
+//! never shows; A commits and B reads A's data; A's
 //! write outside its grants is refused with DATA PROTECT; B's conflicting layout recalls A's
 //! grant, A keeps writing sequence-numbered blocks and never returns it, the recall timer fences A
 //! (PREEMPT AND ABORT of its key through the reservation engine) and nothing A wrote lands after
@@ -216,10 +217,14 @@ fn layout_story_iscsi_and_nvme_clients() {
     let l = g1["extents"][0]["volume_offset"].as_u64().unwrap() / BS;
     let a_data = vec![0xa1u8; 2 * BS as usize];
     assert_eq!(iscsi_write(&mut a, l, &a_data).status, 0, "A writes inside its grant");
-    // B (NVMe) reads the grant's LBAs: the blocks A has not written read as zeros, never stale.
-    let r = nvme_read(&mut b, l, 4);
+    // A reads back what it wrote (the blocks it has not written as zeros, never stale).
+    let (c, r) = a.command(0, &cdb10(0x28, l, 4), &[], 4 * BS as usize, Duration::from_secs(10)).unwrap();
+    assert_eq!(c.status, 0);
+    assert_eq!(&r[..2 * BS as usize], &a_data[..], "the grant holder reads its uncommitted data");
     assert!(r[2 * BS as usize..].iter().all(|&x| x == 0), "unwritten INVALID_DATA must read as zeros");
-    assert!(!r.contains(&STALE));
+    // B (NVMe) reads the same LBAs: all zeros, uncommitted data is not part of the file yet.
+    let r = nvme_read(&mut b, l, 4);
+    assert!(r.iter().all(|&x| x == 0), "B must see zeros for A's uncommitted blocks");
     // B may not write into A's grant.
     assert!(!nvme_write(&mut b, l, &vec![0xb0u8; BS as usize]), "B's write into A's grant must be refused");
 

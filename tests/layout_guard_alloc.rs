@@ -54,7 +54,7 @@ fn guard_hot_path_does_not_allocate() {
     // Warm up (first ArcSwap loads on this thread may set up its debt list).
     for _ in 0..4 {
         let _ = g.check_write(&who, 0, 8);
-        let _ = g.check_read(0, 32);
+        let _ = g.check_read(g.reader(&who), 0, 32);
     }
     let before = ALLOCS.load(Ordering::Relaxed);
     let mut seen = (0, 0, 0);
@@ -68,9 +68,10 @@ fn guard_hot_path_does_not_allocate() {
             WriteVerdict::Refuse => seen.1 += 1,
             WriteVerdict::Allow => {}
         }
-        if g.check_read(lba, 32.min(1024 - lba)) == ReadVerdict::Mixed {
+        let reader = g.reader(if i % 2 == 0 { &stranger } else { &who });
+        if g.check_read(reader, lba, 32.min(1024 - lba)) == ReadVerdict::Mixed {
             seen.2 += 1;
-            g.zero_fill(lba, 32.min(1024 - lba), &mut buf);
+            g.zero_fill(reader, lba, 32.min(1024 - lba), &mut buf);
         }
     }
     let after = ALLOCS.load(Ordering::Relaxed);

@@ -51,7 +51,9 @@ pub enum ReadVerdict {
 #[derive(Debug)]
 enum Kind {
     Data,
-    Pending { bits: Arc<Bitmap>, bit_off: u64 },
+    /// Unwritten blocks of a grant: a set bit marks a block its holder (client `owner`) has
+    /// written since allocation; only the holder may read those back before commit.
+    Pending { bits: Arc<Bitmap>, bit_off: u64, owner: u32 },
 }
 
 #[derive(Debug)]
@@ -103,9 +105,11 @@ impl Snapshot {
             data.extend(f.map.iter().map(|(_, run)| (run.lba * r, (run.lba + run.len) * r)));
         }
         let mut segs: Vec<Seg> = merge(data).into_iter().map(|(start, end)| Seg { start, end, kind: Kind::Data }).collect();
+        let index: HashMap<&str, u32> = st.clients.keys().enumerate().map(|(i, id)| (id.as_str(), i as u32)).collect();
         for g in st.grants.values() {
+            let owner = index.get(g.head.client.as_str()).copied().unwrap_or(u32::MAX);
             for (_, p) in g.pending.iter() {
-                segs.push(Seg { start: p.lba * r, end: (p.lba + p.len) * r, kind: Kind::Pending { bits: p.bits.clone(), bit_off: p.bit_off } });
+                segs.push(Seg { start: p.lba * r, end: (p.lba + p.len) * r, kind: Kind::Pending { bits: p.bits.clone(), bit_off: p.bit_off, owner } });
             }
         }
         segs.sort_unstable_by_key(|s| s.start);
@@ -140,13 +144,16 @@ impl Snapshot {
         snap
     }
 
-    fn client(&self, who: &Who) -> Option<&ClientView> {
-        let i = who
-            .key
+    fn client_index(&self, who: &Who) -> Option<u32> {
+        who.key
             .and_then(|k| self.by_key.get(&k))
             .or_else(|| who.name.and_then(|n| self.by_name.get(n)))
-            .or_else(|| who.host_id.and_then(|h| self.by_host_id.get(h)))?;
-        self.clients.get(*i as usize)
+            .or_else(|| who.host_id.and_then(|h| self.by_host_id.get(h)))
+            .copied()
+    }
+
+    fn client(&self, who: &Who) -> Option<&ClientView> {
+        self.clients.get(self.client_index(who)? as usize)
     }
 
     /// Index of the first segment ending after `lba`.
@@ -158,8 +165,9 @@ impl Snapshot {
         self.segs[self.first(lba)..].iter().take_while(|s| s.start < end).any(|s| matches!(s.kind, Kind::Pending { .. }))
     }
 
-    /// Walk `[lba, end)` calling `f(start, end, readable)` for each piece, in order.
-    fn walk(&self, lba: u64, end: u64, mut f: impl FnMut(u64, u64, bool)) {
+    /// Walk `[lba, end)` calling `f(start, end, readable)` for each piece, in order, as `reader`
+    /// (a client index, or `NOBODY`) may see it.
+    fn walk(&self, reader: u32, lba: u64, end: u64, mut f: impl FnMut(u64, u64, bool)) {
         let mut pos = lba;
         for s in self.segs[self.first(lba)..].iter().take_while(|s| s.start < end) {
             if s.start > pos {
@@ -169,7 +177,9 @@ impl Snapshot {
             let e = s.end.min(end);
             match &s.kind {
                 Kind::Data => f(pos, e, true),
-                Kind::Pending { bits, bit_off } => {
+                // Someone else's uncommitted blocks are not part of any file yet: zeros.
+                Kind::Pending { owner, .. } if *owner != reader => f(pos, e, false),
+                Kind::Pending { bits, bit_off, .. } => {
                     let mut a = pos;
                     while a < e {
                         let set = bits.get(bit_off + a - s.start);
@@ -189,6 +199,9 @@ impl Snapshot {
         }
     }
 }
+
+/// The reader index of an I/O whose nexus maps to no client (matches no grant's owner).
+pub const NOBODY: u32 = u32::MAX - 1;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Counters {
@@ -269,15 +282,23 @@ impl Guard {
         }
     }
 
-    /// Which blocks of a read of `[lba, lba+n)` hold data anyone may see?
-    pub fn check_read(&self, lba: u64, n: u64) -> ReadVerdict {
+    /// The reader identity `check_read` and `zero_fill` take: the client index of `who` in the
+    /// current layout (`NOBODY` when it maps to none). A layout change between calls only ever
+    /// hides more (a stale index misses the reader's pending blocks), never exposes.
+    pub fn reader(&self, who: &Who) -> u32 {
+        self.snap.load().client_index(who).unwrap_or(NOBODY)
+    }
+
+    /// Which blocks of a read of `[lba, lba+n)` by `reader` (see [`Guard::reader`]) hold data it
+    /// may see?
+    pub fn check_read(&self, reader: u32, lba: u64, n: u64) -> ReadVerdict {
         let policy = self.policy();
         if policy == Policy::Off {
             return ReadVerdict::Data;
         }
         let snap = self.snap.load();
         let (mut data, mut zero) = (false, false);
-        snap.walk(lba, lba.saturating_add(n), |_, _, readable| if readable { data = true } else { zero = true });
+        snap.walk(reader, lba, lba.saturating_add(n), |_, _, readable| if readable { data = true } else { zero = true });
         let v = match (data, zero) {
             (_, false) => ReadVerdict::Data,
             (false, true) => ReadVerdict::Zeros,
@@ -297,13 +318,13 @@ impl Guard {
     }
 
     /// Zero the blocks of a completed read that nobody may see (buf holds `[lba, lba+n)`).
-    pub fn zero_fill(&self, lba: u64, n: u64, buf: &mut [u8]) {
+    pub fn zero_fill(&self, reader: u32, lba: u64, n: u64, buf: &mut [u8]) {
         if self.policy() != Policy::Enforce {
             return;
         }
         let bs = self.block_size as usize;
         let snap = self.snap.load();
-        snap.walk(lba, lba.saturating_add(n), |s, e, readable| {
+        snap.walk(reader, lba, lba.saturating_add(n), |s, e, readable| {
             if !readable {
                 let a = ((s - lba) as usize * bs).min(buf.len());
                 let b = ((e - lba) as usize * bs).min(buf.len());
@@ -317,7 +338,7 @@ impl Guard {
         let snap = self.snap.load();
         let end = lba.saturating_add(n);
         for s in snap.segs[snap.first(lba)..].iter().take_while(|s| s.start < end) {
-            if let Kind::Pending { bits, bit_off } = &s.kind {
+            if let Kind::Pending { bits, bit_off, .. } = &s.kind {
                 let a = lba.max(s.start);
                 let b = end.min(s.end);
                 bits.set_range(bit_off + a - s.start, b - a);

@@ -73,8 +73,8 @@ fn hole_get_commit_return() {
     assert_eq!(m["extents"][1]["state"], "NONE_DATA");
     assert_eq!(m["pending"].as_array().unwrap().len(), 1);
     // The unwritten half still reads as zeros; the committed half as data.
-    assert_eq!(v.guard().check_read(vo / BS, 2), guard::ReadVerdict::Data);
-    assert_eq!(v.guard().check_read(vo / BS + 2, 2), guard::ReadVerdict::Zeros);
+    assert_eq!(v.guard().check_read(guard::NOBODY, vo / BS, 2), guard::ReadVerdict::Data);
+    assert_eq!(v.guard().check_read(guard::NOBODY, vo / BS + 2, 2), guard::ReadVerdict::Zeros);
     v.layout_return(g.grant, None).unwrap();
     assert_eq!(v.with_state(|s| (s.free.free_blocks(), s.grants.len())), (62, 0));
     assert!(v.check().is_empty());
@@ -365,7 +365,7 @@ fn layout_blocks_larger_than_device_blocks() {
     let dl = g.extents[0].volume_offset / 512;
     v.guard().mark_written(dl, 8); // all of layout block 0
     v.guard().mark_written(dl + 8, 4); // half of layout block 1
-    assert_eq!(v.guard().check_read(dl + 8, 8), guard::ReadVerdict::Mixed);
+    assert_eq!(v.guard().check_read(v.guard().reader(&guard::Who { key: Some(1), ..Default::default() }), dl + 8, 8), guard::ReadVerdict::Mixed);
     let c = v.layout_commit(g.grant, &[(0, 2 * BS)], None).unwrap();
     assert_eq!((c.committed_bytes, c.unwritten_bytes), (BS, BS));
     drop(v);

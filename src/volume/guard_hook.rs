@@ -21,6 +21,8 @@ struct Held {
     owner: HandlerRef,
     tag: u64,
     read: bool,
+    /// The reader's client index (see `Guard::reader`), for reads.
+    reader: u32,
     lba: u64,
     n: u64,
     guard: Arc<Guard>,
@@ -40,7 +42,7 @@ impl Handler for Interposer {
         if ev.status == 0 {
             if h.read {
                 if let Some(b) = ev.buf.as_mut() {
-                    h.guard.zero_fill(h.lba, h.n, b.as_mut_slice());
+                    h.guard.zero_fill(h.reader, h.lba, h.n, b.as_mut_slice());
                 }
             } else {
                 h.guard.mark_written(h.lba, h.n);
@@ -73,14 +75,16 @@ fn who<'a>(pr: &Snapshot, i: &'a Initiator) -> Who<'a> {
     }
 }
 
-fn via_interposer(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, mut req: IoRequest, read: bool) {
+/// `read`: the reader's index for a read, `None` for a write.
+fn via_interposer(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, mut req: IoRequest, read: Option<u32>) {
     let Some(me) = INTERPOSER.with(|i| *i.borrow()) else {
         // Without the interposer the guarantee cannot be kept: fail rather than expose data.
         tracing::error!("layout guard interposer missing on reactor {}", core.id);
         req.complete(core, -libc::EIO);
         return;
     };
-    let held = Held { owner: req.owner, tag: req.tag, read, lba: req.offset_blocks, n: req.num_blocks, guard: guard.clone() };
+    let (read, reader) = (read.is_some(), read.unwrap_or(crate::layout::guard::NOBODY));
+    let held = Held { owner: req.owner, tag: req.tag, read, reader, lba: req.offset_blocks, n: req.num_blocks, guard: guard.clone() };
     req.tag = HELD.with(|s| s.borrow_mut().insert(held)) as u64;
     req.owner = me;
     down.send(core, req);
@@ -96,7 +100,9 @@ pub fn submit(
     mut req: IoRequest,
 ) -> Result<(), (IoRequest, Denied)> {
     match req.op {
-        IoOp::Read => match guard.check_read(req.offset_blocks, req.num_blocks) {
+        IoOp::Read => {
+            let reader = guard.reader(&who(pr, who_));
+            match guard.check_read(reader, req.offset_blocks, req.num_blocks) {
             ReadVerdict::Data => down.send(core, req),
             ReadVerdict::Zeros => {
                 if let Some(b) = req.buf.as_mut() {
@@ -104,14 +110,15 @@ pub fn submit(
                 }
                 req.complete(core, 0);
             }
-            ReadVerdict::Mixed => via_interposer(core, down, guard, req, true),
-        },
+            ReadVerdict::Mixed => via_interposer(core, down, guard, req, Some(reader)),
+            }
+        }
         IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => match guard.check_write(&who(pr, who_), req.offset_blocks, req.num_blocks) {
             WriteVerdict::Refuse => return Err((req, Denied::WriteProtected)),
             WriteVerdict::Allow => down.send(core, req),
             // Unmapped blocks have no defined content: they stay unwritten (read as zeros).
             WriteVerdict::Track if req.op == IoOp::Unmap => down.send(core, req),
-            WriteVerdict::Track => via_interposer(core, down, guard, req, false),
+            WriteVerdict::Track => via_interposer(core, down, guard, req, None),
         },
         IoOp::Flush => down.send(core, req),
     }
@@ -214,13 +221,15 @@ mod tests {
         assert_eq!(rig.io(&b, IoOp::Write, l, 1, 0xb0).unwrap_err(), Denied::WriteProtected);
         assert_eq!(rig.io(&a, IoOp::Write, l + 4, 1, 0xa0).unwrap_err(), Denied::WriteProtected);
         assert_eq!(rig.io(&a, IoOp::Write, l, 1, 0xa1).unwrap().0, 0);
-        // Written block reads back (to the holder and to others), the unwritten one as zeros.
-        for who in [&a, &b] {
-            let (st, data) = rig.io(who, IoOp::Read, l, 2, 0x55).unwrap();
-            assert_eq!(st, 0);
-            assert!(data[..BS].iter().all(|&x| x == 0xa1));
-            assert!(data[BS..].iter().all(|&x| x == 0), "unwritten block must read as zeros");
-        }
+        // Before commit the holder reads back what it wrote, the unwritten block as zeros; anyone
+        // else sees zeros for both (the blocks are not part of the file yet).
+        let (st, data) = rig.io(&a, IoOp::Read, l, 2, 0x55).unwrap();
+        assert_eq!(st, 0);
+        assert!(data[..BS].iter().all(|&x| x == 0xa1));
+        assert!(data[BS..].iter().all(|&x| x == 0), "unwritten block must read as zeros");
+        let (st, data) = rig.io(&b, IoOp::Read, l, 2, 0x55).unwrap();
+        assert_eq!(st, 0);
+        assert!(data.iter().all(|&x| x == 0), "another client must not see uncommitted data");
         let c = lv.layout_commit(g.grant, &[(0, 4 * BS as u64)], Some(4 * BS as u64)).unwrap();
         assert_eq!((c.committed_bytes, c.unwritten_bytes), (BS as u64, 3 * BS as u64));
         let (_, data) = rig.io(&b, IoOp::Read, l, 2, 0x55).unwrap();

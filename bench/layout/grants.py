@@ -92,6 +92,18 @@ def main():
             results[mode] = (n, dt)
             print(f"{mode:6s}: {n} grants in {dt:.2f} s = {n / dt:.0f} grants/s (get+commit+return, {a.grant_kib} KiB each, guard {a.guard})")
         print(f"journal file: {meta} ({os.path.getsize(meta)} bytes at the end)")
+        # The floor to compare with: the same directory's rate of small appends each made durable
+        # (write + fsync), what one journal transaction costs at least.
+        probe = os.path.join(work, "fsync.probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        k, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < min(a.seconds, 3):
+            os.write(fd, b"x" * 128)
+            os.fsync(fd)
+            k += 1
+        dt = time.monotonic() - t0
+        os.close(fd)
+        print(f"fsync floor: {k / dt:.0f} durable 128-byte appends/s in the same directory")
     finally:
         proc.terminate()
         proc.wait(timeout=15)

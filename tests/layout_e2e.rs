@@ -349,6 +349,15 @@ fn layout_story_iscsi_and_nvme_clients() {
     let maps: Vec<Value> = [json!(1), json!("clone")].iter().map(|f| t.rpc("layout_file_map", json!({"volume": "lv0", "file": f}))).collect();
     assert_eq!(maps[1]["extents"][0]["volume_offset"].as_u64().unwrap(), lc * BS);
     assert_eq!(maps[0]["extents"][0]["volume_offset"].as_u64().unwrap(), l * BS);
+    // B writes two blocks of a new uncommitted grant and flushes: the flush makes the target's
+    // record of which blocks were written durable, so the commit after the crash keeps them.
+    let gf = t.rpc("layout_get", json!({"volume": "lv0", "file": "clone", "client": "B", "offset": 4 * BS, "length": 4 * BS, "iomode": "rw"}));
+    assert_eq!(gf["extents"][0]["state"], "INVALID_DATA");
+    let lf = gf["extents"][0]["volume_offset"].as_u64().unwrap() / BS;
+    assert!(nvme_write(&mut b, lf, &vec![0xf1u8; 2 * BS as usize]));
+    let mut flush = palisade::nvme::spec::Sqe::default();
+    flush.set_opcode(0x00).set_nsid(1);
+    assert!(b.sync(flush, None, 0).unwrap().0.status.is_ok(), "NVMe Flush");
     drop(a);
     drop(b);
     drop(bc);
@@ -364,6 +373,9 @@ fn layout_story_iscsi_and_nvme_clients() {
     assert_eq!(maps, maps2);
     assert_eq!(read_file(&dev, l, 2), a_data);
     assert!(read_file(&dev, lc, 1).iter().all(|&x| x == 0xb1));
+    let c = t.rpc("layout_commit", json!({"grant": gf["grant"], "ranges": [{"offset": 4 * BS, "length": 4 * BS}], "new_size": 8 * BS}));
+    assert_eq!((c["committed_bytes"].as_u64(), c["unwritten_bytes"].as_u64()), (Some(2 * BS), Some(2 * BS)), "flushed writes survive the crash: {c}");
+    assert!(read_file(&dev, lf, 2).iter().all(|&x| x == 0xf1));
     t.stop();
     assert!(started.elapsed() < Duration::from_secs(60), "story took {:?}", started.elapsed());
 }

@@ -21,7 +21,7 @@ fn nvme(id: u16, nqn: &str) -> Initiator {
 
 fn run(v: &Volume, who: &Initiator, a: Action) {
     let (tx, rx) = mpsc::channel();
-    let now = v.reservations().execute(nexus_ref(who), a, Box::new(move |r| drop(tx.send(r.is_ok()))));
+    let now = v.reservations().execute(nexus_ref(who), a, Box::new(move |r| { let _ = tx.send(r.is_ok()); }));
     let ok = match now {
         Some(r) => r.is_ok(),
         None => rx.recv().unwrap(),

@@ -38,6 +38,27 @@ impl Bitmap {
     pub fn all(&self, start: u64, len: u64) -> bool {
         (start..start + len).all(|i| self.get(i))
     }
+    /// Runs of set bits inside `[start, start+len)`, as (first bit, count).
+    pub fn runs(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let end = (start + len).min(self.bits);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut i = start;
+        while i < end {
+            let w = self.words[(i / 64) as usize].load(Ordering::Acquire) >> (i % 64);
+            if w == 0 {
+                i = (i / 64 + 1) * 64; // rest of this word is clear
+                continue;
+            }
+            if w & 1 != 0 {
+                match out.last_mut() {
+                    Some(l) if l.0 + l.1 == i => l.1 += 1,
+                    _ => out.push((i, 1)),
+                }
+            }
+            i += 1;
+        }
+        out
+    }
     /// Is any of `[start, start+len)` set?
     pub fn any(&self, start: u64, len: u64) -> bool {
         (start..start + len).any(|i| self.get(i))
@@ -55,5 +76,7 @@ mod tests {
         assert!(b.all(60, 70) && !b.all(59, 2) && b.any(0, 61) && !b.any(130, 70));
         b.set_range(190, 100);
         assert!(b.get(199) && !b.get(200));
+        assert_eq!(b.runs(0, 200), vec![(60, 70), (190, 10)]);
+        assert_eq!(b.runs(100, 95), vec![(100, 30), (190, 5)]);
     }
 }

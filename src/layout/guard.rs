@@ -7,7 +7,8 @@
 //! takes no lock either. Everything here is in device blocks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -221,11 +222,19 @@ pub struct Guard {
     pub block_size: u32,
     /// Identities of the metadata server: its writes are allowed anywhere (reads still zero-fill).
     trusted: ArcSwap<Vec<String>>,
+    /// Bits were set since the store last made them durable.
+    dirty: AtomicBool,
+    /// The store's thread that makes written bits durable (see [`Guard::persist_then`]).
+    persister: arc_swap::ArcSwapOption<Sender<PersistDone>>,
 }
+
+/// Called once the written-since-allocation bits set so far are durable (`true`) or could not be
+/// made so (`false`).
+pub type PersistDone = Box<dyn FnOnce(bool) + Send>;
 
 impl Guard {
     pub fn new(volume: &str, policy: Policy, block_size: u32) -> Guard {
-        Guard { volume: volume.to_string(), policy: AtomicU8::new(policy as u8), snap: ArcSwap::from_pointee(Snapshot::default()), counters: Counters::default(), block_size, trusted: ArcSwap::from_pointee(Vec::new()) }
+        Guard { volume: volume.to_string(), policy: AtomicU8::new(policy as u8), snap: ArcSwap::from_pointee(Snapshot::default()), counters: Counters::default(), block_size, trusted: ArcSwap::from_pointee(Vec::new()), dirty: AtomicBool::new(false), persister: Default::default() }
     }
     pub fn policy(&self) -> Policy {
         match self.policy.load(Ordering::Relaxed) {
@@ -333,6 +342,38 @@ impl Guard {
         });
     }
 
+    /// Have bits been set since they were last made durable?
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+    /// Claim the dirty state (the store is about to save every bit set so far).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+    /// Saving failed: the bits stay dirty.
+    pub fn set_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+    pub fn set_persister(&self, tx: Option<Sender<PersistDone>>) {
+        self.persister.store(tx.map(Arc::new));
+    }
+    /// Make the bits set so far durable, then call `done` (from the store's thread, or at once
+    /// when nothing is dirty or no store listens). The volume does this for a flush or FUA write:
+    /// like a write cache, the bits are durable when the initiator asked for durability.
+    pub fn persist_then(&self, done: PersistDone) {
+        if !self.is_dirty() {
+            return done(true);
+        }
+        match &*self.persister.load() {
+            Some(tx) => {
+                if let Err(e) = tx.send(done) {
+                    (e.0)(false);
+                }
+            }
+            None => done(true),
+        }
+    }
+
     /// Record a completed write of `[lba, lba+n)` in the written-since-allocation bits.
     pub fn mark_written(&self, lba: u64, n: u64) {
         let snap = self.snap.load();
@@ -343,6 +384,9 @@ impl Guard {
                 let b = end.min(s.end);
                 bits.set_range(bit_off + a - s.start, b - a);
             }
+        }
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Release);
         }
         self.counters.writes_tracked.fetch_add(1, Ordering::Relaxed);
     }

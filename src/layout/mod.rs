@@ -34,15 +34,14 @@
 //!
 //! # Known limits
 //!
-//! - Written-since-allocation bits live in memory, and are not saved at a clean shutdown either:
-//!   after a restart (or while the guard is `off`, when commits trust the client) blocks written
-//!   before are not known, so they read as zeros and a commit under `enforce` leaves them
-//!   unwritten (the client must write them again).
+//! - Written-since-allocation bits behave like a volatile write cache: they are journaled
+//!   (`pending_written` records) when the initiator flushes (SYNCHRONIZE CACHE, NVMe Flush) or
+//!   writes FUA through the volume, and at a clean shutdown; NVMe namespaces of guarded volumes
+//!   report a volatile write cache so hosts do flush. Blocks written but neither flushed nor
+//!   committed before a crash read as zeros afterwards (never stale) and a commit under
+//!   `enforce` leaves them unwritten. While the guard is `off`, commits trust the client.
 //! - With [`recall::GuardOnlyFencer`] instead of the reservation fencer, a write already past the
 //!   guard when a fence starts can still land in blocks the fence frees.
-//! - Blocks a client wrote into its INVALID_DATA extents read back as data to every reader before
-//!   commit, not only to the grant holder (the read path does not identify the reader); stale
-//!   data (blocks nobody wrote since allocation) never shows.
 //! - Metadata on a bdev (`metadata_bdev`) is not implemented; only a file journal is.
 //! - Truncating to a size inside a block keeps that block mapped; the store cannot zero its tail
 //!   (no data path of its own), so the metadata server must zero it before growing the file again.

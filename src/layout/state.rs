@@ -57,8 +57,10 @@ pub struct Client {
 }
 
 /// An unwritten extent held by a grant, with its written-since-allocation bits (device blocks;
-/// `bit_off` is where this piece starts in the bitmap of the original allocation). The bits are
-/// not persisted: after a restart they start empty, so unknown blocks read as zeros.
+/// `bit_off` is where this piece starts in the bitmap of the original allocation). Reactors set
+/// the bits as writes complete; they are made durable like a write cache: by `PendingWritten`
+/// records journaled at a flush or FUA write through the volume, at commit and at a clean
+/// shutdown. After a crash, blocks whose bits were not yet durable read as zeros (never stale).
 #[derive(Clone, Debug)]
 pub struct Pending {
     pub lba: u64,
@@ -118,7 +120,36 @@ pub struct Grant {
     pub recall: Option<Recall>,
 }
 
+impl State {
+    /// The durable written runs of `g`, clipped to its current unwritten extents (a partial
+    /// release may have dropped some).
+    pub fn saved_runs(&self, g: &Grant) -> Vec<(u64, u64)> {
+        let Some(runs) = self.saved_written.get(&g.head.id) else { return Vec::new() };
+        let mut out = Vec::new();
+        for (_, p) in g.pending.iter() {
+            let (s, e) = (p.lba * p.ratio, (p.lba + p.len) * p.ratio);
+            for &(a, n) in runs {
+                let (x, y) = (a.max(s), (a + n).min(e));
+                if x < y {
+                    out.push((x, y - x));
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
 impl Grant {
+    /// Runs of device blocks of its pending extents written since allocation, as (dlba, dlen).
+    pub fn written_runs(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for (_, p) in self.pending.iter() {
+            let s = p.lba * p.ratio;
+            out.extend(p.bits.runs(p.bit_off, p.len * p.ratio).into_iter().map(|(b, n)| (s + b - p.bit_off, n)));
+        }
+        out
+    }
     pub fn end(&self) -> u64 {
         self.head.off + self.head.len
     }
@@ -149,6 +180,9 @@ pub enum Record {
     GrantAlloc { grant: u64, fblk: u64, lba: u64, len: u64 },
     /// Drop the grant's pending extents inside the file range (the blocks lose a reference).
     GrantRelease { grant: u64, fblk: u64, len: u64 },
+    /// Device blocks `[dlba, dlba+dlen)` of the grant's pending extents were written since
+    /// allocation (sets their written-since-allocation bits; idempotent).
+    PendingWritten { grant: u64, dlba: u64, dlen: u64 },
     ClientPut { client: String, key: u64, identities: Vec<String> },
     ClientFence { client: String, fenced: bool },
 }
@@ -162,6 +196,11 @@ pub struct State {
     pub next_grant: u64,
     pub free: FreeTree,
     pub refs: RefMap,
+    /// Written-since-allocation runs (device blocks) that are durable: journaled as
+    /// `PendingWritten` records or in the checkpoint, per grant. The live bitmaps may hold more
+    /// (writes since the last flush); only these go into a checkpoint, since a block's data is
+    /// only known durable once the initiator flushed it.
+    pub saved_written: BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
 fn corrupt(s: impl Into<String>) -> LayoutError {
@@ -171,7 +210,7 @@ fn corrupt(s: impl Into<String>) -> LayoutError {
 impl State {
     pub fn new(sb: Superblock) -> State {
         let free = FreeTree::new(sb.num_blocks);
-        State { sb, files: BTreeMap::new(), clients: BTreeMap::new(), grants: BTreeMap::new(), next_grant: 1, free, refs: RefMap::default() }
+        State { sb, files: BTreeMap::new(), clients: BTreeMap::new(), grants: BTreeMap::new(), next_grant: 1, free, refs: RefMap::default(), saved_written: BTreeMap::new() }
     }
 
     fn new_pending(&self, lba: u64, len: u64) -> Pending {
@@ -246,6 +285,7 @@ impl State {
                     return Err(corrupt(format!("grant {grant} dropped with pending extents")));
                 }
                 self.grants.remove(grant);
+                self.saved_written.remove(grant);
             }
             Record::GrantAlloc { grant, fblk, lba, len } => {
                 if !self.grants.get(grant).is_some_and(|g| g.pending.is_hole(*fblk, *len)) {
@@ -260,6 +300,32 @@ impl State {
                 for (_, p) in g.pending.remove(*fblk, *len) {
                     self.drop_ref(p.lba, p.len)?;
                 }
+            }
+            Record::PendingWritten { grant, dlba, dlen } => {
+                let g = self.grants.get(grant).ok_or_else(|| corrupt(format!("written bits of unknown grant {grant}")))?;
+                let mut covered = 0;
+                for (_, p) in g.pending.iter() {
+                    let (s, e) = (p.lba * p.ratio, (p.lba + p.len) * p.ratio);
+                    let (a, b) = ((*dlba).max(s), (dlba + dlen).min(e));
+                    if a < b {
+                        p.bits.set_range(p.bit_off + a - s, b - a);
+                        covered += b - a;
+                    }
+                }
+                if covered != *dlen {
+                    return Err(corrupt(format!("grant {grant}: written blocks {dlba}+{dlen} are not all in its unwritten extents")));
+                }
+                let runs = self.saved_written.entry(*grant).or_default();
+                runs.push((*dlba, *dlen));
+                runs.sort_unstable();
+                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+                for &(a, n) in runs.iter() {
+                    match merged.last_mut() {
+                        Some(l) if l.0 + l.1 >= a => l.1 = l.1.max(a + n - l.0),
+                        _ => merged.push((a, n)),
+                    }
+                }
+                *runs = merged;
             }
             Record::ClientPut { client, key, identities } => {
                 let fenced = self.clients.get(client).is_some_and(|c| c.fenced);
@@ -280,7 +346,8 @@ impl State {
         self.sb.block_size as u64
     }
 
-    /// The persistent image (checkpoint): everything but volatile recall timers and bitmaps.
+    /// The persistent image (checkpoint): everything but volatile recall timers, with the durable
+    /// part of the written-since-allocation bits.
     pub fn image(&self) -> Image {
         Image {
             sb: self.sb.clone(),
@@ -289,7 +356,11 @@ impl State {
             grants: self
                 .grants
                 .values()
-                .map(|g| GrantImage { head: g.head.clone(), pending: g.pending.iter().map(|(f, p)| (f, p.lba, p.len)).collect() })
+                .map(|g| GrantImage {
+                    head: g.head.clone(),
+                    pending: g.pending.iter().map(|(f, p)| (f, p.lba, p.len)).collect(),
+                    written: self.saved_runs(g),
+                })
                 .collect(),
             next_grant: self.next_grant,
             free: self.free.extents().collect(),
@@ -343,6 +414,9 @@ impl State {
                 if !st.grants.get_mut(&g.head.id).unwrap().pending.insert(fblk, p) {
                     return Err(corrupt(format!("grant {}: overlapping pending extents", g.head.id)));
                 }
+            }
+            for (dlba, dlen) in g.written {
+                st.apply(&Record::PendingWritten { grant: g.head.id, dlba, dlen })?;
             }
         }
         st.free = FreeTree::default();
@@ -458,6 +532,9 @@ fn normalize(v: &[(u64, u64, u32)]) -> Vec<(u64, u64, u32)> {
 pub struct GrantImage {
     pub head: GrantHead,
     pub pending: Vec<(u64, u64, u64)>,
+    /// Written-since-allocation runs of the pending extents, device blocks (dlba, dlen).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub written: Vec<(u64, u64)>,
 }
 
 /// Serialized state (a checkpoint frame).

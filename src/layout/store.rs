@@ -755,10 +755,61 @@ impl LayoutVolume {
     }
 
     /// Compact the journal now (at clean shutdown, and for tests).
+    /// Write a checkpoint (with the written-since-allocation bits made durable so far; a clean
+    /// shutdown calls [`LayoutVolume::persist_written`] first, once the data bdev is synced).
     pub fn checkpoint(&self) -> Result<(), LayoutError> {
         let mut inner = self.inner.lock().unwrap();
         let Inner { st, meta } = &mut *inner;
         meta.checkpoint(st)
+    }
+
+    /// Journal the written-since-allocation bits set since the last time (one transaction of
+    /// `PendingWritten` records); returns how many records it wrote.
+    pub fn persist_written(&self) -> Result<usize, LayoutError> {
+        let mut inner = self.inner.lock().unwrap();
+        if !self.guard.take_dirty() {
+            return Ok(0);
+        }
+        let st = &inner.st;
+        let mut recs = Vec::new();
+        for (id, g) in st.grants.iter() {
+            let runs = g.written_runs();
+            if !runs.is_empty() && st.saved_runs(g) != runs {
+                recs.extend(runs.iter().map(|&(dlba, dlen)| Record::PendingWritten { grant: *id, dlba, dlen }));
+            }
+        }
+        let n = recs.len();
+        if n > 0 {
+            if let Err(e) = self.txn(&mut inner, |tx| recs.into_iter().try_for_each(|r| tx.rec(r))) {
+                self.guard.set_dirty();
+                return Err(e);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Serve [`Guard::persist_then`] from a thread of this volume: flushes that arrive together
+    /// share one journal transaction. The thread ends with the guard.
+    pub fn start_persister(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::channel::<super::guard::PersistDone>();
+        let weak = Arc::downgrade(self);
+        let name = self.name.clone();
+        let spawned = std::thread::Builder::new().name(format!("layout-flush-{name}")).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let batch: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
+                let ok = match weak.upgrade() {
+                    Some(v) => v.persist_written().map_err(|e| tracing::error!(volume = %name, "saving written-block bits failed: {e}")).is_ok(),
+                    None => false,
+                };
+                for done in batch {
+                    done(ok);
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => self.guard.set_persister(Some(tx)),
+            Err(e) => tracing::error!(volume = %self.name, "cannot start the flush thread: {e}; written bits are saved at commit and shutdown only"),
+        }
     }
 
     pub fn check(&self) -> Vec<String> {

@@ -64,7 +64,7 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
                 max_namespaces: if max_ns == 0 { namespaces.iter().map(|n| n.nsid).max().unwrap_or(0).max(1024) } else { max_ns },
                 ioccsz_bytes: 64 + opts.in_capsule_data_size,
                 max_cmd: opts.max_queue_depth as u16,
-                volatile_write_cache: namespaces.iter().any(|n| n.volume.bdev().info().write_cache),
+                volatile_write_cache: namespaces.iter().any(|n| n.volume.volatile_write_cache()),
                 oui: crate::volume::identity::OUI,
             };
             spec::identify_controller(&info, &mut page);

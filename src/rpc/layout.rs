@@ -146,7 +146,8 @@ impl LayoutApp {
     pub fn get(&self, name: &str) -> Option<Arc<LayoutVolume>> {
         self.volumes.lock().unwrap().get(name).map(|e| e.vol.clone())
     }
-    fn all(&self) -> Vec<Arc<LayoutVolume>> {
+    /// Every layout volume (shutdown checkpoints them).
+    pub fn all(&self) -> Vec<Arc<LayoutVolume>> {
         self.volumes.lock().unwrap().values().map(|e| e.vol.clone()).collect()
     }
 }
@@ -274,7 +275,11 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     })
     .await;
     let lv = match opened {
-        Ok(v) => Arc::new(v),
+        Ok(v) => {
+            let v = Arc::new(v);
+            v.start_persister();
+            v
+        }
         Err(e) => {
             c.app.layout.pr_fencer.detach(&p.name);
             c.app.volumes.close(&p.bdev_name, &user);

@@ -188,6 +188,13 @@ impl App {
                 tracing::error!(bdev = %b.info().name, "sync at shutdown failed: {e}");
             }
         }
+        // No write completes any more and the data is synced: the layout volumes'
+        // written-since-allocation bits are final and true; save them, then checkpoint.
+        for v in self.layout.all() {
+            if let Err(e) = v.persist_written().and_then(|_| v.checkpoint()) {
+                tracing::error!(volume = %v.name, "saving layout metadata at shutdown failed: {e}");
+            }
+        }
     }
 }
 

@@ -17,12 +17,21 @@ use crate::reservation::Snapshot;
 
 use super::{Denied, Downstream, Initiator};
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// A read: zero what the reader may not see (its client index, see `Guard::reader`).
+    Read(u32),
+    /// A write into unwritten extents: record its blocks (and, for FUA, make the record durable
+    /// before completing).
+    Write { fua: bool },
+    /// A flush: make the written-since-allocation bits durable before completing.
+    Flush,
+}
+
 struct Held {
     owner: HandlerRef,
     tag: u64,
-    read: bool,
-    /// The reader's client index (see `Guard::reader`), for reads.
-    reader: u32,
+    then: Then,
     lba: u64,
     n: u64,
     guard: Arc<Guard>,
@@ -39,14 +48,28 @@ impl Handler for Interposer {
     fn on_ready(&mut self, _: &mut Core, _: HandlerRef, _: &mio::event::Event) {}
     fn on_io_complete(&mut self, core: &mut Core, _me: HandlerRef, mut ev: IoEvent) {
         let Some(h) = HELD.with(|s| s.borrow_mut().try_remove(ev.tag as usize)) else { return };
+        let durable = ev.status == 0 && matches!(h.then, Then::Flush | Then::Write { fua: true });
         if ev.status == 0 {
-            if h.read {
-                if let Some(b) = ev.buf.as_mut() {
-                    h.guard.zero_fill(h.reader, h.lba, h.n, b.as_mut_slice());
+            match h.then {
+                Then::Read(reader) => {
+                    if let Some(b) = ev.buf.as_mut() {
+                        h.guard.zero_fill(reader, h.lba, h.n, b.as_mut_slice());
+                    }
                 }
-            } else {
-                h.guard.mark_written(h.lba, h.n);
+                Then::Write { .. } => h.guard.mark_written(h.lba, h.n),
+                Then::Flush => {}
             }
+        }
+        if durable && h.guard.is_dirty() {
+            // Complete once the bits are durable: from the store's thread, back on this reactor.
+            let (set, id, owner, tag, buf) = (core.reactors().clone(), core.id, h.owner, h.tag, ev.buf);
+            h.guard.persist_then(Box::new(move |ok| {
+                let status = if ok { 0 } else { -libc::EIO };
+                set.send(id, move |r| {
+                    r.with_handler(owner, |hd, core, me| hd.on_io_complete(core, me, IoEvent { tag, status, buf }));
+                });
+            }));
+            return;
         }
         core.complete(h.owner, IoEvent { tag: h.tag, status: ev.status, buf: ev.buf });
     }
@@ -75,16 +98,14 @@ fn who<'a>(pr: &Snapshot, i: &'a Initiator) -> Who<'a> {
     }
 }
 
-/// `read`: the reader's index for a read, `None` for a write.
-fn via_interposer(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, mut req: IoRequest, read: Option<u32>) {
+fn via_interposer(core: &mut Core, down: &Downstream, guard: &Arc<Guard>, mut req: IoRequest, then: Then) {
     let Some(me) = INTERPOSER.with(|i| *i.borrow()) else {
         // Without the interposer the guarantee cannot be kept: fail rather than expose data.
         tracing::error!("layout guard interposer missing on reactor {}", core.id);
         req.complete(core, -libc::EIO);
         return;
     };
-    let (read, reader) = (read.is_some(), read.unwrap_or(crate::layout::guard::NOBODY));
-    let held = Held { owner: req.owner, tag: req.tag, read, reader, lba: req.offset_blocks, n: req.num_blocks, guard: guard.clone() };
+    let held = Held { owner: req.owner, tag: req.tag, then, lba: req.offset_blocks, n: req.num_blocks, guard: guard.clone() };
     req.tag = HELD.with(|s| s.borrow_mut().insert(held)) as u64;
     req.owner = me;
     down.send(core, req);
@@ -110,7 +131,7 @@ pub fn submit(
                 }
                 req.complete(core, 0);
             }
-            ReadVerdict::Mixed => via_interposer(core, down, guard, req, Some(reader)),
+            ReadVerdict::Mixed => via_interposer(core, down, guard, req, Then::Read(reader)),
             }
         }
         IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => match guard.check_write(&who(pr, who_), req.offset_blocks, req.num_blocks) {
@@ -118,8 +139,12 @@ pub fn submit(
             WriteVerdict::Allow => down.send(core, req),
             // Unmapped blocks have no defined content: they stay unwritten (read as zeros).
             WriteVerdict::Track if req.op == IoOp::Unmap => down.send(core, req),
-            WriteVerdict::Track => via_interposer(core, down, guard, req, None),
+            WriteVerdict::Track => {
+                let fua = req.fua;
+                via_interposer(core, down, guard, req, Then::Write { fua })
+            }
         },
+        IoOp::Flush if guard.is_dirty() => via_interposer(core, down, guard, req, Then::Flush),
         IoOp::Flush => down.send(core, req),
     }
     Ok(())

@@ -142,6 +142,13 @@ impl Volume {
         self.guard.store(g);
     }
 
+    /// Whether a completed write may still need a flush to be durable: the bdev has a volatile
+    /// cache, or a layout guard records written-since-allocation bits (durable at a flush or FUA
+    /// write, see `layout::state::Pending`).
+    pub fn volatile_write_cache(&self) -> bool {
+        self.bdev.info().write_cache || self.guard.load().as_ref().is_some_and(|g| g.policy() != crate::layout::Policy::Off)
+    }
+
     /// The reservation check for commands that are not block I/O (MODE SELECT, SYNCHRONIZE
     /// CACHE, PR OUT, NVMe admin commands on a namespace...), by conflict-table class.
     #[inline]

@@ -90,10 +90,11 @@ impl FreeTree {
     }
 }
 
-/// Reference counts of owned blocks, as non-overlapping runs with a count ≥ 1.
+/// Reference counts of owned blocks, as non-overlapping runs with a count ≥ 1. A persistent map:
+/// it has a run per allocation, and the state (with it) is copied by every operation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RefMap {
-    runs: BTreeMap<u64, (u64, u32)>,
+    runs: imbl::OrdMap<u64, (u64, u32)>,
 }
 
 impl RefMap {
@@ -144,8 +145,11 @@ impl RefMap {
         }
         self.split_at(start);
         self.split_at(start + len);
-        for (_, v) in self.runs.range_mut(start..start + len) {
-            v.1 += 1;
+        let keys: Vec<u64> = self.runs.range(start..start + len).map(|(k, _)| *k).collect();
+        for k in keys {
+            if let Some(v) = self.runs.get_mut(&k) {
+                v.1 += 1;
+            }
         }
         Ok(())
     }

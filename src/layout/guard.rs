@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::bitmap::Bitmap;
-use super::state::State;
+use super::state::{Record, State};
 use super::types::{IoMode, Policy};
 
 /// Who issued an I/O, as far as the guard can tell: the PR key its nexus registered (from the
@@ -49,19 +49,16 @@ pub enum ReadVerdict {
     Mixed,
 }
 
+/// Unwritten blocks of a grant, device blocks `[start, end)`: a set bit marks a block its holder
+/// (client `owner`) has written since allocation; only the holder may read those back before
+/// commit.
 #[derive(Debug)]
-enum Kind {
-    Data,
-    /// Unwritten blocks of a grant: a set bit marks a block its holder (client `owner`) has
-    /// written since allocation; only the holder may read those back before commit.
-    Pending { bits: Arc<Bitmap>, bit_off: u64, owner: u32 },
-}
-
-#[derive(Debug)]
-struct Seg {
+struct Pend {
     start: u64,
     end: u64,
-    kind: Kind,
+    bits: Arc<Bitmap>,
+    bit_off: u64,
+    owner: u32,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +71,11 @@ struct ClientView {
 /// The layout as the data path sees it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    segs: Vec<Seg>,
+    /// Device ranges holding file data, sorted and merged; shared between snapshots until a
+    /// change to the file maps (most changes only touch grants).
+    data: Arc<Vec<(u64, u64)>>,
+    /// Grants' unwritten extents, sorted; never overlap `data`.
+    pending: Vec<Pend>,
     by_name: HashMap<String, u32>,
     by_key: HashMap<u64, u32>,
     by_host_id: HashMap<[u8; 16], u32>,
@@ -93,28 +94,77 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// Add `[s, e)` to sorted, merged ranges, keeping them so (a copy, no sort).
+fn insert_merged(v: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    // First range that ends at or after s (could touch or overlap), last that starts at or before e.
+    let i = v.partition_point(|r| r.1 < s);
+    let j = v.partition_point(|r| r.0 <= e);
+    if i == j {
+        v.insert(i, (s, e));
+    } else {
+        let merged = (v[i].0.min(s), v[j - 1].1.max(e));
+        v.splice(i..j, std::iter::once(merged));
+    }
+}
+
 /// An NVMe host identifier written as a UUID or 32 hex digits.
 fn parse_host_id(s: &str) -> Option<[u8; 16]> {
     uuid::Uuid::parse_str(s).ok().map(|u| *u.as_bytes())
 }
 
 impl Snapshot {
-    pub fn build(st: &State) -> Snapshot {
+    /// The data ranges of every file map (device blocks, merged).
+    pub fn data_of(st: &State) -> Arc<Vec<(u64, u64)>> {
         let r = st.sb.ratio();
         let mut data = Vec::new();
         for f in st.files.values() {
             data.extend(f.map.iter().map(|(_, run)| (run.lba * r, (run.lba + run.len) * r)));
         }
-        let mut segs: Vec<Seg> = merge(data).into_iter().map(|(start, end)| Seg { start, end, kind: Kind::Data }).collect();
+        Arc::new(merge(data))
+    }
+
+    /// The data ranges after a transaction's `recs`, from those of `prev`: shared when no map
+    /// changed, extended when runs were only mapped, recomputed when some were unmapped.
+    pub fn data_after(prev: &Snapshot, st: &State, recs: &[Record]) -> Arc<Vec<(u64, u64)>> {
+        if recs.iter().any(|r| matches!(r, Record::MapClear { .. })) {
+            return Snapshot::data_of(st);
+        }
+        let r = st.sb.ratio();
+        let added: Vec<(u64, u64)> =
+            recs.iter().filter_map(|x| if let Record::MapSet { lba, len, .. } = x { Some((lba * r, (lba + len) * r)) } else { None }).collect();
+        if added.is_empty() {
+            return prev.data.clone();
+        }
+        let mut v = Vec::with_capacity(prev.data.len() + added.len());
+        v.extend_from_slice(&prev.data);
+        for (s, e) in added {
+            insert_merged(&mut v, s, e);
+        }
+        Arc::new(v)
+    }
+
+    /// The data ranges this snapshot holds (tests compare them with a full rebuild).
+    pub fn data_ranges(&self) -> &[(u64, u64)] {
+        &self.data
+    }
+
+    /// Everything from the state (opening a volume).
+    pub fn build(st: &State) -> Snapshot {
+        Snapshot::build_with(st, Snapshot::data_of(st))
+    }
+
+    pub fn build_with(st: &State, data: Arc<Vec<(u64, u64)>>) -> Snapshot {
+        let r = st.sb.ratio();
         let index: HashMap<&str, u32> = st.clients.keys().enumerate().map(|(i, id)| (id.as_str(), i as u32)).collect();
+        let mut pending = Vec::new();
         for g in st.grants.values() {
             let owner = index.get(g.head.client.as_str()).copied().unwrap_or(u32::MAX);
             for (_, p) in g.pending.iter() {
-                segs.push(Seg { start: p.lba * r, end: (p.lba + p.len) * r, kind: Kind::Pending { bits: p.bits.clone(), bit_off: p.bit_off, owner } });
+                pending.push(Pend { start: p.lba * r, end: (p.lba + p.len) * r, bits: p.bits.clone(), bit_off: p.bit_off, owner });
             }
         }
-        segs.sort_unstable_by_key(|s| s.start);
-        let mut snap = Snapshot { segs, ..Default::default() };
+        pending.sort_unstable_by_key(|s| s.start);
+        let mut snap = Snapshot { data, pending, ..Default::default() };
         for (i, (id, c)) in st.clients.iter().enumerate() {
             let i = i as u32;
             snap.by_key.insert(c.key, i);
@@ -157,40 +207,62 @@ impl Snapshot {
         self.clients.get(self.client_index(who)? as usize)
     }
 
-    /// Index of the first segment ending after `lba`.
-    fn first(&self, lba: u64) -> usize {
-        self.segs.partition_point(|s| s.end <= lba)
+    /// Index of the first unwritten extent ending after `lba`.
+    fn first_pending(&self, lba: u64) -> usize {
+        self.pending.partition_point(|s| s.end <= lba)
+    }
+
+    fn pending_in(&self, lba: u64, end: u64) -> impl Iterator<Item = &Pend> {
+        self.pending[self.first_pending(lba)..].iter().take_while(move |s| s.start < end)
     }
 
     fn touches_pending(&self, lba: u64, end: u64) -> bool {
-        self.segs[self.first(lba)..].iter().take_while(|s| s.start < end).any(|s| matches!(s.kind, Kind::Pending { .. }))
+        self.pending_in(lba, end).next().is_some()
     }
 
     /// Walk `[lba, end)` calling `f(start, end, readable)` for each piece, in order, as `reader`
-    /// (a client index, or `NOBODY`) may see it.
+    /// (a client index, or `NOBODY`) may see it. Data and unwritten extents never overlap, so
+    /// the two sorted lists are merged on the fly.
     fn walk(&self, reader: u32, lba: u64, end: u64, mut f: impl FnMut(u64, u64, bool)) {
         let mut pos = lba;
-        for s in self.segs[self.first(lba)..].iter().take_while(|s| s.start < end) {
-            if s.start > pos {
-                f(pos, s.start, false);
-                pos = s.start;
+        let mut di = self.data.partition_point(|d| d.1 <= lba);
+        let mut pi = self.first_pending(lba);
+        loop {
+            let d = self.data.get(di).filter(|d| d.0 < end);
+            let p = self.pending.get(pi).filter(|p| p.start < end);
+            let (start, stop, pend) = match (d, p) {
+                (Some(d), Some(p)) if d.0 <= p.start => (d.0, d.1, None),
+                (_, Some(p)) => (p.start, p.end, Some(p)),
+                (Some(d), None) => (d.0, d.1, None),
+                (None, None) => break,
+            };
+            if start > pos {
+                f(pos, start, false);
+                pos = start;
             }
-            let e = s.end.min(end);
-            match &s.kind {
-                Kind::Data => f(pos, e, true),
+            let e = stop.min(end);
+            match pend {
+                None => {
+                    f(pos, e, true);
+                    di += 1;
+                }
                 // Someone else's uncommitted blocks are not part of any file yet: zeros.
-                Kind::Pending { owner, .. } if *owner != reader => f(pos, e, false),
-                Kind::Pending { bits, bit_off, .. } => {
+                Some(s) if s.owner != reader => {
+                    f(pos, e, false);
+                    pi += 1;
+                }
+                Some(s) => {
                     let mut a = pos;
                     while a < e {
-                        let set = bits.get(bit_off + a - s.start);
+                        let set = s.bits.get(s.bit_off + a - s.start);
                         let mut b = a + 1;
-                        while b < e && bits.get(bit_off + b - s.start) == set {
+                        while b < e && s.bits.get(s.bit_off + b - s.start) == set {
                             b += 1;
                         }
                         f(a, b, set);
                         a = b;
                     }
+                    pi += 1;
                 }
             }
             pos = e;
@@ -203,7 +275,6 @@ impl Snapshot {
 
 /// The reader index of an I/O whose nexus maps to no client (matches no grant's owner).
 pub const NOBODY: u32 = u32::MAX - 1;
-
 #[derive(Debug, Default, Serialize)]
 pub struct Counters {
     pub writes_refused: AtomicU64,
@@ -252,6 +323,11 @@ impl Guard {
 
     fn is_trusted(&self, who: &Who) -> bool {
         who.name.is_some_and(|n| self.trusted.load().iter().any(|t| t == n))
+    }
+
+    /// The layout the data path sees now (management side: a base for the next one).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.load_full()
     }
 
     /// Install a new layout (management side).
@@ -378,12 +454,10 @@ impl Guard {
     pub fn mark_written(&self, lba: u64, n: u64) {
         let snap = self.snap.load();
         let end = lba.saturating_add(n);
-        for s in snap.segs[snap.first(lba)..].iter().take_while(|s| s.start < end) {
-            if let Kind::Pending { bits, bit_off, .. } = &s.kind {
-                let a = lba.max(s.start);
-                let b = end.min(s.end);
-                bits.set_range(bit_off + a - s.start, b - a);
-            }
+        for s in snap.pending_in(lba, end) {
+            let a = lba.max(s.start);
+            let b = end.min(s.end);
+            s.bits.set_range(s.bit_off + a - s.start, b - a);
         }
         if !self.dirty.load(Ordering::Relaxed) {
             self.dirty.store(true, Ordering::Release);
@@ -400,5 +474,22 @@ impl Guard {
             "reads_zero_filled": c.reads_zero_filled.load(Ordering::Relaxed),
             "reads_audited": c.reads_audited.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_merged_keeps_ranges_merged() {
+        let mut v = vec![(10, 20), (30, 40)];
+        insert_merged(&mut v, 0, 5);
+        insert_merged(&mut v, 20, 25);
+        insert_merged(&mut v, 50, 60);
+        assert_eq!(v, vec![(0, 5), (10, 25), (30, 40), (50, 60)]);
+        insert_merged(&mut v, 5, 50);
+        assert_eq!(v, vec![(0, 60)]);
+        assert_eq!(v, merge(vec![(0, 5), (10, 25), (30, 40), (50, 60), (5, 50)]));
     }
 }

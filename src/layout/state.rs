@@ -6,6 +6,8 @@
 //! so replay reproduces exactly what was acknowledged. Units are layout blocks.
 
 use std::collections::BTreeMap;
+
+use imbl::OrdMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -190,9 +192,11 @@ pub enum Record {
 #[derive(Clone, Debug)]
 pub struct State {
     pub sb: Superblock,
-    pub files: BTreeMap<FileId, File>,
-    pub clients: BTreeMap<String, Client>,
-    pub grants: BTreeMap<u64, Grant>,
+    // Persistent maps: every operation works on a copy of the state (a failed one changes
+    // nothing), and copying these is O(1) however many files there are.
+    pub files: OrdMap<FileId, File>,
+    pub clients: OrdMap<String, Client>,
+    pub grants: OrdMap<u64, Grant>,
     pub next_grant: u64,
     pub free: FreeTree,
     pub refs: RefMap,
@@ -210,7 +214,7 @@ fn corrupt(s: impl Into<String>) -> LayoutError {
 impl State {
     pub fn new(sb: Superblock) -> State {
         let free = FreeTree::new(sb.num_blocks);
-        State { sb, files: BTreeMap::new(), clients: BTreeMap::new(), grants: BTreeMap::new(), next_grant: 1, free, refs: RefMap::default(), saved_written: BTreeMap::new() }
+        State { sb, files: OrdMap::new(), clients: OrdMap::new(), grants: OrdMap::new(), next_grant: 1, free, refs: RefMap::default(), saved_written: BTreeMap::new() }
     }
 
     fn new_pending(&self, lba: u64, len: u64) -> Pending {

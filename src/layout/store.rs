@@ -181,7 +181,8 @@ impl LayoutVolume {
                 }
             }
             inner.st = tx.st;
-            self.guard.publish(Snapshot::build(&inner.st));
+            let data = Snapshot::data_after(&self.guard.snapshot(), &inner.st, &tx.recs);
+            self.guard.publish(Snapshot::build_with(&inner.st, data));
             if inner.meta.wants_checkpoint() {
                 if let Err(e) = inner.meta.checkpoint(&inner.st) {
                     // The journal still holds everything; compaction is retried next time.

@@ -298,6 +298,10 @@ proptest! {
             let ok = run_op(&v, o);
             let probs = v.check();
             prop_assert!(probs.is_empty(), "after {:?}: {:?}", o, probs);
+            // The guard's incrementally kept data ranges equal a rebuild from the maps.
+            let full = v.with_state(guard::Snapshot::data_of);
+            let snap = v.guard().snapshot();
+            prop_assert_eq!(snap.data_ranges(), &full[..], "after {:?}", o);
             let after = v.with_state(|s| serde_json::to_string(&s.image()).unwrap());
             if !ok {
                 prop_assert_eq!(before, after, "failed {:?} changed the state", o);

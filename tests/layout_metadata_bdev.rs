@@ -71,6 +71,19 @@ fn metadata_bdev_survives_sigkill_restart_and_fsck() {
     let e = err(t.try_rpc("layout_volume_create", Some(json!({"name": "lv", "bdev_name": "data0", "metadata_bdev": "nosuch"}))));
     assert_eq!(e.0, -libc::ENODEV as i64, "{e:?}");
     assert!(e.1.contains("metadata_bdev"), "{e:?}");
+    t.rpc("bdev_null_create", json!({"name": "n0", "num_blocks": 1024, "block_size": 512}));
+    let e = err(t.try_rpc("layout_volume_create", Some(json!({"name": "lv", "bdev_name": "data0", "metadata_bdev": "n0"}))));
+    assert_eq!(e.0, -32602, "{e:?}");
+    t.rpc("bdev_null_delete", json!({"name": "n0"}));
+    // Not zeroed and not ours: refused, not overwritten (and the claims are released).
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, vec![0x5a; 1 << 20]).unwrap();
+    t.rpc("bdev_uring_create", json!({"name": "junk", "filename": junk.to_str().unwrap()}));
+    let e = err(t.try_rpc("layout_volume_create", Some(json!({"name": "lv", "bdev_name": "data0", "metadata_bdev": "junk"}))));
+    assert_eq!(e.0, -libc::EINVAL as i64, "{e:?}");
+    assert!(e.1.contains("not Palisade layout metadata"), "{e:?}");
+    t.rpc("bdev_uring_delete", json!({"name": "junk"}));
+    assert!(std::fs::read(&junk).unwrap().iter().all(|&x| x == 0x5a));
 
     assert_eq!(t.rpc("layout_volume_create", json!({"name": "lv", "bdev_name": "data0", "metadata_bdev": "meta0", "guard": "off"})), json!("lv"));
     let list = t.rpc("layout_volume_list", json!({}));

@@ -2,7 +2,8 @@
 //!
 //! The store talks to metadata only through [`MetaStore`] (create, load, append a transaction,
 //! checkpoint), so a distributed backend (etcd, as the design's "beyond one machine" asks) is a
-//! new implementation of this trait, not a rewrite. The on-disk format is in `FORMAT.md`.
+//! new implementation of this trait, not a rewrite. The on-disk format is in `FORMAT.md`. The
+//! frame and state encoding here is shared with [`super::bdev_journal`] (metadata on a bdev).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -308,6 +308,9 @@ async fn layout_volume_create(c: Call) -> RpcResult {
         (None, Some(b)) if *b == p.bdev_name => {
             return Err(RpcError::invalid_params(format!("metadata_bdev {b}: the metadata needs a bdev of its own, not the data bdev")))
         }
+        (None, Some(b)) if c.app.bdevs.get(b).is_some_and(|bd| bd.info().product_name == crate::bdev::null::PRODUCT) => {
+            return Err(RpcError::invalid_params(format!("metadata_bdev {b} is a null bdev: it would keep nothing")))
+        }
         (None, Some(b)) => Meta::Bdev(b.clone()),
         _ => return Err(RpcError::invalid_params("exactly one of metadata_path and metadata_bdev is required")),
     };

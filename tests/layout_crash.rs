@@ -2,7 +2,9 @@
 //! get/commit/return/fence/unfence/truncate/reflink/create/remove; after each kill `palisade fsck`
 //! must find the metadata consistent, and after a restart every acknowledged commit must still be
 //! mapped (unless an acknowledged truncate/remove dropped it). 50 kills by default;
-//! `PALISADE_LAYOUT_KILLS=1000` for the long run (bench/layout/torture.sh).
+//! `PALISADE_LAYOUT_KILLS=1000` for the long run (bench/layout/torture.sh). The same torture runs
+//! with the metadata on a bdev (`metadata_bdev`, a uring bdev over an image file that fsck then
+//! checks), 20 kills by default.
 
 mod common;
 
@@ -25,10 +27,19 @@ struct Model {
     uncertain: BTreeMap<u64, bool>,
 }
 
-fn start(meta: &str) -> Target {
+/// Start the target with the layout volume; `on_bdev`: `meta` is the image file of a uring
+/// metadata bdev rather than a metadata file.
+fn start(meta: &str, on_bdev: bool) -> Target {
     let t = Target::start(&[]);
     t.rpc("bdev_malloc_create", json!({"name": "m0", "num_blocks": 512, "block_size": 4096, "uuid": UUID}));
-    t.rpc("layout_volume_create", json!({"name": "lv", "bdev_name": "m0", "metadata_path": meta, "guard": "off", "recall_timeout_ms": 200}));
+    let mut p = json!({"name": "lv", "bdev_name": "m0", "guard": "off", "recall_timeout_ms": 200});
+    if on_bdev {
+        t.rpc("bdev_uring_create", json!({"name": "meta0", "filename": meta}));
+        p["metadata_bdev"] = json!("meta0");
+    } else {
+        p["metadata_path"] = json!(meta);
+    }
+    t.rpc("layout_volume_create", p);
     t
 }
 
@@ -51,16 +62,28 @@ fn covered(map: &[(u64, u64)], (o, l): (u64, u64)) -> bool {
 
 #[test]
 fn sigkill_torture_fsck_and_committed_maps_survive() {
-    let kills: usize = std::env::var("PALISADE_LAYOUT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    torture(false, 50);
+}
+
+#[test]
+fn sigkill_torture_with_metadata_on_a_bdev() {
+    torture(true, 20);
+}
+
+fn torture(on_bdev: bool, default_kills: usize) {
+    let kills: usize = std::env::var("PALISADE_LAYOUT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_kills);
     let seed: u64 = std::env::var("PALISADE_LAYOUT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let meta = dir.path().join("lv.meta");
+    let meta = dir.path().join(if on_bdev { "lv-meta.img" } else { "lv.meta" });
+    if on_bdev {
+        std::fs::File::create(&meta).unwrap().set_len(1 << 20).unwrap();
+    }
     let meta_s = meta.to_str().unwrap().to_string();
     let mut model = Model::default();
     let started = Instant::now();
     for round in 0..kills {
-        let mut t = start(&meta_s);
+        let mut t = start(&meta_s, on_bdev);
         // Every acknowledged fact must have survived the previous kill.
         for (f, ranges) in &model.facts {
             if model.uncertain.get(f).copied().unwrap_or(false) {
@@ -218,7 +241,7 @@ fn sigkill_torture_fsck_and_committed_maps_survive() {
         );
     }
     // Final restart: the facts hold once more, and the state is consistent online too.
-    let t = start(&meta_s);
+    let t = start(&meta_s, on_bdev);
     for (f, ranges) in &model.facts {
         if model.uncertain.get(f).copied().unwrap_or(false) {
             continue;

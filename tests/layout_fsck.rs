@@ -65,3 +65,49 @@ fn fsck_command_exit_codes_and_repair() {
     std::fs::write(&p, b"hello").unwrap();
     assert_eq!(fsck(&["--metadata", ps]).0, 2);
 }
+
+/// The same on the metadata_bdev layout (an image file as the device): detected by its header,
+/// damage in the middle refused, repaired into the other half.
+#[test]
+fn fsck_of_a_metadata_bdev_image() {
+    use palisade::layout::bdev_journal::{BdevJournal, MBLK};
+    use palisade::layout::metadev::FileMetaDev;
+    use std::os::unix::fs::FileExt;
+
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("meta.img");
+    let ps = p.to_str().unwrap();
+    std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+    let journal = || BdevJournal::new(Box::new(FileMetaDev::open(&p, true).unwrap())).unwrap();
+    {
+        let dev = DataDev { uuid: uuid::Uuid::from_u128(1), block_size: 4096, num_blocks: 128 };
+        let opts = Options { name: "lv".into(), block_size: 0, policy: Policy::Off, recall_timeout: Duration::from_secs(1) };
+        let hooks = Hooks { notifier: Arc::new(NoNotifier), fencer: Arc::new(GuardOnlyFencer) };
+        let v = LayoutVolume::open(Box::new(journal()), false, &dev, &opts, hooks).unwrap();
+        v.client_register("A", 1, vec![]).unwrap();
+        for i in 0..4 {
+            v.file_create(&FileId::Num(i)).unwrap();
+            let g = v.layout_get(&FileId::Num(i), "A", 0, 16384, 0, IoMode::Rw).unwrap();
+            v.layout_commit(g.grant, &[(0, 8192)], None).unwrap();
+        }
+    }
+    let (code, out) = fsck(&["--metadata", ps]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("bdev layout") && out.contains("files 4") && out.contains("grants 4") && out.contains("consistent"), "{out}");
+    // Damage the first transaction (right after the checkpoint in the active half).
+    let mut j = journal();
+    j.parse(true).unwrap();
+    let h = j.header().unwrap();
+    drop(j);
+    let at = (2 + h.active as u64 * h.half_blocks + h.ckpt_blocks) * MBLK;
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all_at(b"#", at + 30).unwrap();
+    let (code, out) = fsck(&["--metadata", ps]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("refusing to replay"), "{out}");
+    let (code, out) = fsck(&["--metadata", ps, "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("repaired"), "{out}");
+    let (code, out) = fsck(&["--metadata", ps]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("files 0"), "everything after the damage is gone: {out}");
+}

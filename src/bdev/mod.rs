@@ -4,6 +4,7 @@
 //! (an io_uring ring, say), so submission and completion take no lock. Completions come back to the
 //! submitting handler as a reactor [`IoEvent`] carrying the request's tag and buffer.
 
+pub mod blocking;
 pub mod malloc;
 pub mod null;
 pub mod stats;
@@ -122,6 +123,8 @@ pub fn next_bdev_id() -> u32 {
 struct Entry {
     bdev: Arc<dyn Bdev>,
     claimed_by: Vec<String>,
+    /// The only claim is exclusive (a layout volume's metadata): nobody else may claim it.
+    exclusive: bool,
 }
 
 /// All bdevs by name, with claims by their users (an export, a layout volume).
@@ -140,7 +143,7 @@ impl BdevRegistry {
         if m.values().any(|e| e.bdev.info().uuid == bdev.info().uuid) {
             return Err(BdevError::UuidExists(bdev.info().uuid.to_string()));
         }
-        m.insert(name, Entry { bdev, claimed_by: Vec::new() });
+        m.insert(name, Entry { bdev, claimed_by: Vec::new(), exclusive: false });
         Ok(())
     }
     pub fn contains(&self, name: &str) -> bool {
@@ -158,16 +161,35 @@ impl BdevRegistry {
     pub fn claims(&self, name: &str) -> Vec<String> {
         self.inner.lock().unwrap().get(name).map(|e| e.claimed_by.clone()).unwrap_or_default()
     }
+    /// A shared claim (exports and layout data volumes share a bdev); refused while it is
+    /// claimed exclusively.
     pub fn claim(&self, name: &str, by: &str) -> Result<Arc<dyn Bdev>, BdevError> {
         let mut m = self.inner.lock().unwrap();
         let e = m.get_mut(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+        if e.exclusive {
+            return Err(BdevError::Busy(name.to_string(), e.claimed_by.join(", ")));
+        }
         e.claimed_by.push(by.to_string());
+        Ok(e.bdev.clone())
+    }
+    /// The only claim: refused if anyone holds one, and blocks every later claim until released.
+    pub fn claim_exclusive(&self, name: &str, by: &str) -> Result<Arc<dyn Bdev>, BdevError> {
+        let mut m = self.inner.lock().unwrap();
+        let e = m.get_mut(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+        if !e.claimed_by.is_empty() {
+            return Err(BdevError::Busy(name.to_string(), e.claimed_by.join(", ")));
+        }
+        e.claimed_by.push(by.to_string());
+        e.exclusive = true;
         Ok(e.bdev.clone())
     }
     pub fn release(&self, name: &str, by: &str) {
         if let Some(e) = self.inner.lock().unwrap().get_mut(name) {
             if let Some(i) = e.claimed_by.iter().position(|c| c == by) {
                 e.claimed_by.remove(i);
+                if e.claimed_by.is_empty() {
+                    e.exclusive = false;
+                }
             }
         }
     }

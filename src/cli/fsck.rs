@@ -1,12 +1,14 @@
 //! `palisade fsck --metadata PATH [--bdev FILE] [--repair] [--json]`: offline check of a layout
-//! volume's metadata. Exit code 0 only when the metadata is consistent (after repair, if asked);
+//! volume's metadata: a `metadata_path` file, or the device or image file behind a `metadata_bdev`
+//! (told apart by the header). Exit code 0 only when the metadata is consistent (after repair, if asked);
 //! 1 when problems remain; 2 when the metadata cannot be read at all.
 
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct FsckArgs {
-    /// The layout volume's metadata file (metadata_path of layout_volume_create).
+    /// The layout volume's metadata: the metadata_path file, or the device or image file backing
+    /// the metadata_bdev (the format is detected from its header).
     #[arg(long)]
     pub metadata: PathBuf,
     /// The data device (file or block device) to check the extents against.
@@ -41,6 +43,9 @@ pub fn run(a: FsckArgs) -> i32 {
             "  blocks: committed {} (shared {}), uncommitted {}, free {}",
             s.committed_blocks, s.shared_blocks, s.uncommitted_blocks, s.free_blocks
         );
+        if let Some((g, half)) = s.bdev_header {
+            println!("  metadata: bdev layout, header generation {g}, half {half}");
+        }
         println!("  journal: {} transactions replayed", s.transactions_replayed);
         if let Some(t) = &s.torn_tail {
             println!("  {t}");

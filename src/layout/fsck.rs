@@ -3,14 +3,19 @@
 //! no block owned twice (an uncommitted block is never also file data), free + owned = volume —
 //! and, with the data device, that every extent lies on it. `--repair` truncates a damaged
 //! journal at the damage and rewrites a checkpoint with the free space recomputed.
+//!
+//! The metadata is a file journal (`metadata_path`) or the device or image file behind a
+//! `metadata_bdev`; the format is told by the header magic.
 
 use std::path::Path;
 
 use serde::Serialize;
 
 use super::alloc::FreeTree;
+use super::bdev_journal::{self, BdevJournal};
 use super::error::LayoutError;
 use super::journal::{self, FileJournal, MetaStore};
+use super::metadev::FileMetaDev;
 use super::state::State;
 
 #[derive(Debug, Default, Serialize)]
@@ -28,6 +33,10 @@ pub struct Summary {
     pub free_blocks: u64,
     pub transactions_replayed: u64,
     pub torn_tail: Option<String>,
+    /// `file` (metadata_path) or `bdev` (the metadata_bdev layout).
+    pub format: &'static str,
+    /// Bdev layout: the header generation in use and its half (`A` or `B`).
+    pub bdev_header: Option<(u64, char)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,18 +66,45 @@ fn summarize(st: &State) -> Summary {
     }
 }
 
+/// Is the metadata at `path` in the bdev layout (either header slot carries its magic)?
+fn is_bdev_layout(path: &Path) -> Result<bool, LayoutError> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(2 * bdev_journal::MBLK).read_to_end(&mut head))
+        .map_err(|e| LayoutError::Io(format!("{}: {e}", path.display())))?;
+    Ok(bdev_journal::looks_like(&head))
+}
+
 /// Check the metadata at `path` (and the data device file, if given); repair if asked.
 pub fn fsck(path: &Path, bdev: Option<&Path>, repair: bool) -> Result<Report, LayoutError> {
-    let bytes = std::fs::read(path).map_err(|e| LayoutError::Io(format!("{}: {e}", path.display())))?;
     let mut problems = Vec::new();
-    let parsed = match journal::parse(&bytes) {
-        Ok(p) => p,
-        Err(e) if repair => {
-            problems.push(format!("{e}"));
-            journal::parse_mode(&bytes, false)?
+    let mut on_bdev = None;
+    let parsed = if is_bdev_layout(path)? {
+        let dev = FileMetaDev::open(path, repair).map_err(|e| LayoutError::Io(format!("{}: {e}", path.display())))?;
+        let mut j = BdevJournal::new(Box::new(dev))?;
+        let parsed = match j.parse(true) {
+            Ok(p) => p,
+            Err(e) if repair => {
+                problems.push(format!("{e}"));
+                j.parse(false)?
+            }
+            Err(e) => return Err(e),
+        };
+        on_bdev = Some(j);
+        parsed
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| LayoutError::Io(format!("{}: {e}", path.display())))?;
+        match journal::parse(&bytes) {
+            Ok(p) => p,
+            Err(e) if repair => {
+                problems.push(format!("{e}"));
+                journal::parse_mode(&bytes, false)?
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
+    let bdev_header = on_bdev.as_ref().and_then(|j| j.header()).map(|h| (h.generation, if h.active == 0 { 'A' } else { 'B' }));
     let torn = parsed.replay.torn_tail.as_ref().map(|(o, why)| format!("ignored torn tail at offset {o}: {why}"));
     let mut st = match journal::replay(&parsed) {
         Ok(st) => st,
@@ -115,15 +151,23 @@ pub fn fsck(path: &Path, bdev: Option<&Path>, repair: bool) -> Result<Report, La
             free.give(pos, st.sb.num_blocks - pos)?;
         }
         st.free = free;
-        let mut j = FileJournal::new(path);
-        j.lock()?;
-        j.checkpoint_fresh(&st, parsed.last_seq + 1)?;
+        match on_bdev.as_mut() {
+            // Into the other half under the next generation: the damaged half is left behind.
+            Some(j) => j.checkpoint_fresh(&st, parsed.last_seq + 1)?,
+            None => {
+                let mut j = FileJournal::new(path);
+                j.lock()?;
+                j.checkpoint_fresh(&st, parsed.last_seq + 1)?;
+            }
+        }
         repaired = true;
         problems = st.check();
     }
     let mut summary = summarize(&st);
     summary.transactions_replayed = parsed.replay.transactions;
     summary.torn_tail = torn;
+    summary.format = if on_bdev.is_some() { "bdev" } else { "file" };
+    summary.bdev_header = bdev_header;
     Ok(Report { consistent: problems.is_empty(), problems, repaired, summary })
 }
 

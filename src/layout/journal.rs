@@ -2,7 +2,8 @@
 //!
 //! The store talks to metadata only through [`MetaStore`] (create, load, append a transaction,
 //! checkpoint), so a distributed backend (etcd, as the design's "beyond one machine" asks) is a
-//! new implementation of this trait, not a rewrite. The on-disk format is in `FORMAT.md`.
+//! new implementation of this trait, not a rewrite. The on-disk format is in `FORMAT.md`. The
+//! frame and state encoding here is shared with [`super::bdev_journal`] (metadata on a bdev).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -84,6 +85,13 @@ pub fn decode_superblock(b: &[u8]) -> Result<Superblock, LayoutError> {
 }
 
 pub fn encode_frame(kind: u8, seq: u64, payload: &[u8]) -> Vec<u8> {
+    encode_frame_salted(kind, seq, payload, &[])
+}
+
+/// A frame whose checksum also covers `salt` (bytes not stored in the frame). The file journal
+/// uses no salt; the bdev journal salts with the volume UUID and the header generation, so a
+/// stale frame left in a reused half by an older generation (or an older format) never validates.
+pub fn encode_frame_salted(kind: u8, seq: u64, payload: &[u8], salt: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(FRAME_HDR + payload.len());
     let k = [kind, 0, 0, 0];
     let len = (payload.len() as u32).to_le_bytes();
@@ -92,22 +100,52 @@ pub fn encode_frame(kind: u8, seq: u64, payload: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&k);
     b.extend_from_slice(&len);
     b.extend_from_slice(&s);
-    b.extend_from_slice(&crc(&[&k, &len, &s, payload]).to_le_bytes());
+    b.extend_from_slice(&crc(&[salt, &k, &len, &s, payload]).to_le_bytes());
     b.extend_from_slice(payload);
     b
 }
 
-/// A frame that validates at `off`: (kind, seq, payload range end).
-fn frame_at(b: &[u8], off: usize) -> Option<(u8, u64, usize, usize)> {
-    let h = b.get(off..off + FRAME_HDR)?;
+/// The unchecked header of a frame at the start of `h`: (kind, seq, payload length), if the
+/// magic is there.
+pub fn peek_frame(h: &[u8]) -> Option<(u8, u64, usize)> {
+    let h = h.get(..FRAME_HDR)?;
     if u32::from_le_bytes(h[0..4].try_into().unwrap()) != FRAME_MAGIC {
         return None;
     }
-    let len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
-    let seq = u64::from_le_bytes(h[12..20].try_into().unwrap());
+    Some((h[4], u64::from_le_bytes(h[12..20].try_into().unwrap()), u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize))
+}
+
+/// A frame that validates at `off`: (kind, seq, payload range end).
+fn frame_at(b: &[u8], off: usize) -> Option<(u8, u64, usize, usize)> {
+    frame_at_salted(b, off, &[])
+}
+
+/// A frame (checksummed with `salt`) that validates at `off`: (kind, seq, payload start, end).
+pub fn frame_at_salted(b: &[u8], off: usize, salt: &[u8]) -> Option<(u8, u64, usize, usize)> {
+    let h = b.get(off..off + FRAME_HDR)?;
+    let (_, seq, len) = peek_frame(h)?;
     let sum = u32::from_le_bytes(h[20..24].try_into().unwrap());
     let p = b.get(off + FRAME_HDR..off + FRAME_HDR + len)?;
-    (crc(&[&h[4..8], &h[8..12], &h[12..20], p]) == sum).then_some((h[4], seq, off + FRAME_HDR, off + FRAME_HDR + len))
+    (crc(&[salt, &h[4..8], &h[8..12], &h[12..20], p]) == sum).then_some((h[4], seq, off + FRAME_HDR, off + FRAME_HDR + len))
+}
+
+/// The payload of a checkpoint frame: the whole state.
+pub fn encode_image(st: &State) -> Vec<u8> {
+    serde_json::to_vec(&st.image()).expect("image serializes")
+}
+
+pub fn decode_image(payload: &[u8]) -> Result<Image, LayoutError> {
+    serde_json::from_slice(payload).map_err(|e| LayoutError::Corrupt(format!("checkpoint: {e}")))
+}
+
+/// The payload of a transaction frame: its records.
+pub fn encode_txn(txn: &[Record]) -> Vec<u8> {
+    serde_json::to_vec(txn).expect("records serialize")
+}
+
+/// Decode a transaction payload whose checksum matched (`seq` and `off` name it in errors).
+pub fn decode_txn(payload: &[u8], seq: u64, off: u64) -> Result<Vec<Record>, LayoutError> {
+    serde_json::from_slice(payload).map_err(|e| LayoutError::Corrupt(format!("transaction {seq} at offset {off}: checksum ok but undecodable: {e}")))
 }
 
 /// A parsed metadata file.
@@ -139,7 +177,7 @@ pub fn parse_mode(b: &[u8], strict: bool) -> Result<Parsed, LayoutError> {
     if kind != KIND_CHECKPOINT {
         return Err(LayoutError::Corrupt("first frame is not a checkpoint".into()));
     }
-    let image: Image = serde_json::from_slice(&b[ps..pe]).map_err(|e| LayoutError::Corrupt(format!("checkpoint: {e}")))?;
+    let image = decode_image(&b[ps..pe])?;
     if image.sb != sb {
         return Err(LayoutError::Corrupt("checkpoint does not match the superblock".into()));
     }
@@ -150,8 +188,7 @@ pub fn parse_mode(b: &[u8], strict: bool) -> Result<Parsed, LayoutError> {
     while off < b.len() {
         match frame_at(b, off) {
             Some((KIND_TXN, seq, ps, pe)) if seq == last + 1 => {
-                let recs: Vec<Record> = serde_json::from_slice(&b[ps..pe])
-                    .map_err(|e| LayoutError::Corrupt(format!("transaction {seq} at offset {off}: checksum ok but undecodable: {e}")))?;
+                let recs = decode_txn(&b[ps..pe], seq, off as u64)?;
                 replay.records += recs.len() as u64;
                 txns.push(recs);
                 last = seq;
@@ -184,6 +221,16 @@ pub fn replay(p: &Parsed) -> Result<State, LayoutError> {
     let mut st = State::from_image(p.image.clone())?;
     for (i, t) in p.txns.iter().enumerate() {
         st.apply_all(t).map_err(|e| LayoutError::Corrupt(format!("replaying transaction {} of {}: {e}", i + 1, p.txns.len())))?;
+    }
+    Ok(st)
+}
+
+/// Replay a parsed journal and check the result (what opening does before it trusts the state).
+pub fn load_state(p: &Parsed) -> Result<State, LayoutError> {
+    let st = replay(p)?;
+    let problems = st.check();
+    if !problems.is_empty() {
+        return Err(LayoutError::Corrupt(format!("replayed state is inconsistent: {} (run palisade fsck)", problems.join("; "))));
     }
     Ok(st)
 }
@@ -239,8 +286,7 @@ impl FileJournal {
         let tmp = PathBuf::from(format!("{}.tmp", self.path.display()));
         let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&tmp)?;
         let mut bytes = encode_superblock(&st.sb);
-        let img = serde_json::to_vec(&st.image()).expect("image serializes");
-        bytes.extend_from_slice(&encode_frame(KIND_CHECKPOINT, seq, &img));
+        bytes.extend_from_slice(&encode_frame(KIND_CHECKPOINT, seq, &encode_image(st)));
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
@@ -274,11 +320,7 @@ impl MetaStore for FileJournal {
         let mut b = Vec::new();
         File::open(&self.path)?.read_to_end(&mut b)?;
         let p = parse(&b)?;
-        let st = replay(&p)?;
-        let problems = st.check();
-        if !problems.is_empty() {
-            return Err(LayoutError::Corrupt(format!("replayed state is inconsistent: {} (run palisade fsck)", problems.join("; "))));
-        }
+        let st = load_state(&p)?;
         // Start from a fresh checkpoint: drops a torn tail and bounds the next replay.
         self.write_new(&st, p.last_seq + 1)?;
         Ok((st, p.replay))
@@ -286,8 +328,7 @@ impl MetaStore for FileJournal {
 
     fn append(&mut self, txn: &[Record]) -> Result<(), LayoutError> {
         let f = self.file.as_mut().ok_or_else(|| LayoutError::Io("journal not open".into()))?;
-        let payload = serde_json::to_vec(txn).expect("records serialize");
-        let frame = encode_frame(KIND_TXN, self.seq + 1, &payload);
+        let frame = encode_frame(KIND_TXN, self.seq + 1, &encode_txn(txn));
         let pos = f.stream_position()?;
         let res = f.write_all(&frame).and_then(|_| f.sync_data());
         if let Err(e) = res {

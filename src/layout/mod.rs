@@ -6,7 +6,10 @@
 //!   written-since-allocation bits;
 //! - [`store`]: a layout volume and the operations the metadata server calls;
 //! - [`journal`]: the [`journal::MetaStore`] interface and the checksummed file journal
-//!   (on-disk format in `FORMAT.md`);
+//!   (`metadata_path`; on-disk format in `FORMAT.md`);
+//! - [`bdev_journal`]: the same frames on a block device (`metadata_bdev`): two header slots and
+//!   two halves, so a checkpoint never overwrites live data; [`metadev`] is the block-device
+//!   interface it writes through (a bdev via the reactors, or a file/device for offline fsck);
 //! - [`recall`]: the [`recall::Notifier`] and [`recall::Fencer`] hooks;
 //! - [`guard`]: what the volume layer asks on every I/O;
 //! - [`fsck`]: the offline consistency proof.
@@ -42,7 +45,9 @@
 //!   `enforce` leaves them unwritten. While the guard is `off`, commits trust the client.
 //! - With [`recall::GuardOnlyFencer`] instead of the reservation fencer, a write already past the
 //!   guard when a fence starts can still land in blocks the fence frees.
-//! - Metadata on a bdev (`metadata_bdev`) is not implemented; only a file journal is.
+//! - Metadata on a bdev (`metadata_bdev`) has a fixed size: a checkpoint image that does not fit in
+//!   half of it fails with "metadata bdev too small" (operations that need the journal then fail
+//!   with ENOSPC; the data already committed stays intact).
 //! - Truncating to a size inside a block keeps that block mapped; the store cannot zero its tail
 //!   (no data path of its own), so the metadata server must zero it before growing the file again.
 //! - A reflink clones a whole file; a partial return in the middle of a grant frees its unwritten
@@ -50,12 +55,14 @@
 #![doc = include_str!("FORMAT.md")]
 
 pub mod alloc;
+pub mod bdev_journal;
 pub mod bitmap;
 pub mod error;
 pub mod extent;
 pub mod fsck;
 pub mod guard;
 pub mod journal;
+pub mod metadev;
 pub mod recall;
 pub mod state;
 pub mod store;
@@ -65,5 +72,7 @@ pub use error::LayoutError;
 pub use store::{DataDev, Hooks, LayoutVolume, Options};
 pub use types::{ExtentState, FileId, IoMode, Policy, RecallReason};
 
+#[cfg(test)]
+mod bdev_tests;
 #[cfg(test)]
 mod tests;

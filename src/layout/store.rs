@@ -173,7 +173,15 @@ impl LayoutVolume {
         let mut tx = Tx { st: inner.st.clone(), recs: Vec::new() };
         let r = f(&mut tx)?;
         if !tx.recs.is_empty() {
-            inner.meta.append(&tx.recs)?;
+            if let Err(e) = inner.meta.append(&tx.recs) {
+                // A bounded journal (metadata_bdev) may be out of room: compact the durable state
+                // (`inner.st` is exactly what the journal holds) and try once more.
+                if !inner.meta.wants_checkpoint() {
+                    return Err(e);
+                }
+                inner.meta.checkpoint(&inner.st)?;
+                inner.meta.append(&tx.recs)?;
+            }
             // Keep recall marks (volatile) of grants that survive the transaction.
             for (id, g) in inner.st.grants.iter() {
                 if let (Some(r), Some(ng)) = (&g.recall, tx.st.grants.get_mut(id)) {

@@ -14,8 +14,11 @@ use serde_json::{json, Value};
 
 use super::registry::{Call, Registry, Subsystem, RUNTIME};
 use super::{ok, App, RpcError, RpcResult};
+use crate::bdev::blocking::BlockingBdev;
 use crate::config::Entry;
-use crate::layout::journal::FileJournal;
+use crate::layout::bdev_journal::{BdevJournal, Probe};
+use crate::layout::journal::{FileJournal, MetaStore};
+use crate::layout::metadev::MetaDev;
 use crate::layout::recall::{Fencer, Notifier, RecallEvent};
 use crate::layout::{DataDev, FileId, Hooks, IoMode, LayoutError, LayoutVolume, Options, Policy};
 use crate::volume::{identity, Volume};
@@ -24,11 +27,59 @@ use crate::volume::{identity, Volume};
 const RECALL_TICK: Duration = Duration::from_millis(50);
 const DEFAULT_RECALL_TIMEOUT_MS: u64 = 30_000;
 
+/// Where a layout volume's metadata lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Meta {
+    /// `metadata_path`: a file journal.
+    Path(String),
+    /// `metadata_bdev`: a bdev claimed exclusively by the volume.
+    Bdev(String),
+}
+
+impl Meta {
+    /// The create parameter naming it.
+    fn param(&self) -> (&'static str, &str) {
+        match self {
+            Meta::Path(p) => ("metadata_path", p),
+            Meta::Bdev(b) => ("metadata_bdev", b),
+        }
+    }
+}
+
+/// The claim a layout volume holds on its metadata bdev.
+fn meta_user(volume: &str) -> String {
+    format!("layout-metadata:{volume}")
+}
+
+/// A bdev as the metadata journal's block device (I/O through reactor 0, from blocking threads).
+struct BdevMeta(BlockingBdev);
+
+impl MetaDev for BdevMeta {
+    fn block_size(&self) -> u32 {
+        self.0.bdev().info().block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.bdev().info().num_blocks
+    }
+    fn read(&self, lba: u64, nblocks: u64) -> std::io::Result<Vec<u8>> {
+        self.0.read(lba, nblocks)
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+        self.0.write(lba, data, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn describe(&self) -> String {
+        format!("bdev {}", self.0.bdev().info().name)
+    }
+}
+
 struct Entry_ {
     vol: Arc<LayoutVolume>,
     volume: Arc<Volume>,
     bdev_name: String,
-    metadata_path: String,
+    meta: Meta,
     recall_timeout_ms: u64,
     block_size: u32,
     mds_identities: Vec<String>,
@@ -181,17 +232,18 @@ fn layout_config(app: &App) -> Vec<Entry> {
         .lock()
         .unwrap()
         .iter()
-        .map(|(name, e)| Entry {
-            method: "layout_volume_create".into(),
-            params: Some(json!({
+        .map(|(name, e)| {
+            let mut params = json!({
                 "name": name,
                 "bdev_name": e.bdev_name,
-                "metadata_path": e.metadata_path,
                 "guard": e.vol.guard().policy(),
                 "recall_timeout_ms": e.recall_timeout_ms,
                 "block_size": e.block_size,
                 "mds_identities": e.mds_identities,
-            })),
+            });
+            let (k, v) = e.meta.param();
+            params[k] = json!(v);
+            Entry { method: "layout_volume_create".into(), params: Some(params) }
         })
         .collect()
 }
@@ -252,26 +304,69 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     if c.app.layout.get(&p.name).is_some() {
         return Err(RpcError::errno(libc::EEXIST, format!("layout volume {} already exists", p.name)));
     }
-    let path = match (&p.metadata_path, &p.metadata_bdev) {
-        (Some(path), None) => PathBuf::from(path),
-        (None, Some(_)) => return Err(RpcError::errno(libc::ENOTSUP, "metadata_bdev is not supported yet: use metadata_path")),
+    let meta = match (&p.metadata_path, &p.metadata_bdev) {
+        (Some(path), None) => Meta::Path(PathBuf::from(path).display().to_string()),
+        (None, Some(b)) if *b == p.bdev_name => {
+            return Err(RpcError::invalid_params(format!("metadata_bdev {b}: the metadata needs a bdev of its own, not the data bdev")))
+        }
+        (None, Some(b)) if c.app.bdevs.get(b).is_some_and(|bd| bd.info().product_name == crate::bdev::null::PRODUCT) => {
+            return Err(RpcError::invalid_params(format!("metadata_bdev {b} is a null bdev: it would keep nothing")))
+        }
+        (None, Some(b)) => Meta::Bdev(b.clone()),
         _ => return Err(RpcError::invalid_params("exactly one of metadata_path and metadata_bdev is required")),
     };
-    if let Some(e) = c.app.layout.volumes.lock().unwrap().values().find(|e| e.bdev_name == p.bdev_name || e.metadata_path == path.display().to_string()) {
+    if let Some(e) = c.app.layout.volumes.lock().unwrap().values().find(|e| e.bdev_name == p.bdev_name || e.meta == meta) {
         return Err(RpcError::errno(libc::EBUSY, format!("bdev or metadata already used by layout volume {}", e.vol.name)));
     }
+    // The metadata bdev is claimed exclusively (no export, no other layout volume) before the
+    // data bdev is opened, and released on every failure below.
+    let meta_bdev = match &meta {
+        Meta::Bdev(b) => match c.app.bdevs.claim_exclusive(b, &meta_user(&p.name)) {
+            Ok(bd) => Some(bd),
+            Err(crate::bdev::BdevError::Busy(n, by)) => {
+                return Err(RpcError::errno(libc::EBUSY, format!("metadata_bdev {n} is in use by {by}: a metadata bdev must not be exported or shared")))
+            }
+            Err(e) => return Err(RpcError::errno(e.errno(), format!("metadata_bdev: {e}"))),
+        },
+        Meta::Path(_) => None,
+    };
+    let release_meta = |app: &App| {
+        if let Meta::Bdev(b) = &meta {
+            app.bdevs.release(b, &meta_user(&p.name));
+        }
+    };
     let user = format!("layout:{}", p.name);
-    let vol = c.app.volumes.open(&p.bdev_name, &user)?;
+    let vol = match c.app.volumes.open(&p.bdev_name, &user) {
+        Ok(v) => v,
+        Err(e) => {
+            release_meta(&c.app);
+            return Err(e.into());
+        }
+    };
     let dev = DataDev { uuid: vol.uuid(), block_size: vol.block_size(), num_blocks: vol.num_blocks() };
     let recall_timeout_ms = p.recall_timeout_ms.unwrap_or(DEFAULT_RECALL_TIMEOUT_MS);
     let opts = Options { name: p.name.clone(), block_size: p.block_size, policy: p.guard, recall_timeout: Duration::from_millis(recall_timeout_ms) };
     c.app.layout.pr_fencer.attach(&p.name, &vol);
     let fencer: Arc<dyn Fencer> = c.app.layout.fencer.clone();
     let hooks = Hooks { notifier: c.app.layout.subscribers.clone(), fencer };
-    let p2 = path.clone();
+    let meta2 = meta.clone();
+    let reactors = c.app.reactors.clone();
     let opened = blocking(move || {
-        let exists = FileJournal::exists(&p2);
-        LayoutVolume::open(Box::new(FileJournal::new(&p2)), exists, &dev, &opts, hooks)
+        let (store, exists): (Box<dyn MetaStore>, bool) = match (&meta2, meta_bdev) {
+            (Meta::Bdev(name), Some(bd)) => {
+                let dev = BlockingBdev::new(&reactors, bd).map_err(|e| LayoutError::Io(format!("metadata_bdev {name}: {e}")))?;
+                let j = BdevJournal::new(Box::new(BdevMeta(dev)))?;
+                // Our header: load it. All zeros: a new store. Anything else: refused by create.
+                let exists = j.probe()? == Probe::Formatted;
+                (Box::new(j), exists)
+            }
+            (Meta::Path(path), _) => {
+                let path = PathBuf::from(path);
+                (Box::new(FileJournal::new(&path)), FileJournal::exists(&path))
+            }
+            (Meta::Bdev(_), None) => unreachable!("a metadata bdev is claimed above"),
+        };
+        LayoutVolume::open(store, exists, &dev, &opts, hooks)
     })
     .await;
     let lv = match opened {
@@ -283,6 +378,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
         Err(e) => {
             c.app.layout.pr_fencer.detach(&p.name);
             c.app.volumes.close(&p.bdev_name, &user);
+            release_meta(&c.app);
             return Err(e);
         }
     };
@@ -300,7 +396,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
             vol: lv,
             volume: vol,
             bdev_name: p.bdev_name,
-            metadata_path: path.display().to_string(),
+            meta,
             recall_timeout_ms,
             block_size,
             mds_identities: p.mds_identities,
@@ -322,11 +418,19 @@ async fn layout_volume_delete(c: Call) -> RpcResult {
     let Some(e) = c.app.layout.volumes.lock().unwrap().remove(&p.name) else {
         return Err(RpcError::errno(libc::ENODEV, format!("layout volume {} not found", p.name)));
     };
+    let meta = e.meta.clone();
     e.volume.set_guard(None);
     c.app.layout.pr_fencer.detach(&p.name);
     c.app.volumes.close(&e.bdev_name, &format!("layout:{}", p.name));
     let v = e.vol.clone();
-    blocking(move || v.checkpoint()).await?;
+    let r = blocking(move || v.checkpoint()).await;
+    // The journal (and its reactor handler) goes with the last reference to the volume; the
+    // metadata bdev is free for bdev_*_delete or another layout volume.
+    drop(e);
+    if let Meta::Bdev(b) = &meta {
+        c.app.bdevs.release(b, &meta_user(&p.name));
+    }
+    r?;
     ok()
 }
 
@@ -349,8 +453,9 @@ async fn layout_volume_list(c: Call) -> RpcResult {
         .filter(|(n, _)| p.name.as_ref().map_or(true, |x| x == *n))
         .map(|(n, e)| {
             let (sb, files, clients, grants, free) = e.vol.with_state(|s| (s.sb.clone(), s.files.len(), s.clients.len(), s.grants.len(), s.free.free_blocks()));
+            let (mk, mv) = e.meta.param();
             json!({
-                "name": n, "bdev_name": e.bdev_name, "metadata_path": e.metadata_path, "uuid": sb.uuid,
+                "name": n, "bdev_name": e.bdev_name, mk: mv, "uuid": sb.uuid,
                 "guard": e.vol.guard().policy(), "recall_timeout_ms": e.recall_timeout_ms,
                 "block_size": sb.block_size, "num_blocks": sb.num_blocks, "free_blocks": free,
                 "files": files, "clients": clients, "grants": grants, "guard_counters": e.vol.guard().counters_json(),

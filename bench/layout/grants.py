@@ -11,6 +11,7 @@ runs for --seconds per mode over one persistent JSON-RPC connection:
 Every call that changes metadata is fsynced before it answers, so this measures the journal.
 Prints grants per second for each mode. Usage:
   bench/layout/grants.py [--bin target/release/palisade] [--seconds 5] [--dir /path] [--guard off]
+                         [--prefill N]   (N files made first: rates must not depend on it)
 """
 import argparse, json, os, socket, subprocess, sys, tempfile, time
 
@@ -53,6 +54,8 @@ def main():
     # guard "off": commits convert what the client reports (no data path writes in this bench).
     ap.add_argument("--guard", default="off")
     ap.add_argument("--grant-kib", type=int, default=64)
+    # Files (one committed extent each) made before measuring: the rates must not fall with it.
+    ap.add_argument("--prefill", type=int, default=0)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="palisade-layout-bench-", dir=a.dir)
     sock = os.path.join(work, "rpc.sock")
@@ -70,6 +73,15 @@ def main():
         r.call("layout_volume_create", name="lv", bdev_name="m0", metadata_path=meta, guard=a.guard)
         r.call("client_register", volume="lv", client="bench", pr_key=1)
         glen = a.grant_kib * 1024
+        t0 = time.monotonic()
+        for i in range(a.prefill):
+            f = f"pre{i}"
+            r.call("layout_file_create", volume="lv", file=f)
+            g = r.call("layout_get", volume="lv", file=f, client="bench", offset=0, length=bs, iomode="rw")
+            r.call("layout_commit", grant=g["grant"], ranges=[{"offset": 0, "length": bs}], new_size=bs)
+            r.call("layout_return", grant=g["grant"])
+        if a.prefill:
+            print(f"prefill: {a.prefill} files with one committed block each in {time.monotonic() - t0:.1f} s")
         results = {}
         for mode in ("single", "many"):
             n = 0

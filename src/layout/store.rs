@@ -662,7 +662,10 @@ impl LayoutVolume {
                         }
                         if w {
                             let (f0, n) = (fb + i, j - i);
-                            tx.rec(Record::MapClear { file: file.clone(), fblk: f0, len: n })?;
+                            // Unmap the copy-on-write source, if any (a hole needs no record).
+                            if !tx.st.files.get(&file).is_some_and(|f| f.map.is_hole(f0, n)) {
+                                tx.rec(Record::MapClear { file: file.clone(), fblk: f0, len: n })?;
+                            }
                             tx.rec(Record::MapSet { file: file.clone(), fblk: f0, lba: p.lba + i, len: n })?;
                             tx.rec(Record::GrantRelease { grant, fblk: f0, len: n })?;
                             done += n;

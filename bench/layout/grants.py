@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--grant-kib", type=int, default=64)
     # Files (one committed extent each) made before measuring: the rates must not fall with it.
     ap.add_argument("--prefill", type=int, default=0)
+    ap.add_argument("--volume-gib", type=int, default=4, help="RAM data bdev size (grants use it up)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="palisade-layout-bench-", dir=a.dir)
     sock = os.path.join(work, "rpc.sock")
@@ -69,7 +70,7 @@ def main():
         time.sleep(0.1)
         r = Rpc(sock)
         bs = 4096
-        r.call("bdev_malloc_create", name="m0", num_blocks=(1 << 30) // bs, block_size=bs)
+        r.call("bdev_malloc_create", name="m0", num_blocks=(a.volume_gib << 30) // bs, block_size=bs)
         r.call("layout_volume_create", name="lv", bdev_name="m0", metadata_path=meta, guard=a.guard)
         r.call("client_register", volume="lv", client="bench", pr_key=1)
         glen = a.grant_kib * 1024

@@ -206,6 +206,12 @@ fn layout_story_iscsi_and_nvme_clients() {
     let mut a = Session::connect("127.0.0.1", iscsi_port, &LoginOptions::new(A_NAME, Some(IQN)), 8).unwrap();
     let (cdb, p) = pr_out_register(KEY_A);
     assert_eq!(iscsi_cmd(&mut a, &cdb, &p).status, 0, "A registers its key");
+    // A guarded volume has volatile state (which blocks were written) that a flush makes
+    // durable: the caching page reports WCE=1 so initiators flush (NVMe: VWC).
+    let (c, ms) = a.command(0, &[0x1a, 0x08, 0x08, 0, 0xff, 0], &[], 0xff, Duration::from_secs(10)).unwrap();
+    assert_eq!(c.status, 0);
+    assert_eq!(ms[4], 0x08, "caching page");
+    assert_eq!(ms[4 + 2] & 0x04, 0x04, "WCE on a guarded volume");
     let mut ho = HostOpts::new(format!("127.0.0.1:{nvme_port}").parse::<SocketAddr>().unwrap(), NQN);
     ho.hostnqn = B_NQN.into();
     let bc = Controller::connect(&ho).unwrap();

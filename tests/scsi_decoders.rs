@@ -32,13 +32,13 @@ proptest! {
         }
         let _ = opcodes::report(&c);
         let _ = opcodes::report_tmf(&c);
-        let st = mode::ModeState::new(false);
+        let st = mode::ModeState::fixed(false);
         let _ = mode::mode_sense(&st, &mode::ModeSense::decode(&c), false, 1024, 512);
     }
 
     #[test]
     fn parameter_lists(data in proptest::collection::vec(any::<u8>(), 0..600), ten in any::<bool>()) {
-        let st = mode::ModeState::new(true);
+        let st = mode::ModeState::fixed(true);
         let _ = mode::mode_select(&st, ten, &data, 512);
         let _ = sbc::parse_unmap(&data, 1024);
         let _ = xcopy::parse(&data, &luns());
@@ -59,7 +59,7 @@ proptest! {
 fn mode_select_round_trips_mode_sense() {
     // What MODE SENSE reports as current is accepted back unchanged by MODE SELECT (a common
     // initiator pattern: read, flip a bit, write back).
-    let st = mode::ModeState::new(false);
+    let st = mode::ModeState::fixed(false);
     for page in [0x08u8, 0x0a, 0x1c] {
         let req = mode::ModeSense { ten: true, dbd: false, llbaa: false, pc: 0, page, subpage: 0, alloc: 255 };
         let mut d = mode::mode_sense(&st, &req, false, 1024, 512).unwrap();

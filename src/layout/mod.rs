@@ -39,8 +39,9 @@
 //!
 //! - Written-since-allocation bits behave like a volatile write cache: they are journaled
 //!   (`pending_written` records) when the initiator flushes (SYNCHRONIZE CACHE, NVMe Flush) or
-//!   writes FUA through the volume, and at a clean shutdown; NVMe namespaces of guarded volumes
-//!   report a volatile write cache so hosts do flush. Blocks written but neither flushed nor
+//!   writes FUA through the volume, and at a clean shutdown; guarded volumes report a volatile
+//!   write cache (SCSI caching page WCE=1, NVMe VWC) so initiators do flush; an initiator that
+//!   turns WCE off gets every write FUA. Blocks written but neither flushed nor
 //!   committed before a crash read as zeros afterwards (never stale) and a commit under
 //!   `enforce` leaves them unwritten. While the guard is `off`, commits trust the client.
 //! - With [`recall::GuardOnlyFencer`] instead of the reservation fencer, a write already past the

@@ -149,13 +149,13 @@ pub struct Lun {
 impl Lun {
     pub fn new(id: u64, volume: Arc<Volume>) -> Lun {
         let serial = crate::volume::identity::hex(&volume.uuid().as_bytes()[..8]);
-        let wc = volume.bdev().info().write_cache;
+        let v = volume.clone();
         Lun {
             id,
             volume,
             product: "Palisade LUN".into(),
             serial,
-            mode: mode::ModeState::new(wc),
+            mode: mode::ModeState::new(move || v.volatile_write_cache()),
             events: ua::LunEvents::default(),
         }
     }

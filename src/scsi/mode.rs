@@ -5,7 +5,7 @@
 //! SWP (control page) are changeable. Saved values are not implemented (nothing is persisted), so
 //! PC=11b and SP=1 are refused as SPC-4 requires.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use super::sense::{Sense, PARAM_LIST_LENGTH_ERROR, SAVING_PARAMS_UNSUPPORTED};
 
@@ -15,18 +15,57 @@ pub const PAGE_INFO_EXCEPTIONS: u8 = 0x1c;
 pub const PAGE_ALL: u8 = 0x3f;
 
 /// Current mode values of a LUN.
-#[derive(Debug)]
 pub struct ModeState {
-    /// Caching page WCE: the volume may cache writes (SYNCHRONIZE CACHE / FUA make them stable).
-    pub wce: AtomicBool,
+    /// Caching page WCE as MODE SELECT left it: `WCE_DEFAULT` follows the volume (which may gain
+    /// a volatile state after the LUN exists, e.g. a layout guard's written-block records), else
+    /// `WCE_ON` / `WCE_OFF`.
+    wce: AtomicU8,
     /// Control page SWP: software write protect.
     pub swp: AtomicBool,
-    default_wce: bool,
+    /// Whether the volume behind the LUN has volatile state a flush makes durable (the default
+    /// WCE).
+    volatile: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+const WCE_DEFAULT: u8 = 0;
+const WCE_ON: u8 = 1;
+const WCE_OFF: u8 = 2;
+
+impl std::fmt::Debug for ModeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModeState").field("wce", &self.wce()).field("swp", &self.swp).finish()
+    }
 }
 
 impl ModeState {
-    pub fn new(write_cache: bool) -> ModeState {
-        ModeState { wce: AtomicBool::new(write_cache), swp: AtomicBool::new(false), default_wce: write_cache }
+    pub fn new(volatile: impl Fn() -> bool + Send + Sync + 'static) -> ModeState {
+        ModeState { wce: AtomicU8::new(WCE_DEFAULT), swp: AtomicBool::new(false), volatile: Box::new(volatile) }
+    }
+    /// A LUN whose volume's caching never changes (tests).
+    pub fn fixed(write_cache: bool) -> ModeState {
+        ModeState::new(move || write_cache)
+    }
+    /// Does the volume hold volatile state a flush makes durable?
+    pub fn volatile(&self) -> bool {
+        (self.volatile)()
+    }
+    /// Current WCE, given [`ModeState::volatile`] (callers on the I/O path already have it).
+    pub fn wce_given(&self, volatile: bool) -> bool {
+        match self.wce.load(Ordering::Relaxed) {
+            WCE_ON => true,
+            WCE_OFF => false,
+            _ => volatile,
+        }
+    }
+    /// Current WCE.
+    pub fn wce(&self) -> bool {
+        self.wce_given(self.volatile())
+    }
+    /// Set WCE (MODE SELECT); true if the current value changed.
+    pub fn set_wce(&self, on: bool) -> bool {
+        let before = self.wce();
+        self.wce.store(if on { WCE_ON } else { WCE_OFF }, Ordering::Release);
+        before != on
     }
 }
 
@@ -41,9 +80,9 @@ pub enum PageControl {
 /// Encode one page (code, subpage 0) for the given page control; None if we do not have it.
 pub fn encode_page(st: &ModeState, page: u8, pc: PageControl, out: &mut Vec<u8>) -> bool {
     let (wce, swp) = match pc {
-        PageControl::Current => (st.wce.load(Ordering::Relaxed), st.swp.load(Ordering::Relaxed)),
+        PageControl::Current => (st.wce(), st.swp.load(Ordering::Relaxed)),
         PageControl::Changeable => (true, true),
-        PageControl::Default => (st.default_wce, false),
+        PageControl::Default => (st.volatile(), false),
     };
     match page {
         // Caching mode page (SBC-3 6.4.5): 20 bytes; only WCE (byte 2 bit 2) is meaningful.
@@ -244,7 +283,7 @@ pub fn mode_select(st: &ModeState, ten: bool, data: &[u8], block_size: u32) -> R
 pub fn apply(st: &ModeState, c: ModeChange) -> bool {
     let mut changed = false;
     if let Some(w) = c.wce {
-        changed |= st.wce.swap(w, Ordering::AcqRel) != w;
+        changed |= st.set_wce(w);
     }
     if let Some(s) = c.swp {
         changed |= st.swp.swap(s, Ordering::AcqRel) != s;
@@ -262,7 +301,7 @@ mod tests {
 
     #[test]
     fn sense6_all_pages_lengths() {
-        let st = ModeState::new(false);
+        let st = ModeState::fixed(false);
         let d = mode_sense(&st, &req(false, PAGE_ALL, 0, false), false, 1000, 512).unwrap();
         assert_eq!(d[0] as usize, d.len() - 1);
         assert_eq!(d[3], 8);
@@ -275,7 +314,7 @@ mod tests {
 
     #[test]
     fn sense10_long_lba_and_saved() {
-        let st = ModeState::new(true);
+        let st = ModeState::fixed(true);
         let mut r = req(true, PAGE_CACHING, 0, false);
         r.llbaa = true;
         let d = mode_sense(&st, &r, false, 1 << 40, 4096).unwrap();
@@ -290,7 +329,7 @@ mod tests {
 
     #[test]
     fn select_changes_only_changeable_bits() {
-        let st = ModeState::new(false);
+        let st = ModeState::fixed(false);
         let mut list = vec![0u8, 0, 0, 0];
         encode_page(&st, PAGE_CACHING, PageControl::Current, &mut list);
         list[4 + 2] |= 0x04;

@@ -4,7 +4,6 @@
 //!
 //! READ and WRITE allocate nothing but the pooled data buffer and a slab slot.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::cdb::{be, decode_block, in_range, BlockCdb};
@@ -42,9 +41,12 @@ fn check_block(lun: &Lun, op: u8, b: &BlockCdb) -> Result<(), Sense> {
 }
 
 /// Whether a write must reach stable storage before status: FUA, or the volume caches writes
-/// while the initiator turned write caching off (WCE=0).
+/// (or a layout guard's written-block records) while the initiator turned write caching off.
 fn needs_fua(lun: &Lun, fua: bool) -> bool {
-    fua || (lun.volume.bdev().info().write_cache && !lun.mode.wce.load(Ordering::Relaxed))
+    fua || {
+        let v = lun.volume.volatile_write_cache();
+        v && !lun.mode.wce_given(v)
+    }
 }
 
 impl ScsiPort {

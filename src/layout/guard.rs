@@ -94,6 +94,27 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// Take `[s, e)` out of sorted, merged ranges.
+fn remove_range(v: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    let i = v.partition_point(|r| r.1 <= s);
+    let j = v.partition_point(|r| r.0 < e);
+    if i >= j {
+        return;
+    }
+    let (first, last) = (v[i], v[j - 1]);
+    let mut keep = [(0, 0); 2];
+    let mut k = 0;
+    if first.0 < s {
+        keep[k] = (first.0, s);
+        k += 1;
+    }
+    if last.1 > e {
+        keep[k] = (e, last.1);
+        k += 1;
+    }
+    v.splice(i..j, keep[..k].iter().copied());
+}
+
 /// Add `[s, e)` to sorted, merged ranges, keeping them so (a copy, no sort).
 fn insert_merged(v: &mut Vec<(u64, u64)>, s: u64, e: u64) {
     // First range that ends at or after s (could touch or overlap), last that starts at or before e.
@@ -123,22 +144,52 @@ impl Snapshot {
         Arc::new(merge(data))
     }
 
-    /// The data ranges after a transaction's `recs`, from those of `prev`: shared when no map
-    /// changed, extended when runs were only mapped, recomputed when some were unmapped.
-    pub fn data_after(prev: &Snapshot, st: &State, recs: &[Record]) -> Arc<Vec<(u64, u64)>> {
-        if recs.iter().any(|r| matches!(r, Record::MapClear { .. })) {
-            return Snapshot::data_of(st);
+    /// The data ranges after a transaction's `recs` (applied to `old`, giving `st`), from those
+    /// of `prev`: shared when no map changed; otherwise only the device ranges the records
+    /// mapped or unmapped are re-derived (a block is data while some file maps it: referenced
+    /// and not a grant's unwritten block), so the cost does not grow with the number of files.
+    pub fn data_after(prev: &Snapshot, old: &State, st: &State, recs: &[Record]) -> Arc<Vec<(u64, u64)>> {
+        let mut cand: Vec<(u64, u64)> = Vec::new();
+        for rec in recs {
+            match rec {
+                Record::MapSet { lba, len, .. } => cand.push((*lba, lba + len)),
+                Record::MapClear { file, fblk, len } => {
+                    if let Some(f) = old.files.get(file) {
+                        cand.extend(f.map.range(*fblk, *len).into_iter().map(|(_, run)| (run.lba, run.lba + run.len)));
+                    }
+                }
+                _ => {}
+            }
         }
-        let r = st.sb.ratio();
-        let added: Vec<(u64, u64)> =
-            recs.iter().filter_map(|x| if let Record::MapSet { lba, len, .. } = x { Some((lba * r, (lba + len) * r)) } else { None }).collect();
-        if added.is_empty() {
+        if cand.is_empty() {
             return prev.data.clone();
         }
-        let mut v = Vec::with_capacity(prev.data.len() + added.len());
+        let r = st.sb.ratio();
+        let pending = merge(st.grants.values().flat_map(|g| g.pending.iter().map(|(_, p)| (p.lba, p.lba + p.len))).collect());
+        let mut v = Vec::with_capacity(prev.data.len() + cand.len());
         v.extend_from_slice(&prev.data);
-        for (s, e) in added {
-            insert_merged(&mut v, s, e);
+        for (s, e) in merge(cand) {
+            remove_range(&mut v, s * r, e * r);
+            for (a, n, count) in st.refs.pieces(s, e - s) {
+                if count == 0 {
+                    continue;
+                }
+                // Referenced: data, except where a grant holds it unwritten.
+                let mut pos = a;
+                let end = a + n;
+                for &(ps, pe) in &pending[pending.partition_point(|p| p.1 <= a)..] {
+                    if ps >= end {
+                        break;
+                    }
+                    if ps > pos {
+                        insert_merged(&mut v, pos * r, ps * r);
+                    }
+                    pos = pos.max(pe);
+                }
+                if pos < end {
+                    insert_merged(&mut v, pos * r, end * r);
+                }
+            }
         }
         Arc::new(v)
     }
@@ -491,5 +542,12 @@ mod tests {
         insert_merged(&mut v, 5, 50);
         assert_eq!(v, vec![(0, 60)]);
         assert_eq!(v, merge(vec![(0, 5), (10, 25), (30, 40), (50, 60), (5, 50)]));
+        remove_range(&mut v, 10, 20);
+        assert_eq!(v, vec![(0, 10), (20, 60)]);
+        remove_range(&mut v, 5, 25);
+        remove_range(&mut v, 100, 200);
+        assert_eq!(v, vec![(0, 5), (25, 60)]);
+        remove_range(&mut v, 0, 60);
+        assert!(v.is_empty());
     }
 }

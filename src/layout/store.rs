@@ -188,8 +188,8 @@ impl LayoutVolume {
                     ng.recall = Some(r.clone());
                 }
             }
+            let data = Snapshot::data_after(&self.guard.snapshot(), &inner.st, &tx.st, &tx.recs);
             inner.st = tx.st;
-            let data = Snapshot::data_after(&self.guard.snapshot(), &inner.st, &tx.recs);
             self.guard.publish(Snapshot::build_with(&inner.st, data));
             if inner.meta.wants_checkpoint() {
                 if let Err(e) = inner.meta.checkpoint(&inner.st) {

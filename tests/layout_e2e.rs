@@ -14,15 +14,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Target, BIN};
+use common::{free_port, RawConn, Target, BIN};
 use palisade::iscsi::initiator::{Completion, LoginOptions, Session};
 use palisade::nvmf::host::{rw_sqe, Controller, HostOpts, Queue};
 use serde_json::{json, Value};
@@ -37,63 +35,6 @@ const B_NQN: &str = "nqn.2026-01.test:client-b";
 const KEY_A: u64 = 0xa1a1;
 const MAGIC: u64 = 0x5041_4c49_5341_4445; // "PALISADE"
 const STALE: u8 = 0xee;
-
-/// A JSON-RPC connection that also collects notifications.
-struct Conn {
-    s: UnixStream,
-    buf: Vec<u8>,
-    id: u64,
-}
-
-impl Conn {
-    fn new(t: &Target) -> Conn {
-        let s = UnixStream::connect(&t.sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        Conn { s, buf: Vec::new(), id: 1000 }
-    }
-    fn next(&mut self, timeout: Duration) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            if let Some(Ok(v)) = it.next() {
-                let n = it.byte_offset();
-                self.buf.drain(..n);
-                return Some(v);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 65536];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
-        }
-    }
-    /// The next `layout_recall` notification with this reason.
-    fn recall(&mut self, reason: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let v = self.next(left).unwrap_or_else(|| panic!("no layout_recall ({reason}) notification"));
-            if v["method"] == "layout_recall" && v["params"]["reason"] == reason {
-                return v["params"].clone();
-            }
-        }
-    }
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.id += 1;
-        let req = json!({"jsonrpc": "2.0", "id": self.id, "method": method, "params": params});
-        self.s.write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
-        loop {
-            let v = self.next(Duration::from_secs(10)).expect("answer");
-            if v.get("id") == Some(&json!(self.id)) {
-                return v;
-            }
-        }
-    }
-}
 
 fn cdb10(op: u8, lba: u64, n: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
@@ -195,8 +136,8 @@ fn layout_story_iscsi_and_nvme_clients() {
     let mut t = Target::start(&["-m", "0x1"]);
     let (iscsi_port, nvme_port) = (free_port(), free_port());
     setup(&t, data_s, meta_s, iscsi_port, nvme_port);
-    let mut mds = Conn::new(&t);
-    assert_eq!(mds.call("layout_recall_subscribe", json!({}))["result"], json!(true));
+    let mut mds = RawConn::connect(&t.sock);
+    assert_eq!(mds.call("layout_recall_subscribe", json!({})).0["result"], json!(true));
 
     // A has no identity: only the PR key it registers maps its nexus to it. B is known by NQN.
     t.rpc("client_register", json!({"volume": "lv0", "client": "A", "pr_key": KEY_A}));

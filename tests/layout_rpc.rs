@@ -5,65 +5,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{Target, BIN};
+use common::{RawConn, Target, BIN};
 use serde_json::{json, Value};
 
 const BS: u64 = 4096;
 const UUID: &str = "3b9a4c1e-1111-4e2f-8a3b-5c6d7e8f9a0b";
 const UUID2: &str = "3b9a4c1e-2222-4e2f-8a3b-5c6d7e8f9a0b";
-
-/// A connection that keeps reading: answers and notifications.
-struct Conn {
-    s: UnixStream,
-    buf: Vec<u8>,
-    id: u64,
-}
-
-impl Conn {
-    fn new(t: &Target) -> Conn {
-        let s = UnixStream::connect(&t.sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        Conn { s, buf: Vec::new(), id: 100 }
-    }
-    /// Next JSON value within `timeout`.
-    fn next(&mut self, timeout: Duration) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            if let Some(Ok(v)) = it.next() {
-                let n = it.byte_offset();
-                self.buf.drain(..n);
-                return Some(v);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 65536];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
-        }
-    }
-    fn call(&mut self, method: &str, params: Value) -> (Value, Vec<Value>) {
-        self.id += 1;
-        let req = json!({"jsonrpc": "2.0", "id": self.id, "method": method, "params": params});
-        self.s.write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
-        let mut notes = Vec::new();
-        loop {
-            let v = self.next(Duration::from_secs(10)).expect("answer");
-            if v.get("id") == Some(&json!(self.id)) {
-                return (v, notes);
-            }
-            notes.push(v);
-        }
-    }
-}
 
 fn err(r: Result<Value, (i64, String)>) -> (i64, String) {
     r.expect_err("call should fail")
@@ -85,7 +34,7 @@ fn metadata_server_flow_recall_fence_reflink_restart() {
     let meta = meta_dir.path().join("lv0.meta");
     let meta_s = meta.to_str().unwrap();
     start_volume(&t, meta_s, "off");
-    let mut sub = Conn::new(&t);
+    let mut sub = RawConn::connect(&t.sock);
     assert_eq!(sub.call("layout_recall_subscribe", json!({})).0["result"], json!(true));
 
     t.rpc("client_register", json!({"volume": "lv0", "client": "A", "pr_key": "0xa", "identities": ["iqn.2026-01.test:a"]}));
@@ -116,7 +65,7 @@ fn metadata_server_flow_recall_fence_reflink_restart() {
     let (code, msg) = err(t.try_rpc("layout_get", Some(json!({"volume": "lv0", "file": 1, "client": "B", "offset": 0, "length": 4 * BS, "iomode": "rw"}))));
     assert_eq!(code, -libc::EAGAIN as i64);
     assert!(msg.contains("recall pending, retry"), "{msg}");
-    let note = sub.next(Duration::from_secs(5)).expect("layout_recall notification");
+    let note = sub.next_within(Duration::from_secs(5)).expect("layout_recall notification");
     assert_eq!(note["method"], "layout_recall");
     assert_eq!(note["params"], json!({"volume": "lv0", "grant": ga_id, "client": "A", "file": 1, "reason": "conflict"}));
     // A never returns it: the timer revokes and fences A, then B's layout is given.
@@ -128,7 +77,7 @@ fn metadata_server_flow_recall_fence_reflink_restart() {
             Err(e) => panic!("B's layout_get: {e:?}"),
         }
     };
-    let note = sub.next(Duration::from_secs(5)).expect("fence notification");
+    let note = sub.next_within(Duration::from_secs(5)).expect("fence notification");
     assert_eq!(note["params"]["reason"], "fence");
     assert_eq!(note["params"]["grant"], ga_id);
     let clients = t.rpc("client_list", json!({"volume": "lv0"}));
@@ -144,7 +93,7 @@ fn metadata_server_flow_recall_fence_reflink_restart() {
     // Reflink: B's grant on the source is recalled first; after the return the clone shares data.
     let (code, _) = err(t.try_rpc("layout_file_reflink", Some(json!({"volume": "lv0", "source": 1, "destination": "clone"}))));
     assert_eq!(code, -libc::EAGAIN as i64);
-    let note = sub.next(Duration::from_secs(5)).expect("reflink recall");
+    let note = sub.next_within(Duration::from_secs(5)).expect("reflink recall");
     assert_eq!(note["params"]["reason"], "reflink");
     t.rpc("layout_return", json!({"grant": gb["grant"]}));
     t.rpc("layout_file_reflink", json!({"volume": "lv0", "source": 1, "destination": "clone"}));

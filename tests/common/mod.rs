@@ -151,17 +151,19 @@ pub fn require(cmd: &str) -> bool {
     false
 }
 
-/// A raw JSON-RPC connection for framing tests: write any bytes, read back JSON values.
+/// A raw JSON-RPC connection: write any bytes, read back JSON values; or call methods while
+/// collecting notifications (a metadata server's `layout_recall` subscription).
 pub struct RawConn {
     pub stream: std::os::unix::net::UnixStream,
     buf: Vec<u8>,
+    next_id: u64,
 }
 
 impl RawConn {
     pub fn connect(sock: &Path) -> RawConn {
         let stream = std::os::unix::net::UnixStream::connect(sock).expect("connect to RPC socket");
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        RawConn { stream, buf: Vec::new() }
+        RawConn { stream, buf: Vec::new(), next_id: 1000 }
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -169,19 +171,26 @@ impl RawConn {
         self.stream.write_all(bytes)
     }
 
+    /// A complete JSON value already buffered, if any.
+    fn take_value(&mut self) -> Option<Value> {
+        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                let used = it.byte_offset();
+                self.buf.drain(..used);
+                Some(v)
+            }
+            Some(Err(e)) if !e.is_eof() => panic!("server sent invalid JSON: {e}"),
+            _ => None,
+        }
+    }
+
     /// Read the next complete JSON value (None if the server closed the connection first).
     pub fn recv(&mut self) -> Option<Value> {
         use std::io::Read;
         loop {
-            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            match it.next() {
-                Some(Ok(v)) => {
-                    let used = it.byte_offset();
-                    self.buf.drain(..used);
-                    return Some(v);
-                }
-                Some(Err(e)) if !e.is_eof() => panic!("server sent invalid JSON: {e}"),
-                _ => {}
+            if let Some(v) = self.take_value() {
+                return Some(v);
             }
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
@@ -189,6 +198,57 @@ impl RawConn {
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
                 Err(e) => panic!("reading from the RPC socket: {e}"),
+            }
+        }
+    }
+
+    /// The next JSON value (answer or notification) within `timeout`; None on timeout or close.
+    pub fn next_within(&mut self, timeout: Duration) -> Option<Value> {
+        use std::io::Read;
+        let deadline = Instant::now() + timeout;
+        self.stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let v = loop {
+            if let Some(v) = self.take_value() {
+                break Some(v);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        };
+        self.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        v
+    }
+
+    /// Call `method`: its answer, and the notifications that arrived before it.
+    pub fn call(&mut self, method: &str, params: Value) -> (Value, Vec<Value>) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let req = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send(&serde_json::to_vec(&req).unwrap()).unwrap();
+        let mut notes = Vec::new();
+        loop {
+            let v = self.next_within(Duration::from_secs(10)).expect("answer");
+            if v.get("id") == Some(&serde_json::json!(id)) {
+                return (v, notes);
+            }
+            notes.push(v);
+        }
+    }
+
+    /// The next `layout_recall` notification with this reason (its params).
+    pub fn recall(&mut self, reason: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.next_within(left).unwrap_or_else(|| panic!("no layout_recall ({reason}) notification"));
+            if v["method"] == "layout_recall" && v["params"]["reason"] == reason {
+                return v["params"].clone();
             }
         }
     }

@@ -64,6 +64,7 @@ pub mod fsck;
 pub mod guard;
 pub mod journal;
 pub mod metadev;
+pub mod ranges;
 pub mod recall;
 pub mod state;
 pub mod store;

@@ -5,15 +5,14 @@
 //! accepted). The same function runs when a call makes a change and when the journal is replayed,
 //! so replay reproduces exactly what was acknowledged. Units are layout blocks.
 
-use std::collections::BTreeMap;
-
-use imbl::OrdMap;
 use std::sync::Arc;
 
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::alloc::{FreeTree, RefMap};
 use super::bitmap::Bitmap;
+use super::ranges::insert_merged;
 use super::error::LayoutError;
 use super::extent::{ExtentMap, Run, Seg};
 use super::types::{FileId, IoMode, RecallReason};
@@ -130,8 +129,8 @@ impl State {
         let mut out = Vec::new();
         for (_, p) in g.pending.iter() {
             let (s, e) = (p.lba * p.ratio, (p.lba + p.len) * p.ratio);
-            for &(a, n) in runs {
-                let (x, y) = (a.max(s), (a + n).min(e));
+            for &(a, b) in runs {
+                let (x, y) = (a.max(s), b.min(e));
                 if x < y {
                     out.push((x, y - x));
                 }
@@ -200,11 +199,11 @@ pub struct State {
     pub next_grant: u64,
     pub free: FreeTree,
     pub refs: RefMap,
-    /// Written-since-allocation runs (device blocks) that are durable: journaled as
-    /// `PendingWritten` records or in the checkpoint, per grant. The live bitmaps may hold more
-    /// (writes since the last flush); only these go into a checkpoint, since a block's data is
-    /// only known durable once the initiator flushed it.
-    pub saved_written: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// Written-since-allocation device blocks that are durable (journaled as `PendingWritten`
+    /// records or in the checkpoint), per grant, as merged `[start, end)` ranges. The live
+    /// bitmaps may hold more (writes since the last flush); only these go into a checkpoint,
+    /// since a block's data is only known durable once the initiator flushed it.
+    pub saved_written: OrdMap<u64, Vec<(u64, u64)>>,
 }
 
 fn corrupt(s: impl Into<String>) -> LayoutError {
@@ -214,7 +213,7 @@ fn corrupt(s: impl Into<String>) -> LayoutError {
 impl State {
     pub fn new(sb: Superblock) -> State {
         let free = FreeTree::new(sb.num_blocks);
-        State { sb, files: OrdMap::new(), clients: OrdMap::new(), grants: OrdMap::new(), next_grant: 1, free, refs: RefMap::default(), saved_written: BTreeMap::new() }
+        State { sb, files: OrdMap::new(), clients: OrdMap::new(), grants: OrdMap::new(), next_grant: 1, free, refs: RefMap::default(), saved_written: OrdMap::new() }
     }
 
     fn new_pending(&self, lba: u64, len: u64) -> Pending {
@@ -319,17 +318,9 @@ impl State {
                 if covered != *dlen {
                     return Err(corrupt(format!("grant {grant}: written blocks {dlba}+{dlen} are not all in its unwritten extents")));
                 }
-                let runs = self.saved_written.entry(*grant).or_default();
-                runs.push((*dlba, *dlen));
-                runs.sort_unstable();
-                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
-                for &(a, n) in runs.iter() {
-                    match merged.last_mut() {
-                        Some(l) if l.0 + l.1 >= a => l.1 = l.1.max(a + n - l.0),
-                        _ => merged.push((a, n)),
-                    }
-                }
-                *runs = merged;
+                let mut runs = self.saved_written.get(grant).cloned().unwrap_or_default();
+                insert_merged(&mut runs, *dlba, dlba + dlen);
+                self.saved_written.insert(*grant, runs);
             }
             Record::ClientPut { client, key, identities } => {
                 let fenced = self.clients.get(client).is_some_and(|c| c.fenced);

@@ -380,6 +380,12 @@ impl Guard {
         self.snap.load().client_index(who).unwrap_or(NOBODY)
     }
 
+    /// Does `[lba, lba+n)` touch a grant's unwritten blocks? Only then does a read's outcome
+    /// depend on who reads (the hook skips identifying the reader otherwise).
+    pub fn touches_pending(&self, lba: u64, n: u64) -> bool {
+        self.policy() != Policy::Off && self.snap.load().touches_pending(lba, lba.saturating_add(n))
+    }
+
     /// Which blocks of a read of `[lba, lba+n)` by `reader` (see [`Guard::reader`]) hold data it
     /// may see?
     pub fn check_read(&self, reader: u32, lba: u64, n: u64) -> ReadVerdict {

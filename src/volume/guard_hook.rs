@@ -122,7 +122,11 @@ pub fn submit(
 ) -> Result<(), (IoRequest, Denied)> {
     match req.op {
         IoOp::Read => {
-            let reader = guard.reader(&who(pr, who_));
+            let reader = if guard.touches_pending(req.offset_blocks, req.num_blocks) {
+                guard.reader(&who(pr, who_))
+            } else {
+                crate::layout::guard::NOBODY
+            };
             match guard.check_read(reader, req.offset_blocks, req.num_blocks) {
             ReadVerdict::Data => down.send(core, req),
             ReadVerdict::Zeros => {

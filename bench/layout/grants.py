@@ -46,6 +46,16 @@ class Rpc:
             self.buf += chunk
 
 
+def connect_when_up(sock):
+    """Wait for a just-started `palisade serve` to create its socket, then connect."""
+    for _ in range(200):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    time.sleep(0.1)
+    return Rpc(sock)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "../../target/release/palisade"))
@@ -63,12 +73,7 @@ def main():
     meta = os.path.join(work, "lv.meta")
     proc = subprocess.Popen([a.bin, "serve", "-r", sock], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        time.sleep(0.1)
-        r = Rpc(sock)
+        r = connect_when_up(sock)
         bs = 4096
         r.call("bdev_malloc_create", name="m0", num_blocks=(a.volume_gib << 30) // bs, block_size=bs)
         r.call("layout_volume_create", name="lv", bdev_name="m0", metadata_path=meta, guard=a.guard)

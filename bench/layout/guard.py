@@ -12,10 +12,10 @@ median of the per-pair ratios (enforce / off). Prints a markdown table (IOPS, p9
 
 Usage: bench/layout/guard.py [--bin target/release/palisade] [--seconds 3] [--rounds 10] [--grant 256m]
 """
-import argparse, json, os, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, socket, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from grants import Rpc  # noqa: E402
+from grants import connect_when_up  # noqa: E402
 
 NQN = "nqn.2016-06.io.spdk:layoutbench"
 IQN_NODE = "layoutbench"
@@ -53,12 +53,7 @@ def main():
     sock = os.path.join(tmp, "rpc.sock")
     proc = subprocess.Popen([a.bin, "serve", "-r", sock, "-m", "0x1", "--poll", "busy", "-L", "ERROR"], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        time.sleep(0.1)
-        r = Rpc(sock)
+        r = connect_when_up(sock)
         nport, iport = free_port(), free_port()
         r.call("bdev_malloc_create", name="m0", num_blocks=(grant * 2) // bs, block_size=bs)
         r.call("nvmf_create_transport", trtype="TCP")

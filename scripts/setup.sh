@@ -4,24 +4,56 @@
 # cargo is missing, and SPDK's own RPC client (PyPI `spdk`, pinned) in .venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PKGS=(build-essential curl ca-certificates python3 python3-venv libiscsi-bin tgt fio qemu-utils qemu-block-extra)
+PKGS=(build-essential curl ca-certificates python3 python3-venv libiscsi-bin tgt fio)
+# qemu-utils and qemu-block-extra must be one version (the latter depends on the former with `=`).
+# An image may ship qemu-utils from a suite its apt sources do not list (bookworm-backports), so a
+# plain install of qemu-block-extra fails; they are handled as a pair below.
+QEMU_PAIR=(qemu-utils qemu-block-extra)
+installed_version() { dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | awk '$3=="installed"{print $4}'; }
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+qemu_ok() {
+  local u b
+  u="$(installed_version qemu-utils)"; b="$(installed_version qemu-block-extra)"
+  [ -n "$u" ] && [ "$u" = "$b" ]
+}
 SUDO=""
-if [ ${#missing[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ] || ! qemu_ok; then
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    command -v sudo >/dev/null || { echo "need root or sudo to install packages" >&2; exit 1; }
     SUDO="sudo"
   fi
-  echo "installing Debian packages: ${missing[*]}" >&2
   $SUDO apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-for p in "${PKGS[@]}"; do
+if ! qemu_ok; then
+  # One version apt offers for both packages: the installed qemu-utils' own if qemu-block-extra
+  # exists at it, else the newest version offered for both (which may be a downgrade).
+  have="$(installed_version qemu-utils)"
+  offered_b="$(apt-cache madison qemu-block-extra | awk -F'|' '{gsub(/ /,"",$2); print $2}')"
+  offered_u="$(apt-cache madison qemu-utils | awk -F'|' '{gsub(/ /,"",$2); print $2}')"
+  pick=""
+  if [ -n "$have" ] && grep -qxF "$have" <<<"$offered_b"; then
+    pick="$have"
+  else
+    while read -r v; do
+      [ -n "$v" ] && grep -qxF "$v" <<<"$offered_u" && { pick="$v"; break; }
+    done <<<"$offered_b"
+  fi
+  [ -n "$pick" ] || { echo "no version of qemu-block-extra is offered together with qemu-utils" >&2; exit 1; }
+  echo "installing qemu-utils and qemu-block-extra at one version: $pick (installed qemu-utils: ${have:-none})" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades \
+    "qemu-utils=$pick" "qemu-block-extra=$pick" >/dev/null
+fi
+for p in "${PKGS[@]}" "${QEMU_PAIR[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || { echo "package $p failed to install" >&2; exit 1; }
 done
+qemu_ok || { echo "qemu-utils and qemu-block-extra are at different versions" >&2; exit 1; }
 # Debian's tgt package starts a tgtd service on 0.0.0.0:3260 where systemd runs; the tests start
 # their own tgtd on their own ports and the default config listens on 127.0.0.1:3260.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then

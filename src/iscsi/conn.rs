@@ -17,9 +17,9 @@ use mio::Interest;
 use super::login::{self, Login, LoginCtx, Negotiated, SessionType, Step};
 use super::outq::{OutQueue, ZERO_COPY_MIN};
 use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
-use super::target::{ConnInfo, Target};
+use super::target::{ConnInfo, ConnSlot, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
-use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
+use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
 use crate::reservation::Nexus;
 use crate::scsi::pr::PreemptAbort;
@@ -31,9 +31,13 @@ struct VictimAbort(Arc<PreemptAbort>);
 
 /// Receive buffer: several maximal PDUs, so one recv can carry many small ones.
 const RX_CAP: usize = 1 << 20;
+/// Receive buffer while logging in: login PDUs are at most 8 KiB of text plus a header
+/// (continued text is gathered in the login state, within its own limit).
+const LOGIN_RX_CAP: usize = 32 << 10;
+/// A connection with nothing buffered for this long gives its receive buffer back.
+const RX_IDLE_RELEASE: Duration = Duration::from_secs(2);
 /// Stop reading new requests while this much output waits for the socket (back-pressure).
 const TX_HIGH_WATER: usize = 8 << 20;
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest EDTL we buffer for a write (bigger commands get CHECK CONDITION).
 const MAX_WRITE_EDTL: u32 = 32 << 20;
 
@@ -59,9 +63,7 @@ pub struct Conn {
     port: Option<ScsiPort>,
     target_name: String,
     initiator_name: String,
-    rx: Vec<u8>,
-    rx_start: usize,
-    rx_end: usize,
+    rx: RxBuf,
     out: OutQueue,
     read_blocked: bool,
     stat_sn: u32,
@@ -78,7 +80,12 @@ pub struct Conn {
     next_ping_ttt: u32,
     /// A Text response too long for one PDU: what is left, and the TTT that asks for it.
     text_rest: Option<(u32, Vec<u8>)>,
+    /// A login response too long for one PDU: the text left and what to do after its last piece.
+    login_rest: Option<(Vec<u8>, Step)>,
+    login_timeout: Duration,
     registered: bool,
+    /// This connection's place in the target's connection budget.
+    slot: ConnSlot,
 }
 
 fn hd_dd(p: &Negotiated) -> (bool, bool) {
@@ -90,6 +97,7 @@ impl Conn {
         mut sock: TcpStream,
         peer: SocketAddr,
         target: Arc<Target>,
+        slot: ConnSlot,
         pg_tag: u32,
         core: &mut Core,
         me: HandlerRef,
@@ -115,9 +123,7 @@ impl Conn {
             port: None,
             target_name: String::new(),
             initiator_name: String::new(),
-            rx: vec![0u8; RX_CAP],
-            rx_start: 0,
-            rx_end: 0,
+            rx: RxBuf::new(LOGIN_RX_CAP),
             out: OutQueue::with_capacity(512 * 1024),
             read_blocked: false,
             stat_sn: 1,
@@ -132,7 +138,10 @@ impl Conn {
             ping: None,
             next_ping_ttt: 1,
             text_rest: None,
+            login_rest: None,
+            login_timeout: Duration::from_secs(opts.login_timeout.max(1) as u64),
             registered: false,
+            slot,
         }))
     }
 
@@ -184,24 +193,20 @@ impl Conn {
                 return;
             }
             self.read_blocked = false;
-            if self.rx_end == self.rx.len() {
-                if self.rx_start == 0 {
-                    return self.fatal(core, me, "PDU larger than the receive buffer");
-                }
-                self.rx.copy_within(self.rx_start..self.rx_end, 0);
-                self.rx_end -= self.rx_start;
-                self.rx_start = 0;
+            if self.phase == Phase::FullFeature && self.rx.capacity() < RX_CAP && !self.rx.set_capacity(RX_CAP) {
+                return self.fatal(core, me, "cannot map a receive buffer");
             }
-            match self.sock.read(&mut self.rx[self.rx_end..]) {
+            let spare = self.rx.spare();
+            if spare.is_empty() {
+                let why = if self.rx.is_mapped() { "PDU larger than the receive buffer" } else { "cannot map a receive buffer" };
+                return self.fatal(core, me, why);
+            }
+            match self.sock.read(spare) {
                 Ok(0) => return self.fatal(core, me, "peer closed"),
                 Ok(n) => {
-                    self.rx_end += n;
+                    self.rx.filled(n);
                     self.last_rx = core.now;
                     self.process(core, me);
-                    if self.rx_start == self.rx_end {
-                        self.rx_start = 0;
-                        self.rx_end = 0;
-                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -211,10 +216,10 @@ impl Conn {
     }
 
     fn process(&mut self, core: &mut Core, me: HandlerRef) {
-        let rx = std::mem::take(&mut self.rx);
+        let mut rx = std::mem::take(&mut self.rx);
         while self.phase != Phase::Closing {
             let (hd, dd) = hd_dd(&self.params);
-            let buf = &rx[self.rx_start..self.rx_end];
+            let buf = rx.data();
             let frame = match pdu::parse_frame(buf, hd, dd, self.params.max_recv_dsl as usize) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -223,11 +228,10 @@ impl Conn {
                     break;
                 }
             };
-            let base = self.rx_start;
-            self.rx_start += frame.total;
-            let data = &rx[base + frame.data.0..base + frame.data.1];
-            let ahs = &rx[base + frame.ahs.0..base + frame.ahs.1];
+            let data = &buf[frame.data.0..frame.data.1];
+            let ahs = &buf[frame.ahs.0..frame.ahs.1];
             self.dispatch(core, me, &frame.bhs, ahs, data);
+            rx.consume(frame.total);
         }
         self.rx = rx;
         if self.out.pending() {
@@ -274,13 +278,38 @@ impl Conn {
 
     fn on_login(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, data: &[u8]) {
         let Some(mut lg) = self.login.take() else { return };
-        let ctx = LoginCtx { target: &self.target, pg_tag: self.pg_tag, peer: self.peer.ip() };
-        let step = lg.step(&ctx, h, data);
+        let (step, text) = match self.login_rest.take() {
+            // The initiator asks for the rest of a continued response with empty requests.
+            Some(_) if !data.is_empty() || h.flags() & pdu::F_CONTINUE != 0 => (Step::Fail(login::status::INITIATOR_ERROR), Vec::new()),
+            Some((text, step)) => (step, text),
+            None => {
+                let ctx = LoginCtx { target: &self.target, pg_tag: self.pg_tag, peer: self.peer.ip() };
+                let mut step = lg.step(&ctx, h, data);
+                let text = match &mut step {
+                    Step::Reply { keys, .. } | Step::Finish { keys, .. } => pdu::encode_text(&std::mem::take(keys)),
+                    Step::Fail(_) => Vec::new(),
+                };
+                (step, text)
+            }
+        };
         let mut r = Bhs::new(op::LOGIN_RSP, 0);
         r.0[8..14].copy_from_slice(&h.0[8..14]);
         r.set_itt(h.itt());
         // The login request's CmdSN is the first one of the session.
         self.exp_cmd_sn = h.u32_at(at::W24);
+        if !matches!(step, Step::Fail(_)) && text.len() > login::LOGIN_MAX_DSL {
+            // Longer than the initiator takes in one PDU: this piece with C=1 and T=0 (RFC 7143
+            // §11.13.2); each empty request gets the next, the last one carries the real flags.
+            let csg = match &step {
+                Step::Reply { csg, .. } | Step::Finish { csg, .. } => *csg,
+                Step::Fail(_) => 0,
+            };
+            r.0[1] = pdu::F_CONTINUE | (csg << 2);
+            self.login_reply(&mut r, &text[..login::LOGIN_MAX_DSL]);
+            self.login_rest = Some((text[login::LOGIN_MAX_DSL..].to_vec(), step));
+            self.login = Some(lg);
+            return;
+        }
         match step {
             Step::Fail((class, detail)) => {
                 tracing::info!(conn = self.id, peer = %self.peer, initiator = %lg.initiator_name, class, detail, "iscsi: login refused");
@@ -293,16 +322,17 @@ impl Conn {
                 self.phase = Phase::Closing;
                 core.want_flush(me);
             }
-            Step::Reply { keys, transit, csg, nsg } => {
+            Step::Reply { transit, csg, nsg, .. } => {
                 r.0[1] = if transit { pdu::F_TRANSIT } else { 0 } | (csg << 2) | nsg;
-                self.login_reply(&mut r, &keys);
+                self.login_reply(&mut r, &text);
                 self.login = Some(lg);
             }
-            Step::Finish { keys, csg } => {
+            Step::Finish { csg, .. } => {
                 r.0[1] = pdu::F_TRANSIT | (csg << 2) | 3;
                 let tsih = self.target.next_tsih();
                 r.set_u16(at::TSIH, tsih);
-                self.login_reply(&mut r, &keys);
+                self.login_reply(&mut r, &text);
+                self.slot.logged_in();
                 // Digests apply from the first PDU after the final login response.
                 self.params = lg.params.clone();
                 self.session_type = lg.session_type;
@@ -346,13 +376,12 @@ impl Conn {
         }
     }
 
-    fn login_reply(&mut self, r: &mut Bhs, keys: &[(String, String)]) {
+    fn login_reply(&mut self, r: &mut Bhs, text: &[u8]) {
         r.set_u32(at::W24, self.stat_sn);
         self.stat_sn = self.stat_sn.wrapping_add(1);
         r.set_u32(at::W28, self.exp_cmd_sn);
         r.set_u32(at::W32, self.exp_cmd_sn.wrapping_add(self.queue_depth.max(1)).wrapping_sub(1));
-        let text = pdu::encode_text(keys);
-        pdu::encode(&mut self.out.tx, r, &[], &text, false, false);
+        pdu::encode(&mut self.out.tx, r, &[], text, false, false);
     }
 
     // ---- SCSI commands ----------------------------------------------------------------------
@@ -1001,10 +1030,13 @@ impl Handler for Conn {
 
     fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {
         match self.phase {
-            Phase::Login if core.now.duration_since(self.started) > LOGIN_TIMEOUT => {
+            Phase::Login if core.now.duration_since(self.started) > self.login_timeout => {
                 self.fatal(core, me, "login timed out")
             }
             Phase::FullFeature => {
+                if core.now.duration_since(self.last_rx) > RX_IDLE_RELEASE {
+                    self.rx.release_if_empty();
+                }
                 if let Some((_, sent)) = self.ping {
                     if core.now.duration_since(sent) > self.nop_timeout {
                         self.fatal(core, me, "no answer to NOP-In");

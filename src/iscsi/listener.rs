@@ -2,6 +2,7 @@
 //! where it lives for its whole life.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::Interest;
@@ -14,6 +15,9 @@ pub struct Listener {
     sock: TcpListener,
     target: Arc<Target>,
     pg_tag: u32,
+    /// Refusals not yet logged: one line a second at most, so a flood cannot flood the log.
+    refused: u64,
+    last_refusal_log: Option<Instant>,
 }
 
 impl Listener {
@@ -27,7 +31,7 @@ impl Listener {
             tracing::error!("iscsi: cannot register listener: {e}");
             return None;
         }
-        Some(Box::new(Listener { sock, target, pg_tag }))
+        Some(Box::new(Listener { sock, target, pg_tag, refused: 0, last_refusal_log: None }))
     }
 }
 
@@ -36,11 +40,24 @@ impl Handler for Listener {
         loop {
             match self.sock.accept() {
                 Ok((stream, peer)) => {
+                    let slot = match self.target.admit() {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            self.refused += 1;
+                            if self.last_refusal_log.is_none_or(|t| core.now.duration_since(t) >= Duration::from_secs(1)) {
+                                tracing::warn!(portal_group = self.pg_tag, %peer, refused = self.refused, "iscsi: refusing connections: {why}");
+                                self.refused = 0;
+                                self.last_refusal_log = Some(core.now);
+                            }
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let target = self.target.clone();
                     let pg = self.pg_tag;
                     let id = core.reactors().next_reactor();
-                    let ctor = move |core: &mut Core, me: HandlerRef| Conn::handler(stream, peer, target, pg, core, me);
+                    let ctor = move |core: &mut Core, me: HandlerRef| Conn::handler(stream, peer, target, slot, pg, core, me);
                     if id == core.id {
                         core.spawn(ctor);
                     } else {

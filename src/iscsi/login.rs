@@ -69,6 +69,13 @@ pub const TARGET_MAX_RECV_DSL: u32 = 256 * 1024;
 /// Our MaxBurstLength offer.
 pub const TARGET_MAX_BURST: u32 = 1024 * 1024;
 
+/// Keys naming the session, which an initiator may repeat unchanged in later login requests.
+const IDENTITY_KEYS: [&str; 4] = ["InitiatorName", "InitiatorAlias", "TargetName", "SessionType"];
+
+/// What an initiator accepts per login response data segment: MaxRecvDataSegmentLength is not in
+/// force before the full feature phase, so its default (RFC 7143 §13.12) bounds login responses.
+pub const LOGIN_MAX_DSL: usize = 8192;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionType {
     Normal,
@@ -122,6 +129,8 @@ pub struct Login {
     pending: Vec<u8>,
     /// The CHAP name the initiator authenticated as.
     pub chap_user: Option<String>,
+    /// Every key the initiator declared so far in this login, with its value.
+    declared: Vec<(String, String)>,
     opts_first_burst: u32,
     opts_immediate: bool,
     opts_max_conns: u32,
@@ -155,6 +164,7 @@ impl Login {
             params: Negotiated::defaults(TARGET_MAX_RECV_DSL),
             pending: Vec::new(),
             chap_user: None,
+            declared: Vec::new(),
             opts_first_burst: 65536,
             opts_immediate: true,
             opts_max_conns: 1,
@@ -173,6 +183,11 @@ impl Login {
         if bhs.b3() > 0 {
             return Step::Fail(status::UNSUPPORTED_VERSION);
         }
+        // CSG 2 is reserved and 3 (full feature) is no stage a request can be in (§11.12.3): a
+        // request naming either is malformed, whatever the security state.
+        if csg >= 2 {
+            return Step::Fail(status::INITIATOR_ERROR);
+        }
         if flags & F_CONTINUE != 0 {
             if transit || self.pending.len() + data.len() > 64 * 1024 {
                 return Step::Fail(status::INITIATOR_ERROR);
@@ -188,8 +203,11 @@ impl Login {
             t
         };
         let Ok(pairs) = parse_text(&text) else { return Step::Fail(status::INITIATOR_ERROR) };
-        if csg == 2 || (transit && (nsg == 2 || nsg < csg)) {
+        if transit && (nsg == 2 || nsg < csg) {
             return Step::Fail(status::INITIATOR_ERROR);
+        }
+        if let Err(st) = self.check_declarations(&pairs) {
+            return Step::Fail(st);
         }
         let mut out: Vec<(String, String)> = Vec::new();
         if self.first {
@@ -201,7 +219,7 @@ impl Login {
         }
         if csg == 1 && self.stage == 0 {
             // Skipping (or leaving) security negotiation: only without CHAP obligations.
-            if !self.auth_done() && (self.chap != Chap::NotStarted || self.policy.require) {
+            if !self.auth_done() && (self.chap != Chap::NotStarted || self.auth_required()) {
                 return Step::Fail(status::AUTH_FAILED);
             }
             if self.chap == Chap::NotStarted {
@@ -240,6 +258,11 @@ impl Login {
             return Step::Reply { keys: out, transit: false, csg, nsg: 0 };
         }
         if nsg == 3 {
+            // The one gate to full feature phase: whatever stages the initiator named, a session
+            // that must authenticate has done so.
+            if self.auth_required() && self.chap != Chap::Done {
+                return Step::Fail(status::AUTH_FAILED);
+            }
             self.finalize();
             return Step::Finish { keys: out, csg };
         }
@@ -249,6 +272,28 @@ impl Login {
 
     fn auth_done(&self) -> bool {
         self.auth_none || self.chap == Chap::Done
+    }
+
+    /// Whether the policy of this login's node (or of discovery) demands CHAP.
+    fn auth_required(&self) -> bool {
+        self.policy.require || self.policy.mutual
+    }
+
+    /// RFC 7143 §6.1: a key is declared once per login. The names that identify the session may be
+    /// repeated in later requests (libiscsi sends InitiatorName again with its operational keys),
+    /// but only with the same value; anything else declared twice is an initiator error.
+    fn check_declarations(&mut self, pairs: &[(String, String)]) -> Result<(), (u8, u8)> {
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if pairs[..i].iter().any(|(a, _)| a == k) {
+                return Err(status::INITIATOR_ERROR);
+            }
+            match self.declared.iter().find(|(a, _)| a == k) {
+                None => self.declared.push((k.clone(), v.clone())),
+                Some((_, old)) if IDENTITY_KEYS.contains(&k.as_str()) && old == v => {}
+                Some(_) => return Err(status::INITIATOR_ERROR),
+            }
+        }
+        Ok(())
     }
 
     fn first_pdu(&mut self, ctx: &LoginCtx, bhs: &Bhs, pairs: &[(String, String)], out: &mut Vec<(String, String)>) -> Result<(), (u8, u8)> {
@@ -278,8 +323,12 @@ impl Login {
         self.opts_time2wait = o.default_time2wait;
         self.opts_time2retain = o.default_time2retain;
         self.opts_max_r2t = o.max_r2t_per_connection.max(1);
+        let (normal, discovery) = ctx.target.session_count();
         match self.session_type {
             SessionType::Discovery => {
+                if discovery >= o.max_discovery_sessions as usize {
+                    return Err(status::OUT_OF_RESOURCES);
+                }
                 self.policy = ctx.target.discovery_chap();
             }
             SessionType::Normal => {
@@ -288,7 +337,7 @@ impl Login {
                 if !ctx.target.allowed(&node, ctx.pg_tag, &self.initiator_name, ctx.peer) {
                     return Err(status::NOT_AUTHORIZED);
                 }
-                if ctx.target.session_count() >= o.max_sessions as usize {
+                if normal >= o.max_sessions as usize {
                     return Err(status::OUT_OF_RESOURCES);
                 }
                 self.policy = node.chap;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,34 @@ pub struct Options {
     pub pdu_pool_size: u32,
     pub immediate_data_pool_size: u32,
     pub data_out_pool_size: u32,
+    /// Palisade: discovery sessions are counted apart from `max_sessions`, so SendTargets
+    /// clients cannot take the slots of normal sessions.
+    #[serde(default = "defaults::max_discovery_sessions")]
+    pub max_discovery_sessions: u32,
+    /// Palisade: TCP connections open at once on all portals, logged in or not.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// Palisade: of those, connections still in login (unauthenticated) at once.
+    #[serde(default = "defaults::max_prelogin_connections")]
+    pub max_prelogin_connections: u32,
+    /// Palisade: seconds a connection may take from accept to the end of login.
+    #[serde(default = "defaults::login_timeout")]
+    pub login_timeout: u32,
+}
+
+mod defaults {
+    pub fn max_discovery_sessions() -> u32 {
+        32
+    }
+    pub fn max_connections() -> u32 {
+        4096
+    }
+    pub fn max_prelogin_connections() -> u32 {
+        2048
+    }
+    pub fn login_timeout() -> u32 {
+        30
+    }
 }
 
 impl Default for Options {
@@ -65,6 +93,10 @@ impl Default for Options {
             pdu_pool_size: 0,
             immediate_data_pool_size: 0,
             data_out_pool_size: 0,
+            max_discovery_sessions: defaults::max_discovery_sessions(),
+            max_connections: defaults::max_connections(),
+            max_prelogin_connections: defaults::max_prelogin_connections(),
+            login_timeout: defaults::login_timeout(),
         }
     }
 }
@@ -219,6 +251,40 @@ pub struct Target {
     pub conns: Mutex<HashMap<u64, ConnInfo>>,
     next_conn: AtomicU64,
     next_tsih: AtomicU16,
+    /// Open connections (all, and those still logging in): the budgets of `max_connections`.
+    open: AtomicUsize,
+    prelogin: AtomicUsize,
+}
+
+/// A connection's place in the target's connection budget, given back when it drops.
+pub struct ConnSlot {
+    target: Arc<Target>,
+    in_login: bool,
+}
+
+impl ConnSlot {
+    /// Login completed: the connection no longer counts against the pre-login budget.
+    pub fn logged_in(&mut self) {
+        if std::mem::replace(&mut self.in_login, false) {
+            self.target.prelogin.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.logged_in();
+        self.target.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a new connection was turned away.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0} connections open (iscsi_set_options max_connections {0})")]
+    Total(usize),
+    #[error("{0} connections still logging in (iscsi_set_options max_prelogin_connections {0})")]
+    PreLogin(usize),
 }
 
 impl Default for Target {
@@ -228,6 +294,8 @@ impl Default for Target {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             next_tsih: AtomicU16::new(1),
+            open: AtomicUsize::new(0),
+            prelogin: AtomicUsize::new(0),
         }
     }
 }
@@ -239,6 +307,29 @@ impl Target {
     pub fn opts(&self) -> Options {
         self.state.lock().unwrap().opts.clone()
     }
+    /// Take a place for a just-accepted connection, or say which budget is spent.
+    pub fn admit(self: &Arc<Self>) -> Result<ConnSlot, Refused> {
+        let (max, max_pre) = {
+            let o = &self.state.lock().unwrap().opts;
+            (o.max_connections as usize, o.max_prelogin_connections as usize)
+        };
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Total(max));
+        }
+        if self.prelogin.fetch_add(1, Ordering::Relaxed) >= max_pre {
+            self.prelogin.fetch_sub(1, Ordering::Relaxed);
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::PreLogin(max_pre));
+        }
+        Ok(ConnSlot { target: self.clone(), in_login: true })
+    }
+
+    /// Connections open now: (all, still logging in).
+    pub fn open_connections(&self) -> (usize, usize) {
+        (self.open.load(Ordering::Relaxed), self.prelogin.load(Ordering::Relaxed))
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -344,8 +435,11 @@ impl Target {
     pub fn unregister_conn(&self, id: u64) {
         self.conns.lock().unwrap().remove(&id);
     }
-    pub fn session_count(&self) -> usize {
-        self.conns.lock().unwrap().len()
+    /// Logged-in sessions: (normal, discovery).
+    pub fn session_count(&self) -> (usize, usize) {
+        let m = self.conns.lock().unwrap();
+        let discovery = m.values().filter(|c| c.target_node_name.is_empty()).count();
+        (m.len() - discovery, discovery)
     }
 }
 

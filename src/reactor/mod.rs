@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod buf;
+pub mod rxbuf;
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -20,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use buf::IoBuf;
+pub use rxbuf::RxBuf;
 
 /// Token used by sources that only need to wake the reactor (eventfds of io_uring rings, the waker).
 pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);

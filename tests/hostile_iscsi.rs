@@ -341,3 +341,91 @@ fn connection_flood_is_capped_and_idle_connections_are_cheap() {
     good.logout().unwrap();
     t.stop();
 }
+
+fn hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+/// Reads of 32 MiB a client never takes, and writes of 32 MiB whose data never comes: each
+/// connection holds at most its share of the data-buffer budget, the rest wait (not fail), and a
+/// polite initiator keeps reading back its data meanwhile.
+#[test]
+fn undrained_reads_and_dataless_writes_are_bounded() {
+    let port = free_port();
+    let t = start_with(port, json!({"max_queue_depth": 128}));
+    t.rpc("bdev_malloc_create", json!({"name": "Big", "num_blocks": 131072, "block_size": 512}));
+    t.rpc("iscsi_create_target_node", json!({"name": "big", "alias_name": "", "luns": [{"bdev_name": "Big", "lun_id": 0}],
+        "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}], "queue_depth": 128}));
+    node(&t, json!({}));
+    let big = "iqn.2016-06.io.spdk:big";
+    let mut good = Session::connect("127.0.0.1", port, &LoginOptions::new("iqn.test:polite", Some(IQN)), 4).unwrap();
+    let check = |s: &mut Session, seed: u8| {
+        let data = vec![seed; 64 << 10];
+        let mut w = [0u8; 10];
+        w[0] = 0x2a;
+        w[5] = seed;
+        w[8] = 128;
+        let (c, _) = s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap();
+        let c = if c.status == 2 { s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap().0 } else { c };
+        assert_eq!(c.status, 0);
+        let mut r = w;
+        r[0] = 0x28;
+        let (c, back) = s.command(0, &r, &[], data.len(), Duration::from_secs(20)).unwrap();
+        assert_eq!(c.status, 0);
+        assert!(back == data, "polite initiator read back other data");
+    };
+    check(&mut good, 1);
+    let base = rss_kib(t.pid());
+    let mut abusers = Vec::new();
+    for i in 0..3 {
+        let name = format!("iqn.test:reader{i}");
+        abusers.push(undrained_target(port, &name, big, 72, 65536, false));
+    }
+    abusers.push(undrained_target(port, "iqn.test:writer", big, 72, 65536, true));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut round = 2u8;
+    while Instant::now() < deadline {
+        check(&mut good, round);
+        round = round.wrapping_add(1);
+    }
+    let peak = hwm_kib(t.pid());
+    assert!(peak < 1 << 20, "target peaked at {peak} KiB with undrained 32 MiB reads (limit 1 GiB)");
+    drop(abusers);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = rss_kib(t.pid());
+        if now < base + (64 << 10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "RSS {now} KiB did not return near its baseline {base} KiB");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check(&mut good, 99);
+    good.logout().unwrap();
+    t.stop();
+}
+
+/// A raw session on `target` that sends `n` commands of `blocks` 512-byte blocks and never reads
+/// its socket (nor sends write data).
+fn undrained_target(port: u16, name: &str, target: &str, n: u32, blocks: u32, write: bool) -> TcpStream {
+    let mut c = RawLogin::connect(port);
+    let r = c.step(SEC_TO_OP, &format!("InitiatorName={name}\nTargetName={target}\nAuthMethod=None\n"));
+    assert_eq!(r.class, 0);
+    let r = c.step(OP_TO_FF, "InitialR2T=Yes\nImmediateData=No\n");
+    assert_eq!((r.class, r.flags & 0x83), (0, 0x83));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut b = Bhs::new(op::SCSI_CMD, pdu::F_FINAL | if write { pdu::F_WRITE } else { pdu::F_READ } | 1);
+        b.set_itt(1000 + i);
+        b.set_u32(20, blocks * 512);
+        b.set_u32(24, 1 + i);
+        let mut cdb = [0u8; 16];
+        cdb[0] = if write { 0x8a } else { 0x88 };
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        b.0[32..48].copy_from_slice(&cdb);
+        pdu::encode(&mut out, &b, &[], &[], false, false);
+    }
+    c.sock.write_all(&out).unwrap();
+    c.sock
+}

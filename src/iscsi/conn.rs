@@ -19,6 +19,7 @@ use super::outq::{OutQueue, ZERO_COPY_MIN};
 use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
 use super::target::{ConnInfo, ConnSlot, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
+use crate::reactor::budget::ConnBudget;
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
 use crate::reservation::Nexus;
@@ -83,6 +84,8 @@ pub struct Conn {
     /// A login response too long for one PDU: the text left and what to do after its last piece.
     login_rest: Option<(Vec<u8>, Step)>,
     login_timeout: Duration,
+    /// Data-buffer bytes of responses queued but not yet written (given back once they are).
+    unsent_budget: usize,
     registered: bool,
     /// This connection's place in the target's connection budget.
     slot: ConnSlot,
@@ -140,6 +143,7 @@ impl Conn {
             text_rest: None,
             login_rest: None,
             login_timeout: Duration::from_secs(opts.login_timeout.max(1) as u64),
+            unsent_budget: 0,
             registered: false,
             slot,
         }))
@@ -352,7 +356,13 @@ impl Conn {
                 } else {
                     self.queue_depth = 8;
                 }
-                self.tasks = TaskTable::new(self.queue_depth as usize + 8);
+                let slots = self.queue_depth as usize + 8;
+                self.tasks = if self.port.is_some() {
+                    let per_conn = (self.target.opts().data_buffer_per_connection_mib as usize) << 20;
+                    TaskTable::with_budget(slots, ConnBudget::new(self.target.data_budget.clone(), per_conn))
+                } else {
+                    TaskTable::new(slots)
+                };
                 let info = ConnInfo {
                     id: self.id,
                     cid: lg.cid,
@@ -444,24 +454,53 @@ impl Conn {
                 let r = ScsiResponse::check(itt, crate::scsi::Sense::new(crate::scsi::sense_key::ILLEGAL_REQUEST, 0x55, 0x00));
                 return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
             }
-            let mut buf = IoBuf::new(edtl as usize);
+            // Unsolicited Data-Out follows (up to FirstBurstLength) when F is clear.
+            let unsol_end = if flags & F_FINAL == 0 && !self.params.initial_r2t { edtl.min(self.params.first_burst) } else { data.len() as u32 };
+            // Without budget the write waits; meanwhile only its unsolicited data, which the
+            // negotiated FirstBurstLength bounds, is kept.
+            let admitted = self.tasks.admit(slot, edtl);
+            let mut buf = IoBuf::new(if admitted { edtl } else { unsol_end } as usize);
             buf[..data.len()].copy_from_slice(data);
-            let first_burst = self.params.first_burst;
             let t = self.tasks.get_mut(slot);
             t.data = Some(buf);
             t.received = data.len() as u32;
-            // Unsolicited Data-Out follows (up to FirstBurstLength) when F is clear.
-            let unsol_end = if flags & F_FINAL == 0 && !self.params.initial_r2t { edtl.min(first_burst) } else { data.len() as u32 };
             t.unsol_end = unsol_end;
             t.unsol_open = unsol_end > t.received;
             t.set_unsolicited(data.len() as u32);
             t.r2t_next = unsol_end;
+            if !admitted {
+                return;
+            }
             if t.received < edtl {
                 self.send_r2ts(slot);
                 return;
             }
+        } else if matches!(dir, DataDir::Read) && edtl > 0 && !self.tasks.admit(slot, edtl) {
+            return; // waits for the bytes its read data will hold until sent
         }
         self.submit(core, me, slot);
+    }
+
+    /// Start parked tasks, oldest first, while the budget lets them.
+    fn unpark(&mut self, core: &mut Core, me: HandlerRef) {
+        while let Some(slot) = self.tasks.unpark() {
+            let t = self.tasks.get_mut(slot);
+            if matches!(t.dir, DataDir::Write | DataDir::Both) {
+                // Move the unsolicited data gathered so far into the full-size buffer.
+                let mut buf = IoBuf::new(t.edtl as usize);
+                if let Some(staged) = t.data.take() {
+                    let n = staged.len().min(buf.len());
+                    buf[..n].copy_from_slice(&staged[..n]);
+                }
+                t.data = Some(buf);
+                if t.received < t.edtl || t.unsol_open {
+                    self.send_r2ts(slot);
+                    core.want_flush(me);
+                    continue;
+                }
+            }
+            self.submit(core, me, slot);
+        }
     }
 
     fn send_r2ts(&mut self, slot: usize) {
@@ -503,6 +542,7 @@ impl Conn {
         };
         let t = self.tasks.get_mut(slot);
         match t.data_out(ttt, h.u32_at(at::W36), h.u32_at(at::W40), data, h.final_bit()) {
+            Ok(_) if t.parked => {} // `unpark` sends its R2Ts or submits it
             Ok(seq_done) => {
                 let complete = t.received >= t.edtl && !t.unsol_open && t.outstanding() == 0;
                 if seq_done {
@@ -592,7 +632,12 @@ impl Conn {
             let Some(slot) = self.tasks.find_submitted(r.task_tag) else { continue };
             let t = self.tasks.get_mut(slot);
             let (edtl, dir, lun_raw, r2ts, wres) = (t.edtl, t.dir, t.lun_raw, t.r2t_sn, t.write_resid);
-            self.tasks.free(slot);
+            if matches!(dir, DataDir::Read | DataDir::Both) {
+                // Its read data stays in the output queue until written: so do its bytes.
+                self.unsent_budget += self.tasks.finish(slot) as usize;
+            } else {
+                self.tasks.free(slot);
+            }
             if let Some(res) = wres {
                 self.send_scsi_response_resid(&r, r2ts, Some(res));
                 continue;
@@ -600,6 +645,7 @@ impl Conn {
             self.respond(r, edtl, dir, lun_raw, r2ts);
         }
         if any {
+            self.unpark(core, me);
             core.want_flush(me);
         }
     }
@@ -981,6 +1027,10 @@ impl Conn {
             Ok(false) => return, // the socket is full: a writable event brings us back
             Ok(true) => {}
             Err(e) => return self.fatal(core, me, &format!("write: {e}")),
+        }
+        if self.unsent_budget > 0 {
+            self.tasks.release(std::mem::take(&mut self.unsent_budget));
+            self.unpark(core, me);
         }
         if self.phase == Phase::Closing {
             core.close(me);

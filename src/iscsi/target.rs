@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::reactor::budget::Budget;
 use crate::reactor::HandlerRef;
 use crate::scsi::LunMap;
 
@@ -51,6 +52,25 @@ pub struct Options {
     /// Palisade: seconds a connection may take from accept to the end of login.
     #[serde(default = "defaults::login_timeout")]
     pub login_timeout: u32,
+    /// Palisade: MiB of command data (write data being gathered, read data not yet sent) all
+    /// iSCSI connections may hold; `data_out_pool_size`, when set, gives it in SPDK's 64 KiB
+    /// buffers instead.
+    #[serde(default = "defaults::data_buffer_budget_mib")]
+    pub data_buffer_budget_mib: u32,
+    /// Palisade: MiB of that one connection may hold (a larger single command runs alone).
+    #[serde(default = "defaults::data_buffer_per_connection_mib")]
+    pub data_buffer_per_connection_mib: u32,
+}
+
+impl Options {
+    /// The iSCSI data-buffer budget in bytes.
+    pub fn data_budget_bytes(&self) -> usize {
+        if self.data_out_pool_size > 0 {
+            self.data_out_pool_size as usize * (64 << 10)
+        } else {
+            (self.data_buffer_budget_mib as usize) << 20
+        }
+    }
 }
 
 mod defaults {
@@ -65,6 +85,12 @@ mod defaults {
     }
     pub fn login_timeout() -> u32 {
         30
+    }
+    pub fn data_buffer_budget_mib() -> u32 {
+        512
+    }
+    pub fn data_buffer_per_connection_mib() -> u32 {
+        64
     }
 }
 
@@ -97,6 +123,8 @@ impl Default for Options {
             max_connections: defaults::max_connections(),
             max_prelogin_connections: defaults::max_prelogin_connections(),
             login_timeout: defaults::login_timeout(),
+            data_buffer_budget_mib: defaults::data_buffer_budget_mib(),
+            data_buffer_per_connection_mib: defaults::data_buffer_per_connection_mib(),
         }
     }
 }
@@ -254,6 +282,8 @@ pub struct Target {
     /// Open connections (all, and those still logging in): the budgets of `max_connections`.
     open: AtomicUsize,
     prelogin: AtomicUsize,
+    /// Command data all connections hold (see `Options::data_budget_bytes`).
+    pub data_budget: Arc<Budget>,
 }
 
 /// A connection's place in the target's connection budget, given back when it drops.
@@ -296,6 +326,7 @@ impl Default for Target {
             next_tsih: AtomicU16::new(1),
             open: AtomicUsize::new(0),
             prelogin: AtomicUsize::new(0),
+            data_budget: Budget::new(Options::default().data_budget_bytes()),
         }
     }
 }

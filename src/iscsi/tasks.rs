@@ -3,6 +3,9 @@
 //! (immediate, unsolicited and R2T-solicited sequences with DataSN and offset checks) to its
 //! response.
 
+use std::collections::VecDeque;
+
+use crate::reactor::budget::ConnBudget;
 use crate::reactor::IoBuf;
 use crate::scsi::{DataDir, TaskAttr};
 
@@ -43,6 +46,10 @@ pub struct Task {
     pub submitted: bool,
     /// WRITE residual: (underflow, count) when EDTL and the CDB disagree.
     pub write_resid: Option<(bool, u32)>,
+    /// Data-buffer bytes this task holds from the connection's budget.
+    reserved: u32,
+    /// Waiting for its data buffer: a write keeps only its unsolicited data meanwhile.
+    pub parked: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -75,6 +82,8 @@ impl Task {
             seqs: [Seq::default(); MAX_SEQ],
             submitted: false,
             write_resid: None,
+            reserved: 0,
+            parked: false,
         }
     }
 
@@ -168,11 +177,72 @@ pub struct TaskTable {
     slots: Vec<Task>,
     free: Vec<usize>,
     gen: u16,
+    /// The connection's data-buffer budget (None: unlimited, for tests and discovery).
+    budget: Option<ConnBudget>,
+    /// Tasks waiting for budget, in arrival order (they get it in that order).
+    parked: VecDeque<usize>,
 }
 
 impl TaskTable {
     pub fn new(n: usize) -> TaskTable {
-        TaskTable { slots: (0..n).map(|_| Task::empty()).collect(), free: (0..n).rev().collect(), gen: 0 }
+        TaskTable { slots: (0..n).map(|_| Task::empty()).collect(), free: (0..n).rev().collect(), gen: 0, budget: None, parked: VecDeque::with_capacity(n) }
+    }
+
+    pub fn with_budget(n: usize, budget: ConnBudget) -> TaskTable {
+        TaskTable { budget: Some(budget), ..TaskTable::new(n) }
+    }
+
+    /// Give `slot` its `n` data bytes now, or park it behind the tasks already waiting (FIFO, so
+    /// a large command is not starved by small ones). True if it may go on.
+    pub fn admit(&mut self, slot: usize, n: u32) -> bool {
+        if self.parked.is_empty() && self.reserve(slot, n) {
+            return true;
+        }
+        if let Some(b) = self.budget.as_ref() {
+            b.note_wait();
+        }
+        self.slots[slot].parked = true;
+        self.parked.push_back(slot);
+        false
+    }
+
+    fn reserve(&mut self, slot: usize, n: u32) -> bool {
+        let ok = self.budget.as_mut().is_none_or(|b| b.try_reserve(n as usize));
+        if ok {
+            self.slots[slot].reserved = n;
+        }
+        ok
+    }
+
+    /// The oldest parked task, if its bytes are available now (it is then no longer parked).
+    pub fn unpark(&mut self) -> Option<usize> {
+        let &slot = self.parked.front()?;
+        let need = self.slots[slot].edtl;
+        if !self.reserve(slot, need) {
+            return None;
+        }
+        self.parked.pop_front();
+        self.slots[slot].parked = false;
+        Some(slot)
+    }
+
+    /// Free a task whose response is queued but not yet written: its bytes are returned to the
+    /// caller, to be given back with [`TaskTable::release`] once the output is on the wire.
+    pub fn finish(&mut self, slot: usize) -> u32 {
+        let n = std::mem::take(&mut self.slots[slot].reserved);
+        self.free(slot);
+        n
+    }
+
+    pub fn release(&mut self, n: usize) {
+        if let Some(b) = self.budget.as_mut() {
+            b.release(n);
+        }
+    }
+
+    /// Bytes the connection's tasks and unsent responses hold.
+    pub fn held(&self) -> usize {
+        self.budget.as_ref().map_or(0, |b| b.held())
     }
 
     pub fn alloc(&mut self) -> Option<usize> {
@@ -189,12 +259,17 @@ impl TaskTable {
     }
 
     pub fn free(&mut self, slot: usize) {
-        if let Some(t) = self.slots.get_mut(slot) {
-            if t.active {
-                t.reset();
-                self.free.push(slot);
-            }
+        let Some(t) = self.slots.get_mut(slot) else { return };
+        if !t.active {
+            return;
         }
+        let (reserved, parked) = (t.reserved, t.parked);
+        t.reset();
+        self.free.push(slot);
+        if parked {
+            self.parked.retain(|&s| s != slot);
+        }
+        self.release(reserved as usize);
     }
 
     pub fn get_mut(&mut self, slot: usize) -> &mut Task {

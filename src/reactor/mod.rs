@@ -10,6 +10,7 @@
 //! this layer knows nothing of block devices.
 
 pub mod alloc;
+pub mod budget;
 pub mod buf;
 pub mod rxbuf;
 

@@ -110,6 +110,8 @@ struct SetOptions {
     max_connections: Option<u32>,
     max_prelogin_connections: Option<u32>,
     login_timeout: Option<u32>,
+    data_buffer_budget_mib: Option<u32>,
+    data_buffer_per_connection_mib: Option<u32>,
 }
 
 async fn iscsi_set_options(c: Call) -> RpcResult {
@@ -123,7 +125,8 @@ async fn iscsi_set_options(c: Call) -> RpcResult {
     if p.disable_chap == Some(true) && (p.require_chap == Some(true) || p.mutual_chap == Some(true)) {
         return Err(RpcError::invalid_params("disable_chap cannot be combined with require_chap or mutual_chap"));
     }
-    for (name, v) in [("max_connections", p.max_connections), ("max_prelogin_connections", p.max_prelogin_connections), ("login_timeout", p.login_timeout)] {
+    for (name, v) in [("max_connections", p.max_connections), ("max_prelogin_connections", p.max_prelogin_connections), ("login_timeout", p.login_timeout),
+        ("data_buffer_budget_mib", p.data_buffer_budget_mib), ("data_buffer_per_connection_mib", p.data_buffer_per_connection_mib)] {
         if v == Some(0) {
             return Err(RpcError::invalid_params(format!("{name}: must be at least 1")));
         }
@@ -137,7 +140,9 @@ async fn iscsi_set_options(c: Call) -> RpcResult {
     set!(auth_file, node_base, nop_timeout, nop_in_interval, disable_chap, require_chap, mutual_chap, chap_group, max_sessions,
         max_queue_depth, max_connections_per_session, default_time2wait, default_time2retain, first_burst_length, immediate_data,
         error_recovery_level, allow_duplicated_isid, max_large_datain_per_connection, max_r2t_per_connection, pdu_pool_size,
-        immediate_data_pool_size, data_out_pool_size, max_discovery_sessions, max_connections, max_prelogin_connections, login_timeout);
+        immediate_data_pool_size, data_out_pool_size, max_discovery_sessions, max_connections, max_prelogin_connections, login_timeout,
+        data_buffer_budget_mib, data_buffer_per_connection_mib);
+    c.app.iscsi.data_budget.set_limit(o.data_budget_bytes());
     // ErrorRecoveryLevel 0 is all this target negotiates; keep what was asked for the record.
     ok()
 }

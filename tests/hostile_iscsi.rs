@@ -391,6 +391,12 @@ fn undrained_reads_and_dataless_writes_are_bounded() {
     }
     let peak = hwm_kib(t.pid());
     assert!(peak < 1 << 20, "target peaked at {peak} KiB with undrained 32 MiB reads (limit 1 GiB)");
+    let st = t.rpc("framework_get_reactors", serde_json::Value::Null);
+    let b = &st["data_buffers"]["iscsi"];
+    assert!(b["waits"].as_u64().unwrap() > 0, "commands should have waited for buffers: {b}");
+    assert!(b["high_water"].as_u64().unwrap() <= b["limit"].as_u64().unwrap(), "{b}");
+    let stall = st["reactors"][0]["max_loop_us"].as_u64().unwrap();
+    assert!(stall < 100_000, "a reactor loop took {stall} us");
     drop(abusers);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

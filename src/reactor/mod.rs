@@ -314,6 +314,7 @@ impl Reactor {
             }
             shared.sleeping[me].store(false, Ordering::SeqCst);
             self.core.now = Instant::now();
+            let woke = self.core.now;
             for ev in events.iter() {
                 if ev.token() == WAKE_TOKEN {
                     continue;
@@ -351,6 +352,8 @@ impl Reactor {
                 work += self.housekeeping();
             }
             let end = Instant::now();
+            // The longest stretch spent in handlers without polling: what a stall costs others.
+            stats.max_loop_ns.fetch_max(end.duration_since(woke).as_nanos() as u64, Ordering::Relaxed);
             let spent = end.duration_since(loop_start).as_nanos() as u64;
             loop_start = end;
             if work > 0 {
@@ -386,6 +389,8 @@ pub struct ReactorStats {
     pub tid: AtomicU64,
     /// Allocations made by the reactor thread so far (only counted with feature `count-alloc`).
     pub allocs: AtomicU64,
+    /// Longest loop iteration (handlers, pollers, flushes; not the sleep) since last read.
+    pub max_loop_ns: AtomicU64,
 }
 
 struct Shared {
@@ -558,6 +563,10 @@ impl ReactorSet {
     /// Allocations made by reactor `i`'s thread so far; None unless built with `count-alloc`.
     pub fn allocations(&self, i: usize) -> Option<u64> {
         alloc::enabled().then(|| self.shared.stats[i].allocs.load(Ordering::Relaxed))
+    }
+    /// Longest loop iteration of reactor `i` since the previous call (nanoseconds).
+    pub fn take_max_loop_ns(&self, i: usize) -> u64 {
+        self.shared.stats[i].max_loop_ns.swap(0, Ordering::Relaxed)
     }
     pub fn in_interrupt(&self, i: usize) -> bool {
         self.shared.sleeping[i].load(Ordering::Relaxed)

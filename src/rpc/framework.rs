@@ -71,6 +71,8 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
                 "busy": busy,
                 "idle": idle,
                 "in_interrupt": set.in_interrupt(i),
+                // Palisade: the longest loop iteration since the previous call (a stall measure).
+                "max_loop_us": set.take_max_loop_ns(i) / 1000,
                 "irq_count": 0,
                 "sys_stat": 0,
                 "usr_stat": 0,
@@ -86,8 +88,19 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
         "tick_rate": 1_000_000_000u64,
         "pid": std::process::id(),
         "poll_mode": match set.mode() { crate::reactor::PollMode::Busy => "busy", _ => "adaptive" },
-        "reactors": reactors
+        "reactors": reactors,
+        // Palisade: command data held against each protocol's data-buffer budget.
+        "data_buffers": {
+            "iscsi": budget_json(&c.app.iscsi.data_budget),
+        },
+        "connections": {
+            "iscsi": {"open": c.app.iscsi.open_connections().0, "in_login": c.app.iscsi.open_connections().1},
+        }
     }))
+}
+
+fn budget_json(b: &crate::reactor::budget::Budget) -> Value {
+    json!({"limit": b.limit(), "used": b.used(), "high_water": b.high_water(), "waits": b.waits()})
 }
 
 async fn framework_get_subsystems(c: Call) -> RpcResult {

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::hostile::{hwm_kib, max_stall_us, report, rss_kib, Figures};
 use common::{free_port, Target};
 use palisade::iscsi::initiator::{LoginOptions, Session};
 use palisade::iscsi::pdu::{self, op, Bhs};
@@ -288,6 +289,19 @@ fn discovery_sessions_do_not_starve_normal_logins() {
     t.stop();
 }
 
+/// Wait (up to 10 s) for the target's RSS to come back within 64 MiB of `base`; returns it.
+fn settle(t: &Target, base: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = rss_kib(t);
+        if now < base + (64 << 10) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "RSS {now} KiB did not return near its baseline {base} KiB");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Whether the target closed this connection (without waiting).
 fn is_closed(c: &TcpStream) -> bool {
     c.set_nonblocking(true).unwrap();
@@ -300,10 +314,6 @@ fn is_closed(c: &TcpStream) -> bool {
     r
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
-}
 
 #[test]
 fn connection_flood_is_capped_and_idle_connections_are_cheap() {
@@ -312,7 +322,7 @@ fn connection_flood_is_capped_and_idle_connections_are_cheap() {
     node(&t, json!({}));
     // A session logged in before the flood keeps working through it.
     let mut good = Session::connect("127.0.0.1", port, &LoginOptions::new("iqn.test:good", Some(IQN)), 4).unwrap();
-    let base = rss_kib(t.pid());
+    let base = rss_kib(&t);
     // 350 connections that never log in: 300 are held (pre-login budget), the rest refused.
     let mut idle = Vec::new();
     for _ in 0..350 {
@@ -322,7 +332,7 @@ fn connection_flood_is_capped_and_idle_connections_are_cheap() {
     std::thread::sleep(Duration::from_millis(500));
     let closed = idle.iter().filter(|c| is_closed(c)).count();
     assert_eq!(closed, 50, "connections past max_prelogin_connections must be closed");
-    let with_idle = rss_kib(t.pid());
+    let with_idle = rss_kib(&t);
     let per_conn = (with_idle.saturating_sub(base) * 1024) / 300;
     assert!(per_conn < 48 * 1024, "an idle connection costs {per_conn} bytes");
     let data = vec![0xa5u8; 512];
@@ -338,14 +348,15 @@ fn connection_flood_is_capped_and_idle_connections_are_cheap() {
     let r = c.step(SEC_TO_OP, "InitiatorName=iqn.test:late\nTargetName=iqn.2016-06.io.spdk:disk1\nAuthMethod=None\n");
     assert_eq!(r.class, 0, "a connection after the flood timed out must be served");
     assert!(idle.iter().all(is_closed), "idle connections still open after the login timeout");
+    let stall = max_stall_us(&t);
+    assert!(stall < 100_000, "a reactor loop took {stall} us");
+    drop(idle);
+    let after = settle(&t, base);
+    report("iscsi: 350 connections that never log in (300 held, 50 refused)", &Figures { baseline_kib: base, peak_kib: with_idle, after_kib: after, stall_us: stall });
     good.logout().unwrap();
     t.stop();
 }
 
-fn hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
-}
 
 /// Reads of 32 MiB a client never takes, and writes of 32 MiB whose data never comes: each
 /// connection holds at most its share of the data-buffer budget, the rest wait (not fail), and a
@@ -376,7 +387,7 @@ fn undrained_reads_and_dataless_writes_are_bounded() {
         assert!(back == data, "polite initiator read back other data");
     };
     check(&mut good, 1);
-    let base = rss_kib(t.pid());
+    let base = rss_kib(&t);
     let mut abusers = Vec::new();
     for i in 0..3 {
         let name = format!("iqn.test:reader{i}");
@@ -389,24 +400,17 @@ fn undrained_reads_and_dataless_writes_are_bounded() {
         check(&mut good, round);
         round = round.wrapping_add(1);
     }
-    let peak = hwm_kib(t.pid());
+    let peak = hwm_kib(&t);
     assert!(peak < 1 << 20, "target peaked at {peak} KiB with undrained 32 MiB reads (limit 1 GiB)");
     let st = t.rpc("framework_get_reactors", serde_json::Value::Null);
     let b = &st["data_buffers"]["iscsi"];
     assert!(b["waits"].as_u64().unwrap() > 0, "commands should have waited for buffers: {b}");
     assert!(b["high_water"].as_u64().unwrap() <= b["limit"].as_u64().unwrap(), "{b}");
-    let stall = st["reactors"][0]["max_loop_us"].as_u64().unwrap();
+    let stall = max_stall_us(&t);
     assert!(stall < 100_000, "a reactor loop took {stall} us");
     drop(abusers);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = rss_kib(t.pid());
-        if now < base + (64 << 10) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "RSS {now} KiB did not return near its baseline {base} KiB");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let after = settle(&t, base);
+    report("iscsi: 3 sessions x 72 undrained 32 MiB READs + 72 dataless 32 MiB WRITEs", &Figures { baseline_kib: base, peak_kib: peak, after_kib: after, stall_us: stall });
     check(&mut good, 99);
     good.logout().unwrap();
     t.stop();

@@ -259,7 +259,8 @@ impl ScsiPort {
                 b.set_len(len);
                 b
             }
-            _ => IoBuf::new(len),
+            // The source read overwrites all of it before it is written anywhere.
+            _ => IoBuf::for_overwrite(len),
         };
         let req = IoRequest { op: IoOp::Read, offset_blocks: seg.src_lba + job.done, num_blocks: job.chunk, buf: Some(buf), fua: false, owner: me, tag: slot as u64 };
         if let Err((_, why)) = vol.submit(core, &self.initiator, req) {

@@ -116,6 +116,32 @@ impl MallocBdev {
     }
 }
 
+/// The machine's physical memory in bytes (sysconf), if known.
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+/// How a new RAM disk of `new` bytes, next to RAM disks of `existing` bytes, fits in `phys` bytes
+/// of memory: Err (refuse) if it or the total cannot be held at all, Ok(Some(warning)) above
+/// half, else Ok(None). The pages arrive lazily, so an oversized disk would otherwise be
+/// accepted and fail later, when writes make the target run out of memory.
+pub fn memory_verdict(new: u64, existing: u64, phys: u64) -> Result<Option<String>, String> {
+    let total = existing.saturating_add(new);
+    if new > phys {
+        return Err(format!("a RAM disk of {new} bytes is larger than the machine's physical memory ({phys} bytes)"));
+    }
+    if total > phys {
+        return Err(format!(
+            "RAM disks would total {total} bytes ({existing} already), more than the machine's physical memory ({phys} bytes)"
+        ));
+    }
+    Ok((total > phys / 2).then(|| {
+        format!("RAM disks now total {total} bytes, more than half the machine's physical memory ({phys} bytes)")
+    }))
+}
+
 /// Shared geometry rules of RAM and null bdevs (SPDK accepts 512..=65536, a multiple of 512).
 pub fn check_geometry(num_blocks: u64, block_size: u32) -> Result<(), BdevError> {
     if block_size < 512 || block_size > 65536 || block_size % 512 != 0 {
@@ -210,6 +236,18 @@ impl BdevChannel for MallocChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_verdicts() {
+        let g = 1u64 << 30;
+        assert_eq!(memory_verdict(g, 0, 8 * g), Ok(None));
+        assert!(memory_verdict(5 * g, 0, 8 * g).unwrap().is_some(), "above half warns");
+        assert!(memory_verdict(3 * g, 2 * g, 8 * g).unwrap().is_some(), "the total counts");
+        assert!(memory_verdict(9 * g, 0, 8 * g).is_err());
+        assert!(memory_verdict(4 * g, 5 * g, 8 * g).is_err());
+        assert!(memory_verdict(u64::MAX, u64::MAX, 8 * g).is_err());
+        assert!(physical_memory().is_some_and(|m| m > 0));
+    }
 
     #[test]
     fn zeroing_releases_whole_pages_and_keeps_the_edges() {

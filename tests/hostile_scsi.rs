@@ -413,3 +413,24 @@ fn malloc_create_refuses_more_than_physical_memory() {
     t.rpc("bdev_malloc_create", json!({"name": "Big1", "num_blocks": sixty, "block_size": 4096}));
     t.rpc("bdev_malloc_create", json!({"name": "Small", "num_blocks": 1024, "block_size": 512}));
 }
+
+/// EXTENDED COPY whose PARAMETER LIST LENGTH (4 GiB) exceeds both the Data-Out sent and the
+/// longest list the copy manager takes: PARAMETER LIST LENGTH ERROR, and the LUN still copies.
+#[test]
+fn extended_copy_parameter_list_longer_than_any_we_take() {
+    let port = free_port();
+    let t = start(port, 8192, 512);
+    let mut s = login(port, "iqn.2026-01.io.palisade:hostile");
+    let (base, _) = rss_kib(t.pid());
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+    for _ in 0..20 {
+        let (c, _) = s.command(0, &cdb, &[0u8; 64], 0, T).unwrap();
+        assert_eq!((c.status, sense_of(&c)), (CHECK_CONDITION, (0x05, 0x1a, 0x00)), "{c:?}");
+    }
+    assert_peak_within(&t, base, "EXTENDED COPY with a 4 GiB parameter list length");
+    let data = pattern(5, 512);
+    write(&mut s, 10, &data, 512);
+    assert!(read(&mut s, 10, 1, 512) == data);
+}

@@ -138,7 +138,8 @@ impl Nexus {
             cdb_len: cdb.len() as u8,
             lun: 0,
             task_tag: tag,
-            expected_len: data.map(|d| d.len() as u32).unwrap_or(1 << 20),
+            // Like a transport's EDTL: the core fills no more Data-In than this.
+            expected_len: data.map(|d| d.len() as u32).unwrap_or(16 << 20),
             dir: if data.is_some() { DataDir::Write } else { DataDir::Read },
             data_out: data.map(IoBuf::from_slice),
             attr: TaskAttr::Simple,

@@ -3,8 +3,14 @@
 //! A buffer is `Send`: it can be dropped on any thread and then joins that thread's pool. Capacity is
 //! rounded up to a power-of-two class (4 KiB minimum) and the memory is 4 KiB aligned, which O_DIRECT
 //! needs.
+//!
+//! A recycled buffer still holds the bytes of whoever used it last (another client's data, or a
+//! block of another volume), so nothing uninitialised is ever visible through `Deref`:
+//! [`IoBuf::new`] and [`IoBuf::zeroed`] hand out zeros, growing with [`IoBuf::set_len`] zeroes
+//! the new bytes, and only [`IoBuf::for_overwrite`] skips the zeroing, for callers that overwrite
+//! every byte before anyone reads one (a bdev reads into it, a copy fills it).
 
-use std::alloc::{alloc, dealloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::cell::RefCell;
 use std::ptr::NonNull;
 
@@ -18,6 +24,9 @@ pub struct IoBuf {
     ptr: NonNull<u8>,
     cap: usize,
     len: usize,
+    /// Bytes `0..init` hold this buffer's own data (zeros or what its owner wrote); beyond is
+    /// whatever the pool left there.
+    init: usize,
 }
 
 // The buffer owns its memory exclusively.
@@ -35,12 +44,39 @@ fn class_of(cap: usize) -> Option<usize> {
 }
 
 impl IoBuf {
-    /// A buffer of `len` bytes (contents unspecified: callers fill or overwrite it).
+    /// A zero-filled buffer of `len` bytes. Safe for any use; on the data path prefer
+    /// [`IoBuf::for_overwrite`] where every byte is provably written before it is read.
     pub fn new(len: usize) -> IoBuf {
+        IoBuf::zeroed(len)
+    }
+
+    /// A zero-filled buffer.
+    pub fn zeroed(len: usize) -> IoBuf {
+        let (mut b, fresh) = IoBuf::take(len, true);
+        if !fresh {
+            // SAFETY: ptr is valid for cap >= len bytes and owned by b.
+            unsafe { std::ptr::write_bytes(b.ptr.as_ptr(), 0, len) };
+        }
+        b.init = len;
+        b
+    }
+
+    /// A buffer of `len` bytes whose contents are left as the pool had them (possibly another
+    /// client's data). The caller must overwrite all `len` bytes before anything reads them (a
+    /// bdev read into it, a copy that fills it); every call site says why that holds.
+    pub fn for_overwrite(len: usize) -> IoBuf {
+        let (mut b, _) = IoBuf::take(len, false);
+        b.init = len;
+        b
+    }
+
+    /// A buffer from the pool or a fresh allocation (zeroed by the allocator if `zero`: large
+    /// fresh buffers then come as untouched zero pages); true if fresh.
+    fn take(len: usize, zero: bool) -> (IoBuf, bool) {
         let class = class_of(len);
         if let Some(idx) = class {
             if let Some((ptr, cap)) = POOL.try_with(|p| p.borrow_mut()[idx].pop()).ok().flatten() {
-                return IoBuf { ptr, cap, len };
+                return (IoBuf { ptr, cap, len, init: 0 }, false);
             }
         }
         let cap = match class {
@@ -49,20 +85,14 @@ impl IoBuf {
         };
         let layout = Layout::from_size_align(cap.max(BUF_ALIGN), BUF_ALIGN).expect("buffer layout");
         // SAFETY: layout has non-zero size.
-        let raw = unsafe { alloc(layout) };
+        let raw = unsafe { if zero { alloc_zeroed(layout) } else { alloc(layout) } };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        IoBuf { ptr, cap: cap.max(BUF_ALIGN), len }
-    }
-
-    /// A zero-filled buffer.
-    pub fn zeroed(len: usize) -> IoBuf {
-        let mut b = IoBuf::new(len);
-        b.as_mut_slice().fill(0);
-        b
+        (IoBuf { ptr, cap: cap.max(BUF_ALIGN), len, init: 0 }, true)
     }
 
     pub fn from_slice(data: &[u8]) -> IoBuf {
-        let mut b = IoBuf::new(data.len());
+        // Overwritten at once by the copy.
+        let mut b = IoBuf::for_overwrite(data.len());
         b.as_mut_slice().copy_from_slice(data);
         b
     }
@@ -76,9 +106,15 @@ impl IoBuf {
     pub fn capacity(&self) -> usize {
         self.cap
     }
-    /// Change the visible length within capacity (contents beyond the old length are unspecified).
+    /// Change the visible length within capacity. Bytes that were never this buffer's own become
+    /// zeros (the pool's previous contents never show).
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.cap, "IoBuf::set_len beyond capacity");
+        if len > self.init {
+            // SAFETY: init < len <= cap, within the allocation owned by self.
+            unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(self.init), 0, len - self.init) };
+            self.init = len;
+        }
         self.len = len;
     }
     pub fn as_slice(&self) -> &[u8] {
@@ -152,6 +188,38 @@ mod tests {
         assert_eq!(c.as_ptr(), p);
         assert_eq!(c.len(), 3000);
         assert_eq!(c.as_ptr() as usize % BUF_ALIGN, 0);
+    }
+
+    #[test]
+    fn recycled_buffers_do_not_show_previous_content() {
+        let mut b = IoBuf::for_overwrite(8192);
+        b.fill(0xa5);
+        let p = b.as_ptr();
+        drop(b);
+        let c = IoBuf::new(8192);
+        assert_eq!(c.as_ptr(), p, "same pooled memory");
+        assert!(c.iter().all(|&x| x == 0), "new() shows a previous owner's bytes");
+        drop(c);
+        let mut d = IoBuf::for_overwrite(4096);
+        d.fill(0x5a);
+        let p = d.as_ptr();
+        drop(d);
+        // Growing a short buffer within its capacity zeroes what it did not own.
+        let mut e = IoBuf::for_overwrite(100);
+        assert_eq!(e.as_ptr(), p, "same pooled memory");
+        e.fill(1);
+        e.set_len(4096);
+        assert!(e[..100].iter().all(|&x| x == 1));
+        assert!(e[100..].iter().all(|&x| x == 0), "set_len exposed recycled bytes");
+        e.set_len(10);
+        e.set_len(200);
+        assert!(e[..100].iter().all(|&x| x == 1) && e[100..200].iter().all(|&x| x == 0), "shrinking then growing keeps own data");
+        drop(e);
+        let mut f = IoBuf::zeroed(4096);
+        f.fill(7);
+        drop(f);
+        assert!(IoBuf::zeroed(4096).iter().all(|&x| x == 0));
+        assert!(IoBuf::from_slice(b"abc").as_slice() == b"abc");
     }
 
     #[test]

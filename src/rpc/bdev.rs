@@ -88,6 +88,25 @@ async fn bdev_malloc_create(c: Call) -> RpcResult {
         return Err(bdev::BdevError::Exists(name).into());
     }
     let uuid = parse_uuid(&p.uuid)?;
+    // RAM disks take their pages lazily: refuse what the machine can never hold, warn when
+    // they would take more than half of it.
+    if let Some(phys) = bdev::malloc::physical_memory() {
+        let new = p.num_blocks.saturating_mul(p.block_size as u64);
+        let existing: u64 = c
+            .app
+            .bdevs
+            .list()
+            .iter()
+            .map(|b| b.info())
+            .filter(|i| i.product_name == bdev::malloc::PRODUCT)
+            .map(|i| i.num_blocks.saturating_mul(i.block_size as u64))
+            .fold(0, u64::saturating_add);
+        match bdev::malloc::memory_verdict(new, existing, phys) {
+            Err(why) => return Err(RpcError::errno(libc::ENOMEM, format!("bdev_malloc_create {name}: {why}"))),
+            Ok(Some(warning)) => tracing::warn!(bdev = %name, "bdev_malloc_create: {warning}"),
+            Ok(None) => {}
+        }
+    }
     let b = tokio::task::spawn_blocking(move || MallocBdev::new(&name, p.num_blocks, p.block_size, uuid))
         .await
         .map_err(RpcError::internal)??;

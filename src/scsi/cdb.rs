@@ -70,6 +70,41 @@ pub fn alloc_len(cdb: &[u8; 32], at: usize, n: usize) -> usize {
     be(cdb, at, n) as usize
 }
 
+/// The most Data-Out bytes a command can use, from its CDB alone (`block_size` of its LUN): a
+/// transport need not buffer more even when the initiator's EDTL is larger. Some(0) for commands
+/// without Data-Out; None for opcodes this core does not know (keep EDTL). Parameter lists are
+/// bounded by their length field; the EXTENDED COPY list by the largest one we accept.
+pub fn data_out_len(cdb: &[u8; 32], block_size: u32) -> Option<u64> {
+    let bs = block_size as u64;
+    let blocks = || decode_block(cdb).map(|b| b.blocks as u64).unwrap_or(0);
+    Some(match cdb[0] {
+        // WRITE, WRITE AND VERIFY, ORWRITE(16), WRITE ATOMIC(16).
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x8b | 0x9c => blocks() * bs,
+        // COMPARE AND WRITE: verify data then write data (SBC-3 5.2).
+        0x89 => 2 * blocks() * bs,
+        // WRITE SAME(10/16): one block, none with NDOB (SBC-4 5.50).
+        0x41 => bs,
+        0x93 => if cdb[1] & 0x01 != 0 { 0 } else { bs },
+        // VERIFY(10/12/16): BYTCHK 01b the range, 11b one block (SBC-4 5.33).
+        0x2f | 0xaf | 0x8f => match (cdb[1] >> 1) & 0x03 {
+            1 => blocks() * bs,
+            3 => bs,
+            _ => 0,
+        },
+        // UNMAP, MODE SELECT(10): 2-byte PARAMETER LIST LENGTH at 7; MODE SELECT(6): byte 4.
+        0x42 | 0x55 => be(cdb, 7, 2),
+        0x15 => cdb[4] as u64,
+        // PERSISTENT RESERVE OUT: 4-byte PARAMETER LIST LENGTH at 5 (SPC-4 6.16.1).
+        0x5f => be(cdb, 5, 4),
+        // EXTENDED COPY(LID1): header plus the longest descriptor list we take.
+        0x83 => be(cdb, 10, 4).min(16 + super::xcopy::MAX_DESCRIPTOR_LIST_LENGTH as u64),
+        // Commands this core answers without Data-Out.
+        0x00 | 0x03 | 0x12 | 0x1a | 0x5a | 0x1b | 0x1e | 0x25 | 0x37 | 0xb7 | 0x9e | 0xa0 | 0xa3 | 0x84 | 0x5e
+        | 0x08 | 0x28 | 0xa8 | 0x88 | 0x34 | 0x90 | 0x35 | 0x91 | 0x16 | 0x17 | 0x56 | 0x57 => 0,
+        _ => return None,
+    })
+}
+
 /// Check an LBA range against the capacity (SBC-3 4.5: LOGICAL BLOCK ADDRESS OUT OF RANGE).
 pub fn in_range(lba: u64, blocks: u64, capacity: u64) -> bool {
     lba.checked_add(blocks).is_some_and(|e| e <= capacity)
@@ -122,6 +157,32 @@ mod tests {
         c[13] = 0;
         let d = decode_block(&c).unwrap();
         assert_eq!((d.lba, d.blocks), (3, 256));
+    }
+
+    #[test]
+    fn data_out_lengths() {
+        let c = cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0]);
+        assert_eq!(data_out_len(&c, 512), Some(4096));
+        let mut c = [0u8; 32];
+        c[0] = 0x89;
+        c[13] = 2;
+        assert_eq!(data_out_len(&c, 4096), Some(16384));
+        c[0] = 0x93;
+        c[1] = 0x01;
+        assert_eq!(data_out_len(&c, 512), Some(0), "NDOB");
+        c[1] = 0;
+        assert_eq!(data_out_len(&c, 512), Some(512));
+        let v = cdb(&[0x2f, 0x06, 0, 0, 0, 0, 0, 0xff, 0xff, 0]);
+        assert_eq!(data_out_len(&v, 512), Some(512), "BYTCHK=11b");
+        let v = cdb(&[0x2f, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0]);
+        assert_eq!(data_out_len(&v, 512), Some(0));
+        assert_eq!(data_out_len(&cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0x01, 0x00, 0]), 512), Some(256));
+        let mut x = [0u8; 32];
+        x[0] = 0x83;
+        x[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(data_out_len(&x, 512), Some(1040));
+        assert_eq!(data_out_len(&cdb(&[0x88]), 512), Some(0));
+        assert_eq!(data_out_len(&cdb(&[0xc0]), 512), None);
     }
 
     #[test]

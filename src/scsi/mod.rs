@@ -106,7 +106,8 @@ pub struct ScsiResponse {
     pub status: u8,
     pub sense: Option<Sense>,
     /// Data-In to send: the first `data_len` bytes of `data_in`. The transport sends at most
-    /// expected_len bytes and reports the residual (over- or underflow) itself.
+    /// expected_len bytes and reports the residual (over- or underflow) itself; `data_in` may
+    /// therefore hold fewer than `data_len` bytes (a READ fills only what EDTL lets through).
     pub data_in: Option<IoBuf>,
     pub data_len: u32,
 }
@@ -126,7 +127,8 @@ impl ScsiResponse {
     }
     /// Parameter data built in memory (INQUIRY, MODE SENSE, PR IN...) copied into a pooled buffer.
     pub fn from_bytes(task_tag: u32, bytes: &[u8]) -> Self {
-        let mut buf = IoBuf::new(bytes.len().max(1));
+        // Filled by the copy below.
+        let mut buf = IoBuf::for_overwrite(bytes.len().max(1));
         buf.set_len(bytes.len());
         buf.copy_from_slice(bytes);
         ScsiResponse::data(task_tag, buf, bytes.len() as u32)

@@ -245,12 +245,23 @@ pub fn encode_transport_id(n: &Nexus) -> Vec<u8> {
 
 /// PR IN READ KEYS (SPC-4 6.15.2).
 pub fn read_keys(s: &PrState) -> Vec<u8> {
-    let mut d = Vec::with_capacity(8 + 8 * s.registrants.len());
+    read_keys_upto(s, usize::MAX)
+}
+
+/// READ KEYS data cut at `limit` bytes (the allocation length): the ADDITIONAL LENGTH still
+/// counts every key, but no more is built than is sent.
+fn read_keys_upto(s: &PrState, limit: usize) -> Vec<u8> {
+    let full = 8 + 8 * s.registrants.len();
+    let mut d = Vec::with_capacity(full.min(limit).max(8));
     d.extend_from_slice(&s.generation.to_be_bytes());
     d.extend_from_slice(&((8 * s.registrants.len()) as u32).to_be_bytes());
     for g in &s.registrants {
+        if d.len() >= limit {
+            break;
+        }
         d.extend_from_slice(&g.key.to_be_bytes());
     }
+    d.truncate(limit);
     d
 }
 
@@ -284,8 +295,21 @@ pub fn report_capabilities(aptpl: bool) -> Vec<u8> {
 
 /// PR IN READ FULL STATUS (SPC-4 6.15.5): one descriptor per registration with its TransportID.
 pub fn read_full_status(s: &PrState) -> Vec<u8> {
+    read_full_status_upto(s, usize::MAX)
+}
+
+/// READ FULL STATUS data cut at `limit` bytes (the allocation length). Up to 4096 registrants
+/// with ~250-byte TransportIDs make ~1 MiB: descriptors past the limit are only measured, so
+/// an 8-byte allocation length builds 8 bytes.
+fn read_full_status_upto(s: &PrState, limit: usize) -> Vec<u8> {
     let mut descs = Vec::new();
+    let mut total = 0usize;
     for g in &s.registrants {
+        let tid = encode_transport_id(&g.nexus);
+        total += 24 + tid.len();
+        if 8 + descs.len() >= limit {
+            continue;
+        }
         let holder = s.is_holder(g);
         descs.extend_from_slice(&g.key.to_be_bytes());
         descs.extend_from_slice(&[0; 4]);
@@ -300,30 +324,37 @@ pub fn read_full_status(s: &PrState) -> Vec<u8> {
             _ => 0,
         };
         descs.extend_from_slice(&rel.to_be_bytes());
-        let tid = encode_transport_id(&g.nexus);
         descs.extend_from_slice(&(tid.len() as u32).to_be_bytes());
         descs.extend_from_slice(&tid);
     }
     let mut d = Vec::with_capacity(8 + descs.len());
     d.extend_from_slice(&s.generation.to_be_bytes());
-    d.extend_from_slice(&(descs.len() as u32).to_be_bytes());
+    d.extend_from_slice(&(total as u32).to_be_bytes());
     d.extend_from_slice(&descs);
+    d.truncate(limit);
     d
 }
 
 /// Decode a PERSISTENT RESERVE IN CDB and produce its full parameter data (the caller truncates
 /// to the allocation length).
 pub fn pr_in(cdb: &[u8], s: &PrState) -> Result<Vec<u8>, Failure> {
+    pr_in_upto(cdb, s, usize::MAX)
+}
+
+/// [`pr_in`] building at most `limit` bytes (the allocation length, already truncated).
+pub fn pr_in_upto(cdb: &[u8], s: &PrState, limit: usize) -> Result<Vec<u8>, Failure> {
     if cdb.len() < 10 {
         return Err(Failure::Check(Sense::invalid_cdb_field(0, None)));
     }
-    Ok(match cdb[1] & 0x1f {
-        sa::READ_KEYS => read_keys(s),
+    let mut d = match cdb[1] & 0x1f {
+        sa::READ_KEYS => read_keys_upto(s, limit),
         sa::READ_RESERVATION => read_reservation(s),
         sa::REPORT_CAPABILITIES => report_capabilities(s.aptpl),
-        sa::READ_FULL_STATUS => read_full_status(s),
+        sa::READ_FULL_STATUS => read_full_status_upto(s, limit),
         _ => return Err(Failure::Check(Sense::invalid_cdb_field(1, Some(4)))),
-    })
+    };
+    d.truncate(limit);
+    Ok(d)
 }
 
 /// RESERVE(6)/(10), RELEASE(6)/(10) CDB checks: third-party and extent reservations are not
@@ -450,8 +481,8 @@ pub fn execute(port: &mut ScsiPort, core: &mut Core, me: HandlerRef, lun: &Arc<L
         PERSISTENT_RESERVE_IN => {
             let alloc = super::cdb::alloc_len(&cmd.cdb, 7, 2);
             pr.observe(who);
-            match pr.read(|s| pr_in(cdb, s)) {
-                Ok(d) => ScsiResponse::from_bytes(tag, &d[..d.len().min(alloc)]),
+            match pr.read(|s| pr_in_upto(cdb, s, alloc)) {
+                Ok(d) => ScsiResponse::from_bytes(tag, &d),
                 Err(f) => f.response(tag),
             }
         }

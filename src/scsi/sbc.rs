@@ -15,6 +15,15 @@ use crate::bdev::{IoOp, IoRequest};
 use crate::reactor::{Core, HandlerRef, IoBuf};
 use crate::volume::range_lock::Acquired;
 
+/// Commands that walk a range larger than their data transfer (VERIFY, WRITE SAME with a
+/// pattern) do it in steps of this many bytes through one buffer.
+const CHUNK_BYTES: u64 = 1 << 20;
+
+/// Blocks of one such step (at least one).
+fn chunk_blocks(bs: usize) -> u64 {
+    (CHUNK_BYTES / bs as u64).max(1)
+}
+
 /// Byte of the TRANSFER LENGTH field (for the field pointer).
 fn len_byte(op: u8) -> u16 {
     match op >> 5 {
@@ -74,12 +83,21 @@ impl ScsiPort {
         if b.blocks == 0 {
             return self.done.push_back(ScsiResponse::good(tag));
         }
-        let len = b.blocks * lun.volume.block_size();
+        let bs = lun.volume.block_size();
+        let len = b.blocks * bs;
+        // Read only the blocks the initiator will take: the transport sends at most EDTL bytes
+        // and reports the rest as overflow (RFC 7143 11.4.5.1), so a CDB asking for more than
+        // EDTL must not size the buffer (the range was checked whole above).
+        let blocks = len.min(cmd.expected_len).div_ceil(bs);
+        if blocks == 0 {
+            return self.done.push_back(ScsiResponse { data_len: len, ..ScsiResponse::good(tag) });
+        }
         let req = IoRequest {
             op: IoOp::Read,
             offset_blocks: b.lba,
-            num_blocks: b.blocks as u64,
-            buf: Some(IoBuf::new(len as usize)),
+            num_blocks: blocks as u64,
+            // The bdev overwrites all of it; on an error it is dropped unsent.
+            buf: Some(IoBuf::for_overwrite((blocks * bs) as usize)),
             fua: false,
             owner: me,
             tag: 0,
@@ -133,20 +151,27 @@ impl ScsiPort {
         }
         let bs = lun.volume.block_size() as usize;
         let len = b.blocks as usize * bs;
-        let kind = match bytchk {
-            0 => Kind::Single { write: false },
+        let data = match bytchk {
+            0 => None,
             _ => {
                 let need = if bytchk == 1 { len } else { bs };
                 match cmd.data_out {
                     Some(mut d) if d.len() >= need => {
                         d.set_len(need);
-                        Kind::Verify { data: d, repeat: bytchk == 3 }
+                        Some(d)
                     }
                     _ => return self.fail(tag, INVALID_FIELD_IN_IU),
                 }
             }
         };
-        let req = IoRequest { op: IoOp::Read, offset_blocks: b.lba, num_blocks: b.blocks as u64, buf: Some(IoBuf::new(len)), fua: false, owner: me, tag: 0 };
+        // The medium is read in chunks through one buffer: VERIFY moves no Data-In, so nothing
+        // the initiator declared bounds a whole-range buffer (a 65536-block VERIFY would hold
+        // up to 256 MiB for a command that transfers at most one block).
+        let chunk = (b.blocks as u64).min(chunk_blocks(bs));
+        let kind = Kind::Verify { data, repeat: bytchk == 3, start: b.lba, next: b.lba, end: b.lba + b.blocks as u64, chunk };
+        // The bdev overwrites it; it is only compared, never sent.
+        let buf = IoBuf::for_overwrite(chunk as usize * bs);
+        let req = IoRequest { op: IoOp::Read, offset_blocks: b.lba, num_blocks: chunk, buf: Some(buf), fua: false, owner: me, tag: 0 };
         self.start_io(core, idx, lun, tag, kind, req);
     }
 
@@ -207,8 +232,9 @@ impl ScsiPort {
             return self.start_io(core, idx, lun, tag, Kind::Single { write: true }, req);
         }
         let pattern = data.unwrap_or_else(|| IoBuf::zeroed(bs));
-        let chunk = n.min(((1 << 20) / bs as u64).max(1));
-        let mut buf = IoBuf::new(chunk as usize * bs);
+        let chunk = n.min(chunk_blocks(bs));
+        // Every byte is written by the pattern copy below.
+        let mut buf = IoBuf::for_overwrite(chunk as usize * bs);
         for blk in buf.chunks_mut(bs) {
             blk.copy_from_slice(&pattern[..bs]);
         }

@@ -22,9 +22,10 @@ pub(super) enum Kind {
     /// A single write-like request (WRITE, WRITE AND VERIFY, WRITE SAME as zeroes or unmap,
     /// SYNCHRONIZE CACHE, VERIFY without compare): GOOD when it completes.
     Single { write: bool },
-    /// VERIFY with BYTCHK: compare what was read with the Data-Out. `repeat`: one block of
-    /// Data-Out compared against every block (BYTCHK=11b).
-    Verify { data: IoBuf, repeat: bool },
+    /// VERIFY: the range `start..end` read `chunk` blocks at a time (the read of `next..` is in
+    /// flight); with BYTCHK each chunk is compared with the Data-Out (`repeat`: one block of
+    /// Data-Out compared against every block, BYTCHK=11b).
+    Verify { data: Option<IoBuf>, repeat: bool, start: u64, next: u64, end: u64, chunk: u64 },
     /// Several requests in parallel (UNMAP descriptors); answer when all are back.
     Multi { outstanding: u32, error: Option<Sense> },
     /// WRITE SAME with a non-zero pattern: chunks written one after another from one buffer.
@@ -91,29 +92,7 @@ impl ScsiPort {
                     self.done.push_back(io_result(t.tag, ev.status, write));
                 }
             }
-            Kind::Verify { .. } => {
-                let t = self.tasks.remove(slot);
-                let Kind::Verify { data, repeat } = t.kind else { unreachable!() };
-                if t.aborted {
-                    return;
-                }
-                let resp = match ev.buf {
-                    Some(read) if ev.status == 0 => {
-                        let diff = if repeat {
-                            let bs = data.len().max(1);
-                            read.chunks(bs).enumerate().find_map(|(i, blk)| first_difference(blk, &data).map(|o| i * bs + o))
-                        } else {
-                            first_difference(&read, &data)
-                        };
-                        match diff {
-                            Some(off) => ScsiResponse::check(t.tag, Sense::miscompare(off as u32)),
-                            None => ScsiResponse::good(t.tag),
-                        }
-                    }
-                    _ => ScsiResponse::check(t.tag, MEDIUM_ERROR_UNRECOVERED),
-                };
-                self.done.push_back(resp);
-            }
+            Kind::Verify { .. } => self.verify_advance(core, me, slot, ev),
             Kind::Multi { outstanding, error } => {
                 *outstanding -= 1;
                 if ev.status != 0 && error.is_none() {
@@ -152,6 +131,51 @@ impl ScsiPort {
             }
             Kind::Rmw(_) => self.rmw_advance(core, me, slot, ev),
             Kind::Copy(_) => self.copy_advance(core, me, slot, ev),
+        }
+    }
+
+    /// A chunk of a VERIFY was read: compare it, then read the next one or answer.
+    fn verify_advance(&mut self, core: &mut Core, me: HandlerRef, slot: usize, ev: IoEvent) {
+        let Some(t) = self.tasks.get_mut(slot) else { return };
+        let Kind::Verify { data, repeat, start, next, end, chunk } = &mut t.kind else { return };
+        let vol = self.luns.luns[t.lun as usize].volume.clone();
+        let bs = vol.block_size() as usize;
+        let n = (*end - *next).min(*chunk);
+        let verdict = match ev.buf.as_deref() {
+            _ if t.aborted => Some(None),
+            Some(read) if ev.status == 0 && read.len() >= n as usize * bs => {
+                let read = &read[..n as usize * bs];
+                let base = (*next - *start) as usize * bs;
+                let diff = match data {
+                    None => None,
+                    Some(d) if *repeat => read.chunks(bs).enumerate().find_map(|(i, blk)| first_difference(blk, d).map(|o| i * bs + o)),
+                    Some(d) => first_difference(read, &d[base..base + read.len()]),
+                };
+                match diff {
+                    Some(off) => Some(Some(ScsiResponse::check(t.tag, Sense::miscompare((base + off) as u32)))),
+                    None if *next + n >= *end => Some(Some(ScsiResponse::good(t.tag))),
+                    None => None,
+                }
+            }
+            _ => Some(Some(ScsiResponse::check(t.tag, MEDIUM_ERROR_UNRECOVERED))),
+        };
+        if let Some(resp) = verdict {
+            self.tasks.remove(slot);
+            if let Some(r) = resp {
+                self.done.push_back(r);
+            }
+            return;
+        }
+        *next += n;
+        let lba = *next;
+        let n = (*end - lba).min(*chunk);
+        let tag = t.tag;
+        let mut buf = ev.buf.expect("checked above");
+        buf.set_len(n as usize * bs);
+        let req = IoRequest { op: IoOp::Read, offset_blocks: lba, num_blocks: n, buf: Some(buf), fua: false, owner: me, tag: slot as u64 };
+        if let Err((_, why)) = vol.submit(core, &self.initiator, req) {
+            self.tasks.remove(slot);
+            self.done.push_back(super::denied(why).into_response(tag));
         }
     }
 
@@ -233,7 +257,8 @@ impl ScsiPort {
             IoRequest { op: IoOp::Write, offset_blocks: r.lba, num_blocks: r.blocks, buf: r.data.take(), fua: r.fua, owner: me, tag: slot as u64 }
         } else {
             r.stage = Stage::Reading;
-            let buf = IoBuf::new(r.blocks as usize * bs);
+            // The bdev overwrites all of it before it is compared or merged.
+            let buf = IoBuf::for_overwrite(r.blocks as usize * bs);
             IoRequest { op: IoOp::Read, offset_blocks: r.lba, num_blocks: r.blocks, buf: Some(buf), fua: false, owner: me, tag: slot as u64 }
         };
         if let Err((_, why)) = vol.submit_locked(core, &self.initiator, req) {

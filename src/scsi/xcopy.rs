@@ -215,6 +215,11 @@ impl ScsiPort {
         if plen == 0 {
             return self.push(tag, Ok(None));
         }
+        // No list we accept is longer (no inline data): refuse before looking for the data
+        // (SPC-4 6.4: PARAMETER LIST LENGTH ERROR).
+        if plen > 16 + MAX_DESCRIPTOR_LIST_LENGTH as usize {
+            return self.push(tag, Err(PARAM_LIST_LENGTH_ERROR));
+        }
         let data = match &cmd.data_out {
             Some(d) if d.len() >= plen => &d[..plen],
             _ => return self.push(tag, Err(super::sense::INVALID_FIELD_IN_IU)),
@@ -259,7 +264,8 @@ impl ScsiPort {
                 b.set_len(len);
                 b
             }
-            _ => IoBuf::new(len),
+            // The source read overwrites all of it before it is written anywhere.
+            _ => IoBuf::for_overwrite(len),
         };
         let req = IoRequest { op: IoOp::Read, offset_blocks: seg.src_lba + job.done, num_blocks: job.chunk, buf: Some(buf), fua: false, owner: me, tag: slot as u64 };
         if let Err((_, why)) = vol.submit(core, &self.initiator, req) {

@@ -459,7 +459,8 @@ impl Conn {
             // Without budget the write waits; meanwhile only its unsolicited data, which the
             // negotiated FirstBurstLength bounds, is kept.
             let admitted = self.tasks.admit(slot, edtl);
-            let mut buf = IoBuf::new(if admitted { edtl } else { unsol_end } as usize);
+            // Every byte is written before use: Data-Out offsets are checked to tile [0, EDTL) exactly.
+            let mut buf = IoBuf::for_overwrite(if admitted { edtl } else { unsol_end } as usize);
             buf[..data.len()].copy_from_slice(data);
             let t = self.tasks.get_mut(slot);
             t.data = Some(buf);
@@ -487,7 +488,7 @@ impl Conn {
             let t = self.tasks.get_mut(slot);
             if matches!(t.dir, DataDir::Write | DataDir::Both) {
                 // Move the unsolicited data gathered so far into the full-size buffer.
-                let mut buf = IoBuf::new(t.edtl as usize);
+                let mut buf = IoBuf::for_overwrite(t.edtl as usize);
                 if let Some(staged) = t.data.take() {
                     let n = staged.len().min(buf.len());
                     buf[..n].copy_from_slice(&staged[..n]);

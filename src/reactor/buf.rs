@@ -19,6 +19,11 @@ const MIN_CLASS_SHIFT: u32 = 12; // 4 KiB
 const NUM_CLASSES: usize = 12; // 4 KiB .. 8 MiB
 /// Buffers kept per class per thread; beyond that a dropped buffer is freed.
 const MAX_POOLED_PER_CLASS: usize = 1024;
+/// Bytes kept in one thread's pool at most: a burst of large commands does not stay resident.
+const MAX_POOLED_BYTES: usize = 64 << 20;
+/// Buffers this large are mapped from the kernel and unmapped when freed, so their memory goes
+/// back at once instead of staying in the allocator's heap.
+const MMAP_MIN: usize = 1 << 20;
 
 pub struct IoBuf {
     ptr: NonNull<u8>,
@@ -33,8 +38,56 @@ pub struct IoBuf {
 unsafe impl Send for IoBuf {}
 unsafe impl Sync for IoBuf {}
 
+#[derive(Default)]
+struct Pool {
+    classes: [Vec<(NonNull<u8>, usize)>; NUM_CLASSES],
+    bytes: usize,
+}
+
 thread_local! {
-    static POOL: RefCell<[Vec<(NonNull<u8>, usize)>; NUM_CLASSES]> = RefCell::new(Default::default());
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// Free every buffer this thread's pool keeps (a reactor calls it when it has been idle a while,
+/// so memory taken by a burst returns to the system). Returns the bytes freed.
+pub fn trim_pool() -> usize {
+    let taken = POOL.try_with(|p| std::mem::take(&mut *p.borrow_mut())).unwrap_or_default();
+    for class in taken.classes {
+        for (ptr, cap) in class {
+            free_raw(ptr, cap);
+        }
+    }
+    taken.bytes
+}
+
+/// Bytes kept in this thread's pool now.
+pub fn pooled_bytes() -> usize {
+    POOL.try_with(|p| p.borrow().bytes).unwrap_or(0)
+}
+
+fn alloc_raw(cap: usize, zero: bool) -> NonNull<u8> {
+    if cap >= MMAP_MIN {
+        // SAFETY: a fresh private anonymous mapping (zero-filled by the kernel, page aligned).
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        if p == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout"));
+        }
+        return NonNull::new(p as *mut u8).expect("mmap returned null");
+    }
+    let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
+    // SAFETY: layout has non-zero size.
+    let raw = unsafe { if zero { alloc_zeroed(layout) } else { alloc(layout) } };
+    NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+}
+
+fn free_raw(ptr: NonNull<u8>, cap: usize) {
+    if cap >= MMAP_MIN {
+        // SAFETY: mapped by alloc_raw with this length.
+        unsafe { libc::munmap(ptr.as_ptr() as *mut libc::c_void, cap) };
+    } else {
+        // SAFETY: allocated by alloc_raw with this size and alignment.
+        unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(cap, BUF_ALIGN)) }
+    }
 }
 
 fn class_of(cap: usize) -> Option<usize> {
@@ -75,7 +128,18 @@ impl IoBuf {
     fn take(len: usize, zero: bool) -> (IoBuf, bool) {
         let class = class_of(len);
         if let Some(idx) = class {
-            if let Some((ptr, cap)) = POOL.try_with(|p| p.borrow_mut()[idx].pop()).ok().flatten() {
+            let hit = POOL
+                .try_with(|p| {
+                    let mut p = p.borrow_mut();
+                    let b = p.classes[idx].pop();
+                    if let Some((_, cap)) = b {
+                        p.bytes -= cap;
+                    }
+                    b
+                })
+                .ok()
+                .flatten();
+            if let Some((ptr, cap)) = hit {
                 return (IoBuf { ptr, cap, len, init: 0 }, false);
             }
         }
@@ -83,11 +147,8 @@ impl IoBuf {
             Some(idx) => 1usize << (idx as u32 + MIN_CLASS_SHIFT),
             None => len.div_ceil(BUF_ALIGN) * BUF_ALIGN,
         };
-        let layout = Layout::from_size_align(cap.max(BUF_ALIGN), BUF_ALIGN).expect("buffer layout");
-        // SAFETY: layout has non-zero size.
-        let raw = unsafe { if zero { alloc_zeroed(layout) } else { alloc(layout) } };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        (IoBuf { ptr, cap: cap.max(BUF_ALIGN), len, init: 0 }, true)
+        let cap = cap.max(BUF_ALIGN);
+        (IoBuf { ptr: alloc_raw(cap, zero), cap, len, init: 0 }, true)
     }
 
     pub fn from_slice(data: &[u8]) -> IoBuf {
@@ -158,8 +219,9 @@ impl Drop for IoBuf {
             let kept = POOL
                 .try_with(|p| {
                     let mut p = p.borrow_mut();
-                    if p[idx].len() < MAX_POOLED_PER_CLASS {
-                        p[idx].push((ptr, cap));
+                    if p.classes[idx].len() < MAX_POOLED_PER_CLASS && p.bytes + cap <= MAX_POOLED_BYTES {
+                        p.classes[idx].push((ptr, cap));
+                        p.bytes += cap;
                         true
                     } else {
                         false
@@ -170,8 +232,7 @@ impl Drop for IoBuf {
                 return;
             }
         }
-        // SAFETY: allocated in IoBuf::new with this size and alignment.
-        unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(cap, BUF_ALIGN)) }
+        free_raw(ptr, cap);
     }
 }
 
@@ -220,6 +281,19 @@ mod tests {
         drop(f);
         assert!(IoBuf::zeroed(4096).iter().all(|&x| x == 0));
         assert!(IoBuf::from_slice(b"abc").as_slice() == b"abc");
+    }
+
+    #[test]
+    fn pool_is_bounded_and_trimmed() {
+        trim_pool();
+        let bufs: Vec<IoBuf> = (0..40).map(|_| IoBuf::for_overwrite(4 << 20)).collect();
+        drop(bufs);
+        assert!(pooled_bytes() <= MAX_POOLED_BYTES, "{} pooled", pooled_bytes());
+        assert!(pooled_bytes() > 0);
+        assert!(trim_pool() > 0);
+        assert_eq!(pooled_bytes(), 0);
+        let b = IoBuf::new(4 << 20);
+        assert!(b.iter().all(|&x| x == 0));
     }
 
     #[test]

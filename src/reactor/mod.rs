@@ -27,6 +27,8 @@ pub use rxbuf::RxBuf;
 /// Token used by sources that only need to wake the reactor (eventfds of io_uring rings, the waker).
 pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 const TICK: Duration = Duration::from_millis(100);
+/// A reactor idle this long frees the buffers its pool keeps.
+const POOL_TRIM_IDLE: Duration = Duration::from_secs(2);
 /// How long an adaptive reactor keeps spinning after its last piece of work before it sleeps.
 const SPIN_WINDOW: Duration = Duration::from_micros(200);
 
@@ -346,6 +348,10 @@ impl Reactor {
             work += self.housekeeping();
             if self.core.now.duration_since(last_tick) >= TICK {
                 last_tick = self.core.now;
+                if self.core.now.saturating_duration_since(last_work) >= POOL_TRIM_IDLE {
+                    // Idle: buffers pooled during a burst go back to the system.
+                    buf::trim_pool();
+                }
                 for slot in 0..self.slots.len() {
                     self.call(slot, |h, core, me| h.on_tick(core, me));
                 }

@@ -209,6 +209,40 @@ fn clear_task_set_from_another_session_aborts_its_tasks() {
     t.stop();
 }
 
+/// A client that floods task management functions while a drain is pending: at most 8 wait per
+/// connection, the rest are answered FUNCTION REJECTED at once; all are answered.
+#[test]
+fn pending_task_management_is_bounded() {
+    use palisade::iscsi::pdu::{self, at, op, Bhs, F_FINAL};
+    let port = free_port();
+    let t = start(port);
+    let mut a = login(port, "iqn.2026-01.test:a");
+    writes_in_flight(&mut a, 700, 1, 0x70);
+    let mut burst = Vec::new();
+    for i in 0..12u32 {
+        let mut h = Bhs::new(op::TMF_REQ, F_FINAL | 2); // ABORT TASK SET
+        h.set_immediate();
+        h.set_itt(0x5000_0000 + i);
+        h.set_u32(at::W20, pdu::RESERVED_TAG);
+        pdu::encode(&mut burst, &h, &[], &[], false, false);
+    }
+    a.raw_write(&burst).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 12 && Instant::now() < deadline {
+        a.poll(Duration::from_millis(50), &mut |_, _| {}).unwrap();
+        got.extend(a.take_tmf_responses());
+    }
+    assert_eq!(got.len(), 12, "every TMF is answered: {got:?}");
+    assert_eq!(got.iter().filter(|r| r.1 == 255).count(), 4, "beyond 8 waiting, FUNCTION REJECTED: {got:?}");
+    assert_eq!(got.iter().filter(|r| r.1 == 0).count(), 8);
+    // The rejected ones were answered before the drained ones.
+    assert!(got[..4].iter().all(|r| r.1 == 255), "{got:?}");
+    let mut b = login(port, "iqn.2026-01.test:b");
+    write_read(&mut b, 700, 8, 0x71);
+    t.stop();
+}
+
 #[test]
 fn bdev_delay_management_and_save_config() {
     let t = Target::start(&["-m", "0x1"]);

@@ -35,6 +35,9 @@ const RX_CAP: usize = 1 << 20;
 /// Stop reading new requests while this much output waits for the socket (back-pressure).
 const TX_HIGH_WATER: usize = 8 << 20;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Task management functions one connection may have waiting for their drain; more are answered
+/// FUNCTION REJECTED (immediate PDUs are outside the CmdSN window, so nothing else bounds them).
+const MAX_PENDING_TMF: u32 = 8;
 /// Largest EDTL we buffer for a write (bigger commands get CHECK CONDITION).
 const MAX_WRITE_EDTL: u32 = 32 << 20;
 
@@ -80,6 +83,9 @@ pub struct Conn {
     /// A Text response too long for one PDU: what is left, and the TTT that asks for it.
     text_rest: Option<(u32, Vec<u8>)>,
     registered: bool,
+    /// Task management functions waiting for a drain (bounded: each holds a few allocations
+    /// and messages every connection of the target).
+    tmf_pending: u32,
 }
 
 fn hd_dd(p: &Negotiated) -> (bool, bool) {
@@ -134,6 +140,7 @@ impl Conn {
             next_ping_ttt: 1,
             text_rest: None,
             registered: false,
+            tmf_pending: 0,
         }))
     }
 
@@ -721,6 +728,10 @@ impl Conn {
             return;
         }
         let function = h.flags() & 0x7f;
+        if self.tmf_pending >= MAX_PENDING_TMF {
+            tracing::debug!(conn = self.id, "iscsi: too many task management functions waiting, rejected");
+            return self.answer_tmf(core, me, tmf::Answer { itt: h.itt(), response: 255, function });
+        }
         let lun = decode_lun(h.lun_raw());
         let rtt = h.u32_at(at::W20);
         let volume_of = |p: &ScsiPort, lun: u64| p.luns.get(lun).map(|l| l.volume.clone());
@@ -786,6 +797,7 @@ impl Conn {
         if drain.is_empty() {
             self.answer_tmf(core, me, answer);
         } else {
+            self.tmf_pending += 1;
             tmf::answer_after_drain(core, me, drain, answer);
         }
     }
@@ -1053,7 +1065,10 @@ impl Handler for Conn {
             Err(m) => m,
         };
         let msg = match msg.downcast::<tmf::Answer>() {
-            Ok(a) => return self.answer_tmf(core, me, *a),
+            Ok(a) => {
+                self.tmf_pending = self.tmf_pending.saturating_sub(1);
+                return self.answer_tmf(core, me, *a);
+            }
             Err(m) => m,
         };
         let msg = match msg.downcast::<tmf::OtherNexusAbort>() {

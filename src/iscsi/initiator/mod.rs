@@ -60,8 +60,8 @@ pub struct Session {
     waiting: std::collections::VecDeque<(u32, Bhs)>,
     /// ITT and echoed data of the last NOP-In answering our NOP-Out.
     pong: Option<(u32, Vec<u8>)>,
-    /// ITT and response of the last Task Management Function Response.
-    tmf: Option<(u32, u8)>,
+    /// ITT and response of Task Management Function Responses not yet claimed.
+    tmf: Vec<(u32, u8)>,
 }
 
 impl Session {
@@ -83,7 +83,7 @@ impl Session {
             slots: (0..depth.max(1)).map(|_| Slot::default()).collect(),
             waiting: Default::default(),
             pong: None,
-            tmf: None,
+            tmf: Vec::new(),
         };
         s.sock.set_read_timeout(Some(Duration::from_secs(15)))?;
         login::run(&mut s, opts)?;
@@ -446,7 +446,7 @@ impl Session {
                 }
                 op::TMF_RSP => {
                     self.note_sn(&h, true);
-                    self.tmf = Some((h.itt(), h.b2()));
+                    self.tmf.push((h.itt(), h.b2()));
                 }
                 op::REJECT => return Err(err(std::io::ErrorKind::InvalidData, format!("target rejected a PDU (reason {:#x})", h.b2()))),
                 op::ASYNC => {
@@ -534,10 +534,8 @@ impl Session {
         self.queue_pdu(&h, &[]);
         let deadline = Instant::now() + timeout;
         let response = loop {
-            if let Some((i, r)) = self.tmf.take() {
-                if i == itt {
-                    break r;
-                }
+            if let Some(i) = self.tmf.iter().position(|&(t, _)| t == itt) {
+                break self.tmf.remove(i).1;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -559,6 +557,12 @@ impl Session {
             }
         }
         Ok(response)
+    }
+
+    /// Task Management Function Responses received for requests sent with `raw_write`: (ITT,
+    /// response), oldest first.
+    pub fn take_tmf_responses(&mut self) -> Vec<(u32, u8)> {
+        std::mem::take(&mut self.tmf)
     }
 
     /// Logout (close the session) and wait for the answer.

@@ -275,6 +275,18 @@ fn bdev_delay_management_and_save_config() {
     assert_eq!(upd("Malloc0", "avg_read", 5).unwrap_err().0, -32600, "not a delay bdev");
     assert_eq!(upd("Nope", "avg_read", 5).unwrap_err().0, -32602);
     assert_eq!(t.rpc("bdev_get_bdevs", json!({"name": "Delay0"}))[0]["driver_specific"]["delay"]["p99_write_latency"], 500);
+    // rpc.py's command line through `palisade rpc`.
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(common::BIN).arg("rpc").arg("-s").arg(t.sock_str()).args(args).output().unwrap();
+        assert!(o.status.success(), "palisade rpc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    cli(&["bdev_delay_update_latency", "Delay0", "avg_read", "20"]);
+    cli(&["bdev_delay_update_latency", "Delay0", "avg_read", "10"]);
+    cli(&["bdev_malloc_create", "-b", "Malloc9", "1", "512"]);
+    cli(&["bdev_delay_create", "-b", "Malloc9", "-d", "Delay9", "-r", "1", "-t", "2", "-w", "3", "-n", "4"]);
+    assert_eq!(t.rpc("bdev_get_bdevs", json!({"name": "Delay9"}))[0]["driver_specific"]["delay"]["p99_write_latency"], 4);
+    cli(&["bdev_delay_delete", "Delay9"]);
+    cli(&["bdev_malloc_delete", "Malloc9"]);
 
     // save_config creates the base first (Delay0 sorts before Malloc0) and a restart restores it.
     let cfg = t.rpc("save_config", Value::Null);

@@ -113,6 +113,33 @@ fn spdk_rpc_drives_the_bdev_methods() {
 }
 
 #[test]
+fn spdk_rpc_drives_the_delay_bdev() {
+    if !common::require("spdk-rpc") {
+        return;
+    }
+    let t = Target::start(&[]);
+    ok(&t, &["bdev_malloc_create", "-b", "Malloc0", "1", "512"]);
+    let d = ["bdev_delay_create", "-b", "Malloc0", "-d", "Delay0", "-r", "10", "-t", "50", "-w", "30", "-n", "90"];
+    assert_eq!(ok(&t, &d), json!("Delay0"));
+    fails(&t, &d, -17, "File exists: bdev Delay0 already exists");
+    fails(
+        &t,
+        &["bdev_delay_create", "-b", "Malloc0", "-d", "Delay1", "-r", "10", "-t", "50", "-w", "30", "-n", "90"],
+        -16,
+        "Device or resource busy: bdev Malloc0 is in use by delay:Delay0",
+    );
+    let b = ok(&t, &["bdev_get_bdevs", "-b", "Delay0"]);
+    assert_eq!(b[0]["product_name"], "delay");
+    assert_eq!(b[0]["driver_specific"]["delay"]["p99_write_latency"], 90);
+    assert_eq!(ok(&t, &["bdev_delay_update_latency", "Delay0", "avg_write", "40"]), json!(true));
+    fails(&t, &["bdev_delay_update_latency", "Malloc0", "avg_write", "40"], -32600, "Invalid request: The requested bdev is not a delay bdev.");
+    assert_eq!(ok(&t, &["bdev_get_bdevs", "-b", "Delay0"])[0]["driver_specific"]["delay"]["avg_write_latency"], 40);
+    ok(&t, &["bdev_delay_delete", "Delay0"]);
+    ok(&t, &["bdev_malloc_delete", "Malloc0"]);
+    t.stop();
+}
+
+#[test]
 fn spdk_rpc_drives_the_framework_methods() {
     if !common::require("spdk-rpc") {
         return;

@@ -5,6 +5,7 @@
 //! submitting handler as a reactor [`IoEvent`] carrying the request's tag and buffer.
 
 pub mod blocking;
+pub mod delay;
 pub mod malloc;
 pub mod null;
 pub mod stats;
@@ -74,6 +75,14 @@ pub trait Bdev: Send + Sync + 'static {
         Value::Object(Default::default())
     }
     fn stats(&self) -> &stats::StatsRegistry;
+    /// The bdev this one is built on (a virtual bdev such as delay): save_config creates it first.
+    fn base_bdev(&self) -> Option<&str> {
+        None
+    }
+    /// The concrete bdev, for management calls specific to one kind (bdev_delay_update_latency).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Make completed writes durable (at shutdown; FUA and flush cover the data path).
     fn sync(&self) -> std::io::Result<()> {
         Ok(())

@@ -30,6 +30,9 @@ pub const SPECS: &[(&str, &str)] = &[
     ("bdev_null_delete", "name:str"),
     ("bdev_uring_create", "-u/--uuid=uuid:str filename:str name:str block_size:int?"),
     ("bdev_uring_delete", "name:str"),
+    ("bdev_delay_create", "-b/--base-bdev-name=base_bdev_name:str -d/--name=name:str -u/--uuid=uuid:str -r/--avg-read-latency=avg_read_latency:int -t/--nine-nine-read-latency=p99_read_latency:int -w/--avg-write-latency=avg_write_latency:int -n/--nine-nine-write-latency=p99_write_latency:int"),
+    ("bdev_delay_delete", "name:str"),
+    ("bdev_delay_update_latency", "delay_bdev_name:str latency_type:str latency_us:int"),
     ("bdev_get_bdevs", "-b/--name=name:str -t/--timeout-ms=timeout:int"),
     ("bdev_get_iostat", "-b/--name=name:str -c/--per-channel=per_channel:flag --reset-mode=reset_mode:str --names=names:list"),
     // nvmf (issue: NVMe-oF/TCP) — add lines here

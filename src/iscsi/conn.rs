@@ -19,12 +19,13 @@ use super::outq::{OutQueue, ZERO_COPY_MIN};
 use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
 use super::target::{ConnInfo, ConnSlot, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
+use super::tmf;
 use crate::reactor::budget::ConnBudget;
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
 use crate::reservation::Nexus;
 use crate::scsi::pr::PreemptAbort;
-use crate::volume::Initiator;
+use crate::volume::{Initiator, Volume};
 
 /// A PREEMPT AND ABORT of another connection that may concern this one (see
 /// `Conn::abort_preempted`).
@@ -39,6 +40,9 @@ const LOGIN_RX_CAP: usize = 32 << 10;
 const RX_IDLE_RELEASE: Duration = Duration::from_secs(2);
 /// Stop reading new requests while this much output waits for the socket (back-pressure).
 const TX_HIGH_WATER: usize = 8 << 20;
+/// Task management functions one connection may have waiting for their drain; more are answered
+/// FUNCTION REJECTED (immediate PDUs are outside the CmdSN window, so nothing else bounds them).
+const MAX_PENDING_TMF: u32 = 8;
 /// Largest EDTL we buffer for a write (bigger commands get CHECK CONDITION).
 const MAX_WRITE_EDTL: u32 = 32 << 20;
 
@@ -89,6 +93,9 @@ pub struct Conn {
     registered: bool,
     /// This connection's place in the target's connection budget.
     slot: ConnSlot,
+    /// Task management functions waiting for a drain (bounded: each holds a few allocations
+    /// and messages every connection of the target).
+    tmf_pending: u32,
 }
 
 fn hd_dd(p: &Negotiated) -> (bool, bool) {
@@ -146,6 +153,7 @@ impl Conn {
             unsent_budget: 0,
             registered: false,
             slot,
+            tmf_pending: 0,
         }))
     }
 
@@ -787,71 +795,133 @@ impl Conn {
         self.send(&r, &data[..n]);
     }
 
+    /// Task management (RFC 7143 §11.5, SAM-5 7). The response is sent only after every write
+    /// the function aborted has completed (see `tmf`): an initiator may reuse the blocks, or
+    /// another path may write them, as soon as it has the answer. CLEAR TASK SET (TST=000b: one
+    /// task set per LUN), LOGICAL UNIT RESET and the target resets act on every nexus.
     fn on_tmf(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) {
         if !self.accept_cmd_sn(h) {
             return;
         }
-        let func = h.flags() & 0x7f;
+        let function = h.flags() & 0x7f;
+        if self.tmf_pending >= MAX_PENDING_TMF {
+            tracing::debug!(conn = self.id, "iscsi: too many task management functions waiting, rejected");
+            return self.answer_tmf(core, me, tmf::Answer { itt: h.itt(), response: 255, function });
+        }
         let lun = decode_lun(h.lun_raw());
         let rtt = h.u32_at(at::W20);
-        let ref_sn = h.u32_at(at::W32);
-        let tmf_sn = h.u32_at(at::W24);
+        let volume_of = |p: &ScsiPort, lun: u64| p.luns.get(lun).map(|l| l.volume.clone());
         let has_lun = self.port.as_ref().is_some_and(|p| p.luns.get(lun).is_some());
-        let response: u8 = match func {
-            // ABORT TASK (RFC 7143 §11.5.1): a task already finished counts as aborted when its
-            // CmdSN precedes the request's.
+        let (response, drain): (u8, Vec<Arc<Volume>>) = match function {
+            // ABORT TASK: a task that already completed is reported as not existing, which is
+            // what initiators expect when the response crossed the request.
             1 => {
-                // A task that already completed is reported as not existing, which is what
-                // initiators expect when the response crossed the request.
+                let task_lun = self.tasks.find(rtt).map(|s| self.tasks.get_mut(s).lun).unwrap_or(lun);
                 let in_scsi = self.port.as_mut().is_some_and(|p| p.abort_task(rtt));
                 let here = self.abort_where(|t| t.itt == rtt);
-                let _ = (ref_sn, tmf_sn);
-                if in_scsi || here > 0 {
-                    0
-                } else {
-                    1
+                match (in_scsi, here > 0) {
+                    (false, false) => (1, Vec::new()),
+                    // Only gathering Data-Out: nothing of it reached the volume.
+                    (false, true) => (0, Vec::new()),
+                    (true, _) => (0, self.port.as_ref().and_then(|p| volume_of(p, task_lun)).into_iter().collect()),
                 }
             }
-            // ABORT TASK SET, CLEAR TASK SET, LUN RESET: every task of this nexus on the LUN.
-            2 | 4 | 5 if !has_lun => 2,
+            2 | 4 | 5 if !has_lun => (2, Vec::new()),
             2 | 4 | 5 => {
-                if let Some(p) = self.port.as_mut() {
-                    match func {
-                        2 => {
-                            p.abort_task_set(lun);
-                        }
-                        4 => {
-                            p.clear_task_set(lun);
-                        }
-                        _ => {
-                            p.lun_reset(lun);
-                        }
+                let p = self.port.as_mut().expect("has_lun");
+                let vol = volume_of(p, lun).expect("has_lun");
+                match function {
+                    2 => {
+                        p.abort_task_set(lun);
+                    }
+                    4 => {
+                        p.clear_task_set(lun);
+                    }
+                    _ => {
+                        p.lun_reset(lun);
+                        let own = p.luns.get(lun).expect("has_lun").clone();
+                        tmf::raise_reset(&self.target, &vol, &own);
                     }
                 }
                 self.abort_where(|t| t.lun == lun);
-                0
+                let vols = vec![vol];
+                if function != 2 {
+                    tmf::abort_other_nexuses(core, &self.target, me, &vols);
+                }
+                (0, vols)
             }
-            3 => 5, // CLEAR ACA: no ACA support
+            3 => (5, Vec::new()), // CLEAR ACA: no ACA support
+            // TARGET WARM / COLD RESET: a logical unit reset of every LUN.
             6 | 7 => {
+                let mut vols = Vec::new();
                 if let Some(p) = self.port.as_mut() {
                     p.target_reset();
+                    for l in p.luns.luns.iter() {
+                        tmf::raise_reset(&self.target, &l.volume, l);
+                        vols.push(l.volume.clone());
+                    }
                 }
                 self.abort_where(|_| true);
-                0
+                let vols = tmf::distinct(vols);
+                tmf::abort_other_nexuses(core, &self.target, me, &vols);
+                (0, vols)
             }
-            8 => 4, // TASK REASSIGN needs ErrorRecoveryLevel 2
-            _ => 255,
+            8 => (4, Vec::new()), // TASK REASSIGN needs ErrorRecoveryLevel 2
+            _ => (255, Vec::new()),
         };
+        let answer = tmf::Answer { itt: h.itt(), response, function };
+        if drain.is_empty() {
+            self.answer_tmf(core, me, answer);
+        } else {
+            self.tmf_pending += 1;
+            tmf::answer_after_drain(core, me, drain, answer);
+        }
+    }
+
+    fn answer_tmf(&mut self, core: &mut Core, me: HandlerRef, a: tmf::Answer) {
+        if self.phase != Phase::FullFeature {
+            return;
+        }
         let mut r = Bhs::new(op::TMF_RSP, F_FINAL);
-        r.set_b2(response);
-        r.set_itt(h.itt());
+        r.set_b2(a.response);
+        r.set_itt(a.itt);
         self.seal(&mut r, true);
         self.send(&r, &[]);
-        if func == 7 && response == 0 {
+        if a.function == 7 && a.response == 0 {
             // TARGET COLD RESET drops the connection after the response (RFC 7143 §11.5.1).
             self.phase = Phase::Closing;
         }
         core.want_flush(me);
+    }
+
+    /// Another nexus cleared the task set or reset a logical unit we use: our tasks there are
+    /// aborted. Those still gathering Data-Out have nothing in flight and are answered TASK
+    /// ABORTED now; submitted ones are answered by the SCSI layer when their I/O ends (TAS=1).
+    fn abort_for_other(&mut self, core: &mut Core, me: HandlerRef, volumes: &[Arc<Volume>]) {
+        let Some(p) = self.port.as_mut() else { return };
+        let luns: Vec<u64> = p.luns.luns.iter().filter(|l| volumes.iter().any(|v| Arc::ptr_eq(v, &l.volume))).map(|l| l.id).collect();
+        if luns.is_empty() {
+            return;
+        }
+        let mut n = 0;
+        for v in volumes {
+            n += p.abort_for_other_nexus(v);
+        }
+        let mut waiting = Vec::new();
+        for slot in self.tasks.active_slots() {
+            let t = self.tasks.get_mut(slot);
+            if !t.submitted && luns.contains(&t.lun) {
+                waiting.push((t.itt, t.r2t_sn));
+                self.tasks.free(slot);
+            }
+        }
+        for &(itt, r2ts) in &waiting {
+            self.send_scsi_response_resid(&ScsiResponse::status(itt, status::TASK_ABORTED), r2ts, None);
+        }
+        if n + waiting.len() > 0 {
+            tracing::info!(conn = self.id, tasks = n + waiting.len(), "iscsi: tasks aborted by another nexus' task management");
+            core.want_flush(me);
+        }
     }
 
     /// Free this connection's task slots that match (after the SCSI layer was told: aborted
@@ -1072,6 +1142,17 @@ impl Handler for Conn {
         };
         let msg = match msg.downcast::<PreemptAbort>() {
             Ok(a) => return self.forward_abort(core, *a),
+            Err(m) => m,
+        };
+        let msg = match msg.downcast::<tmf::Answer>() {
+            Ok(a) => {
+                self.tmf_pending = self.tmf_pending.saturating_sub(1);
+                return self.answer_tmf(core, me, *a);
+            }
+            Err(m) => m,
+        };
+        let msg = match msg.downcast::<tmf::OtherNexusAbort>() {
+            Ok(a) => return self.abort_for_other(core, me, &a.0),
             Err(m) => m,
         };
         if let Ok(v) = msg.downcast::<VictimAbort>() {

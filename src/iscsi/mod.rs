@@ -10,5 +10,6 @@ pub mod outq;
 pub mod pdu;
 pub mod target;
 pub mod tasks;
+pub mod tmf;
 
 pub use target::Target;

@@ -286,6 +286,11 @@ impl TaskTable {
         (t.active && !t.submitted && t.gen as u32 == ttt >> 16 && t.itt == itt).then_some(slot)
     }
 
+    /// The active task with this tag, submitted or still gathering Data-Out.
+    pub fn find(&self, itt: u32) -> Option<usize> {
+        self.slots.iter().position(|t| t.active && t.itt == itt)
+    }
+
     pub fn find_submitted(&self, itt: u32) -> Option<usize> {
         self.slots.iter().position(|t| t.active && t.submitted && t.itt == itt)
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::registry::{Call, Registry, Subsystem, RUNTIME};
 use super::{ok, App, RpcError, RpcResult};
-use crate::bdev::{self, malloc::MallocBdev, null::NullBdev, uring::UringBdev, Bdev};
+use crate::bdev::{self, delay::DelayBdev, malloc::MallocBdev, null::NullBdev, uring::UringBdev, Bdev};
 use crate::config::Entry;
 
 pub fn register(r: &mut Registry) {
@@ -17,20 +17,35 @@ pub fn register(r: &mut Registry) {
     r.add("bdev_null_delete", RUNTIME, |c| delete(c, bdev::null::PRODUCT));
     r.add("bdev_uring_create", RUNTIME, bdev_uring_create);
     r.add("bdev_uring_delete", RUNTIME, |c| delete(c, bdev::uring::PRODUCT));
+    r.add("bdev_delay_create", RUNTIME, bdev_delay_create);
+    r.add("bdev_delay_delete", RUNTIME, bdev_delay_delete);
+    r.add("bdev_delay_update_latency", RUNTIME, bdev_delay_update_latency);
     r.add("bdev_get_bdevs", RUNTIME, bdev_get_bdevs);
     r.add("bdev_get_iostat", RUNTIME, bdev_get_iostat);
     r.add_subsystem(Subsystem { name: "bdev", depends_on: &[], config: bdev_config });
 }
 
+/// Every bdev's constructor call, a virtual bdev after the bdev it is built on.
 fn bdev_config(app: &App) -> Vec<Entry> {
-    app.bdevs
-        .list()
-        .iter()
-        .map(|b| {
-            let (method, params) = b.construct();
-            Entry { method: method.to_string(), params: Some(params) }
-        })
-        .collect()
+    let mut left = app.bdevs.list();
+    let mut done: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    while !left.is_empty() {
+        let before = left.len();
+        left.retain(|b| {
+            let ready = b.base_bdev().is_none_or(|base| done.iter().any(|d| d == base) || !app.bdevs.contains(base));
+            if ready {
+                let (method, params) = b.construct();
+                out.push(Entry { method: method.to_string(), params: Some(params) });
+                done.push(b.info().name.clone());
+            }
+            !ready
+        });
+        if left.len() == before {
+            break; // cannot happen (claims make a chain): never loop forever
+        }
+    }
+    out
 }
 
 fn parse_uuid(s: &Option<String>) -> Result<Option<uuid::Uuid>, RpcError> {
@@ -181,6 +196,84 @@ async fn bdev_uring_create(c: Call) -> RpcResult {
         .map_err(RpcError::internal)??;
     c.app.bdevs.add(Arc::new(b))?;
     Ok(json!(p.name))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelayCreate {
+    base_bdev_name: String,
+    name: String,
+    uuid: Option<String>,
+    avg_read_latency: u64,
+    p99_read_latency: u64,
+    avg_write_latency: u64,
+    p99_write_latency: u64,
+}
+
+fn delay_user(name: &str) -> String {
+    format!("delay:{name}")
+}
+
+/// bdev_delay_create (SPDK's parameters, latencies in microseconds): claims the base bdev
+/// exclusively, as SPDK's vbdev does, so nothing else writes under the delay.
+async fn bdev_delay_create(c: Call) -> RpcResult {
+    let p: DelayCreate = c.params()?;
+    check_name(&p.name)?;
+    let uuid = parse_uuid(&p.uuid)?;
+    let _g = c.app.mgmt.lock().await;
+    if c.app.bdevs.contains(&p.name) {
+        return Err(bdev::BdevError::Exists(p.name).into());
+    }
+    let user = delay_user(&p.name);
+    let base = c.app.bdevs.claim_exclusive(&p.base_bdev_name, &user)?;
+    let lat = bdev::delay::Latencies::new(p.avg_read_latency, p.p99_read_latency, p.avg_write_latency, p.p99_write_latency);
+    let made = DelayBdev::new(&p.name, base, uuid, lat).and_then(|d| c.app.bdevs.add(Arc::new(d)));
+    if let Err(e) = made {
+        c.app.bdevs.release(&p.base_bdev_name, &user);
+        return Err(e.into());
+    }
+    Ok(json!(p.name))
+}
+
+async fn bdev_delay_delete(c: Call) -> RpcResult {
+    let p: ByName = c.params()?;
+    let _g = c.app.mgmt.lock().await;
+    let b = c.app.bdevs.remove(&p.name, Some(bdev::delay::PRODUCT))?;
+    let id = b.info().id;
+    let reactors = c.app.reactors.clone();
+    tokio::task::spawn_blocking(move || reactors.call_all(move |_| bdev::close_channel(id)))
+        .await
+        .map_err(RpcError::internal)?;
+    if let Some(base) = b.base_bdev() {
+        c.app.bdevs.release(base, &delay_user(&p.name));
+    }
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelayUpdate {
+    delay_bdev_name: String,
+    latency_type: String,
+    latency_us: u64,
+}
+
+async fn bdev_delay_update_latency(c: Call) -> RpcResult {
+    let p: DelayUpdate = c.params()?;
+    let Some(t) = bdev::delay::LatencyType::parse(&p.latency_type) else {
+        return Err(RpcError::invalid_params("Please specify a valid latency type."));
+    };
+    if p.latency_us > bdev::delay::MAX_LATENCY_US {
+        return Err(RpcError::invalid_params(format!("latency_us: must not exceed {}", bdev::delay::MAX_LATENCY_US)));
+    }
+    let Some(b) = c.app.bdevs.get(&p.delay_bdev_name) else {
+        return Err(RpcError::invalid_params("The requested bdev does not exist."));
+    };
+    let Some(d) = b.as_any().and_then(|a| a.downcast_ref::<DelayBdev>()) else {
+        return Err(RpcError::invalid_request("The requested bdev is not a delay bdev."));
+    };
+    d.latencies().set(t, p.latency_us);
+    Ok(json!(true))
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,9 @@
 //! - Task management: [`ScsiPort::abort_task`], [`ScsiPort::abort_task_set`],
 //!   [`ScsiPort::clear_task_set`], [`ScsiPort::lun_reset`] and [`ScsiPort::target_reset`].
 //!   Aborted tasks produce no response; their I/O still completes (and its IoEvent must still be
-//!   forwarded), because a submitted bdev request cannot be recalled.
+//!   forwarded), because a submitted bdev request cannot be recalled: the transport answers the
+//!   TMF only after `Volume::drain_writes` (no aborted write can land after the answer). Tasks
+//!   aborted by another nexus ([`ScsiPort::abort_for_other_nexus`]) end with TASK ABORTED.
 //! - IoEvents may also arrive for tasks waiting on a range lock (a grant, `buf: None`); forward
 //!   every IoEvent, as for block I/O.
 //! - Task attributes are accepted and not reordered: commands run in arrival order.
@@ -196,6 +198,9 @@ pub struct ScsiPort {
     /// Results of finished EXTENDED COPY commands kept for RECEIVE COPY RESULTS (list ids are
     /// per I_T nexus); the oldest are forgotten first.
     copies: VecDeque<CopyRecord>,
+    /// Tasks aborted by another nexus' task management, (slot, tag): answered TASK ABORTED once
+    /// their I/O has ended (TAS=1), so the initiator may reuse the blocks after the answer.
+    abort_reports: Vec<(usize, u32)>,
 }
 
 /// A finished copy whose list id asked for its results to be held.
@@ -225,6 +230,7 @@ impl ScsiPort {
             ua,
             pr_seen,
             copies: VecDeque::new(),
+            abort_reports: Vec::new(),
         }
     }
 
@@ -406,7 +412,14 @@ impl ScsiPort {
 
     /// Feed an I/O completion this port's commands were waiting for.
     pub fn on_io_complete(&mut self, core: &mut Core, me: HandlerRef, ev: IoEvent) {
+        let slot = ev.tag as usize;
         self.advance(core, me, ev);
+        if !self.abort_reports.is_empty() && !self.tasks.contains(slot) {
+            if let Some(i) = self.abort_reports.iter().position(|&(s, _)| s == slot) {
+                let (_, tag) = self.abort_reports.swap_remove(i);
+                self.done.push_back(ScsiResponse::status(tag, status::TASK_ABORTED));
+            }
+        }
     }
 
     /// Queue a finished task (commands completed outside this module, e.g. `pr::execute`).
@@ -427,6 +440,10 @@ impl ScsiPort {
         let before = self.done.len();
         self.done.retain(|r| r.task_tag != task_tag);
         let mut found = self.done.len() != before;
+        // Aborted by its own nexus after another one: answered by the TMF, not TASK ABORTED.
+        let reported = self.abort_reports.len();
+        self.abort_reports.retain(|&(_, tag)| tag != task_tag);
+        found |= self.abort_reports.len() != reported;
         for (_, t) in self.tasks.iter_mut() {
             if t.tag == task_tag && !t.aborted {
                 t.aborted = true;
@@ -436,10 +453,8 @@ impl ScsiPort {
         found
     }
 
-    /// ABORT TASK SET / CLEAR TASK SET for one LUN: every task of this nexus on it. With one
-    /// task set per LUN shared by all nexuses (TST=000b), CLEAR TASK SET would also clear other
-    /// nexuses' tasks; those live on other reactors and finish normally (RAM and io_uring
-    /// completions are bounded), which SAM-5 allows when TAS reporting is not required.
+    /// ABORT TASK SET for one LUN: every task of this nexus on it ends without a response (the
+    /// TMF's answer stands for them; the transport sends it once the volume's writes drained).
     pub fn abort_task_set(&mut self, lun: u64) -> usize {
         let Some(idx) = self.luns.index(lun) else { return 0 };
         let mut n = 0;
@@ -452,8 +467,28 @@ impl ScsiPort {
         n
     }
 
+    /// CLEAR TASK SET on this nexus' side: its own tasks end silently, as for ABORT TASK SET.
+    /// With one task set per LUN (TST=000b) the other nexuses' tasks are cleared too: the
+    /// transport reaches their ports and calls [`ScsiPort::abort_for_other_nexus`].
     pub fn clear_task_set(&mut self, lun: u64) -> usize {
         self.abort_task_set(lun)
+    }
+
+    /// Another nexus' CLEAR TASK SET, LOGICAL UNIT RESET or target reset reached this nexus'
+    /// tasks on `volume`: each is aborted and, as the control mode page says TAS=1, answered
+    /// TASK ABORTED once its I/O has ended (SAM-5 5.6, SPC-4 7.5.8). Tasks keep no I/O going
+    /// once marked (multi-step commands stop at their next step). Returns how many.
+    pub fn abort_for_other_nexus(&mut self, volume: &Arc<Volume>) -> usize {
+        let mut n = 0;
+        for (slot, t) in self.tasks.iter_mut() {
+            let on_volume = self.luns.luns.get(t.lun as usize).is_some_and(|l| Arc::ptr_eq(&l.volume, volume));
+            if on_volume && !t.aborted {
+                t.aborted = true;
+                self.abort_reports.push((slot, t.tag));
+                n += 1;
+            }
+        }
+        n
     }
 
     /// LOGICAL UNIT RESET: abort this nexus' tasks on the LUN, reset its state (mode pages to

@@ -160,6 +160,15 @@ impl Volume {
         }
     }
 
+    /// Run `done` once every modifying I/O submitted through this volume before this call, on any
+    /// reactor, has completed: PREEMPT AND ABORT's drain, for task management (a TMF answers only
+    /// after the writes it aborted can no longer land). Tasks must be marked aborted first, on
+    /// their own reactors, so that they submit nothing more.
+    pub fn drain_writes(&self, done: Box<dyn FnOnce() + Send>) {
+        use crate::reservation::Fence;
+        pr_gate::VolumeFence(self.gate.clone()).drain(done);
+    }
+
     /// The volume's reservation engine (PR commands, unit attentions, management).
     pub fn reservations(&self) -> &Arc<Reservations> {
         &self.pr

@@ -37,6 +37,8 @@ pub struct Completion {
 struct Slot {
     busy: bool,
     itt: u32,
+    lun: u64,
+    cmd_sn: u32,
     write_data: Vec<u8>,
     read_data: Vec<u8>,
     got: usize,
@@ -58,6 +60,8 @@ pub struct Session {
     waiting: std::collections::VecDeque<(u32, Bhs)>,
     /// ITT and echoed data of the last NOP-In answering our NOP-Out.
     pong: Option<(u32, Vec<u8>)>,
+    /// ITT and response of Task Management Function Responses not yet claimed.
+    tmf: Vec<(u32, u8)>,
 }
 
 impl Session {
@@ -79,6 +83,7 @@ impl Session {
             slots: (0..depth.max(1)).map(|_| Slot::default()).collect(),
             waiting: Default::default(),
             pong: None,
+            tmf: Vec::new(),
         };
         s.sock.set_read_timeout(Some(Duration::from_secs(15)))?;
         login::run(&mut s, opts)?;
@@ -237,6 +242,7 @@ impl Session {
         self.seq = self.seq.wrapping_add(1);
         let itt = (self.seq << 12) | (tag & 0xfff);
         slot.busy = true;
+        slot.lun = lun;
         slot.itt = if itt == RESERVED_TAG { itt & 0xfff } else { itt };
         slot.got = 0;
         slot.write_data.clear();
@@ -272,6 +278,7 @@ impl Session {
             }
             h.set_u32(at::W24, self.cmd_sn);
             h.set_u32(at::W28, self.exp_stat_sn);
+            self.slots[tag as usize].cmd_sn = self.cmd_sn;
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
             let p = &self.params;
             let slot = &self.slots[tag as usize];
@@ -437,6 +444,10 @@ impl Session {
                         self.queue_pdu(&r, &[]);
                     }
                 }
+                op::TMF_RSP => {
+                    self.note_sn(&h, true);
+                    self.tmf.push((h.itt(), h.b2()));
+                }
                 op::REJECT => return Err(err(std::io::ErrorKind::InvalidData, format!("target rejected a PDU (reason {:#x})", h.b2()))),
                 op::ASYNC => {
                     self.note_sn(&h, true);
@@ -492,6 +503,66 @@ impl Session {
             }
             self.poll((deadline - now).min(Duration::from_millis(50)), &mut |_, _| {})?;
         }
+    }
+
+    /// Send a Task Management Function Request (RFC 7143 §11.5) as an immediate PDU and wait for
+    /// its response, handing the completions that arrive meanwhile to `done`. `ref_tag` names the
+    /// task of ABORT TASK (function 1). On FUNCTION COMPLETE the aborted tasks' tags are free
+    /// again (the target answers nothing for them). Returns the response code.
+    pub fn task_management(
+        &mut self,
+        function: u8,
+        lun: u64,
+        ref_tag: Option<u32>,
+        timeout: Duration,
+        done: &mut dyn FnMut(Completion, &[u8]),
+    ) -> std::io::Result<u8> {
+        let itt = 0x4000_0000 | (self.seq & 0xfff);
+        self.seq = self.seq.wrapping_add(1);
+        let mut h = Bhs::new(op::TMF_REQ, F_FINAL | (function & 0x7f));
+        h.set_immediate();
+        h.set_lun_raw(crate::scsi::encode_lun(lun));
+        h.set_itt(itt);
+        let (rtt, ref_sn) = match ref_tag.and_then(|t| self.slots.get(t as usize)) {
+            Some(s) => (s.itt, s.cmd_sn),
+            None => (RESERVED_TAG, self.cmd_sn),
+        };
+        h.set_u32(at::W20, rtt);
+        h.set_u32(at::W24, self.cmd_sn);
+        h.set_u32(at::W28, self.exp_stat_sn);
+        h.set_u32(at::W32, ref_sn);
+        self.queue_pdu(&h, &[]);
+        let deadline = Instant::now() + timeout;
+        let response = loop {
+            if let Some(i) = self.tmf.iter().position(|&(t, _)| t == itt) {
+                break self.tmf.remove(i).1;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(err(std::io::ErrorKind::TimedOut, "no Task Management Function Response"));
+            }
+            self.poll((deadline - now).min(Duration::from_millis(50)), done)?;
+        };
+        if response == 0 {
+            for (i, s) in self.slots.iter_mut().enumerate() {
+                let hit = match function {
+                    1 => ref_tag == Some(i as u32),
+                    2 | 4 | 5 => s.lun == lun,
+                    6 | 7 => true,
+                    _ => false,
+                };
+                if s.busy && hit {
+                    s.busy = false;
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    /// Task Management Function Responses received for requests sent with `raw_write`: (ITT,
+    /// response), oldest first.
+    pub fn take_tmf_responses(&mut self) -> Vec<(u32, u8)> {
+        std::mem::take(&mut self.tmf)
     }
 
     /// Logout (close the session) and wait for the answer.

@@ -344,15 +344,17 @@ impl Conn {
         let dir = if fabrics_cmd { nio::direction(sqe.fctype()) } else { nio::direction(sqe.opcode()) };
         let g = sqe.sgl();
         let data = l.data(p);
+        // No transfer beyond MDTS in either direction (SPDK: Data SGL Length Invalid): every
+        // buffer a command sizes is bounded by its SGL, so by this.
+        let admin_q = fabrics_cmd || self.qid == 0;
+        let limit = if admin_q { self.opts.max_io_size.max(self.opts.admin_icd()) } else { self.opts.max_io_size };
+        if g.length > limit && dir != Dir::None {
+            self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+            return Ok(());
+        }
         match dir {
             Dir::HostToCtrl if g.length > 0 => {
                 let len = g.length;
-                let admin_q = fabrics_cmd || self.qid == 0;
-                let limit = if admin_q { self.opts.max_io_size.max(self.opts.admin_icd()) } else { self.opts.max_io_size };
-                if len > limit {
-                    self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
-                    return Ok(());
-                }
                 match g.id {
                     sgl::DATA_BLOCK_OFFSET => {
                         let icd = if admin_q { self.opts.admin_icd() } else { self.opts.in_capsule_data_size.max(if fabrics_cmd { 1024 } else { 0 }) };
@@ -510,7 +512,8 @@ impl Conn {
             }
         }
         let buf = self.slots[idx].buf.take();
-        let out = admin::execute(&self.t, &self.opts, c, &sqe, buf.as_deref().unwrap_or(&[]), &mut self.scratch);
+        let max_out = self.slots[idx].len as usize;
+        let out = admin::execute(&self.t, &self.opts, c, &sqe, buf.as_deref().unwrap_or(&[]), max_out, &mut self.scratch);
         drop(buf);
         match out {
             Outcome::Complete { status, dw0 } => {
@@ -677,9 +680,10 @@ impl Conn {
     /// Reservation Register / Report / Acquire / Release on namespace `ns`.
     fn reservation(&mut self, core: &mut Core, idx: usize, sqe: Sqe, ns: &Arc<Namespace>) {
         let data = self.slots[idx].buf.take();
+        let max_out = self.slots[idx].len as usize;
         self.slots[idx].pending = 1;
         let wake = self.resv_waker(idx);
-        let r = nv::execute(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), wake);
+        let r = nv::execute(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), max_out, wake);
         if let Some(c) = r {
             self.resv_complete(core, idx, c);
         }

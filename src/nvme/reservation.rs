@@ -3,7 +3,7 @@
 //! protocol-neutral engine in `reservation/`.
 //!
 //! Interface for the NVMe command dispatch (merge-time wiring):
-//! - I/O opcodes 0Dh, 11h, 15h, 0Eh: call [`execute`] with the command's CDW10/CDW11, the
+//! - I/O opcodes 0Dh, 11h, 15h, 0Eh: call [`execute_within`] with the command's CDW10/CDW11, the
 //!   host-to-controller data (16 bytes for Register/Acquire, 8 for Release; none for Report) and
 //!   the length of the host's buffer (Report's data never exceeds it). It
 //!   returns `Some(Completion)` at once, or `None` and later calls `done` (from another thread:
@@ -209,9 +209,23 @@ pub fn report_within(cdw10: u32, cdw11: u32, s: &PrState, host_id_128: bool, max
 }
 
 /// Run a reservation command for host `who` on `volume`. See the module docs for the contract.
-/// `max_out`: the host's buffer for controller-to-host data (Report never returns more).
-#[allow(clippy::too_many_arguments)]
+/// Report returns all NUMD asks for: transports use [`execute_within`] with the host's buffer.
 pub fn execute(
+    volume: &Volume,
+    who: &Initiator,
+    opc: u8,
+    cdw10: u32,
+    cdw11: u32,
+    data: &[u8],
+    done: impl FnOnce(Completion) + Send + 'static,
+) -> Option<Completion> {
+    execute_within(volume, who, opc, cdw10, cdw11, data, usize::MAX, done)
+}
+
+/// [`execute`] where `max_out` is the host's buffer for controller-to-host data (Report never
+/// returns more, whatever NUMD says).
+#[allow(clippy::too_many_arguments)]
+pub fn execute_within(
     volume: &Volume,
     who: &Initiator,
     opc: u8,

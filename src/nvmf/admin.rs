@@ -25,14 +25,15 @@ fn done(status: Status) -> Outcome {
     Outcome::Complete { status, dw0: 0 }
 }
 
-/// Execute admin command `sqe` for controller `c`; data for the host goes to `out`.
-pub fn execute(t: &Target, opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, data_in: &[u8], out: &mut Vec<u8>) -> Outcome {
+/// Execute admin command `sqe` for controller `c`; data for the host goes to `out`, never more
+/// than `max_out` bytes (the host's buffer: sizes a host writes in a command are capped by it).
+pub fn execute(t: &Target, opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, data_in: &[u8], max_out: usize, out: &mut Vec<u8>) -> Outcome {
     out.clear();
     c.touch_keepalive();
     let discovery = c.sub.subtype == SubType::Discovery;
     match sqe.opcode() {
         admin::IDENTIFY => identify(opts, c, sqe, out),
-        admin::GET_LOG_PAGE => get_log_page(t, c, sqe, out),
+        admin::GET_LOG_PAGE => get_log_page(t, c, sqe, max_out, out),
         admin::SET_FEATURES => set_features(c, sqe, data_in),
         admin::GET_FEATURES => get_features(c, sqe, out),
         admin::KEEP_ALIVE => done(Status::SUCCESS),
@@ -119,12 +120,13 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
     done(Status::SUCCESS)
 }
 
-fn get_log_page(t: &Target, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) -> Outcome {
+fn get_log_page(t: &Target, c: &Arc<Ctrlr>, sqe: &Sqe, max_out: usize, out: &mut Vec<u8>) -> Outcome {
     let cdw10 = sqe.cdw(10);
     let id = (cdw10 & 0xff) as u8;
     let rae = cdw10 & (1 << 15) != 0;
     let numd = ((cdw10 >> 16) as u64 | ((sqe.cdw(11) & 0xffff) as u64) << 16) + 1;
-    let len = (numd * 4) as usize;
+    // NUMD names the transfer; what we build and zero-fill stops at the host's buffer.
+    let len = ((numd * 4) as usize).min(max_out);
     let offset = sqe.cdw(12) as u64 | (sqe.cdw(13) as u64) << 32;
     if offset % 4 != 0 || len > (1 << 20) {
         return done(Status::generic(sc::INVALID_FIELD));

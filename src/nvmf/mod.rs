@@ -36,6 +36,24 @@ pub struct TransportOpts {
     pub abort_timeout_sec: u32,
     pub ack_timeout: u32,
     pub data_wr_pool_size: u32,
+    /// Palisade's own (no SPDK counterpart): a new connection must complete ICReq and Fabrics
+    /// Connect within this many milliseconds or it is closed; 0 disables the timer.
+    #[serde(skip_serializing_if = "is_default_connect_timeout")]
+    pub connect_timeout_ms: u32,
+    /// Palisade's own: NVMe/TCP connections open at once, over all listeners; more are
+    /// accepted and closed at once, with a log line.
+    #[serde(skip_serializing_if = "is_default_max_connections")]
+    pub max_connections: u32,
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+
+fn is_default_connect_timeout(v: &u32) -> bool {
+    *v == DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn is_default_max_connections(v: &u32) -> bool {
+    *v == DEFAULT_MAX_CONNECTIONS
 }
 
 impl Default for TransportOpts {
@@ -57,6 +75,8 @@ impl Default for TransportOpts {
             abort_timeout_sec: 1,
             ack_timeout: 0,
             data_wr_pool_size: 0,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -90,6 +110,9 @@ impl TransportOpts {
         }
         if self.in_capsule_data_size % 16 != 0 || self.in_capsule_data_size > 131072 {
             return Err(format!("in_capsule_data_size {} must be a multiple of 16, at most 131072", self.in_capsule_data_size));
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
         }
         if self.io_unit_size < 512 || self.io_unit_size > self.max_io_size.max(131072) {
             return Err(format!("io_unit_size {} is out of range", self.io_unit_size));
@@ -150,6 +173,8 @@ pub struct Target {
     listeners: Mutex<Vec<ListenerEntry>>,
     /// Discovery log generation counter: bumped whenever what discovery reports changes.
     pub genctr: std::sync::atomic::AtomicU64,
+    /// NVMe/TCP connections open now (bounded by `TransportOpts::max_connections`).
+    pub conns: std::sync::atomic::AtomicUsize,
 }
 
 impl Target {
@@ -161,6 +186,7 @@ impl Target {
             subsystems: RwLock::new(BTreeMap::new()),
             listeners: Mutex::new(Vec::new()),
             genctr: std::sync::atomic::AtomicU64::new(0),
+            conns: std::sync::atomic::AtomicUsize::new(0),
         };
         let disc = Subsystem::new(
             spec_discovery_nqn(),

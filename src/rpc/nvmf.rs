@@ -80,6 +80,9 @@ struct CreateTransport {
     acceptor_backlog: Option<i32>,
     ack_timeout: Option<u32>,
     data_wr_pool_size: Option<u32>,
+    // Palisade's own limits (README, "Limits").
+    connect_timeout_ms: Option<u32>,
+    max_connections: Option<u32>,
     // RDMA / VFIO-USER options rpc.py may send: accepted, meaningless for TCP.
     num_cqe: Option<i32>,
     max_srq_depth: Option<i32>,
@@ -124,6 +127,8 @@ async fn nvmf_create_transport(c: Call) -> RpcResult {
         abort_timeout_sec: p.abort_timeout_sec.unwrap_or(d.abort_timeout_sec),
         ack_timeout: p.ack_timeout.unwrap_or(0),
         data_wr_pool_size: p.data_wr_pool_size.unwrap_or(0),
+        connect_timeout_ms: p.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
+        max_connections: p.max_connections.unwrap_or(d.max_connections),
     };
     let _g = c.app.mgmt.lock().await;
     c.app.nvmf.create_transport(opts).map_err(|e| match e {

@@ -7,6 +7,7 @@
 //! command once the connection is warm. A malformed PDU gets a C2HTermReq and closes this
 //! connection only.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::net::SocketAddr;
@@ -28,13 +29,19 @@ use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
 use crate::volume::{Denied, Initiator};
 
 const RBUF_MIN: usize = 256 << 10;
+/// Receive buffer of a new or idle connection: the large one is allocated on the first read
+/// that fills this, and given back after `IDLE_SHRINK` without input.
+const RBUF_IDLE: usize = 4096;
+const IDLE_SHRINK: Duration = Duration::from_secs(2);
+/// Unsent output above which the connection stops reading commands (its host is not reading
+/// what we send), and below which it starts again.
+const TX_HIGH_WATER: usize = 2 << 20;
+const TX_LOW_WATER: usize = 512 << 10;
 const MAX_AERS: usize = 4;
 /// Asynchronous event type "I/O command specific status" (Base 5.2, Figure 146).
 const AER_TYPE_IO_SPECIFIC: u32 = 0x6;
 /// How long a closing connection may take to drain its termination request.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// How long a new connection may take to send its ICReq.
-const ICREQ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -48,6 +55,8 @@ enum SlotState {
     Free,
     AwaitH2C,
     Exec,
+    /// Answered; the slot is free once its response has reached the socket.
+    Sending,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +127,17 @@ fn is_resv_opcode(opc: u8) -> bool {
     matches!(opc, nv::OPC_RESERVATION_REGISTER | nv::OPC_RESERVATION_REPORT | nv::OPC_RESERVATION_ACQUIRE | nv::OPC_RESERVATION_RELEASE)
 }
 
+/// One counted NVMe/TCP connection (`Target::conns`); dropping it uncounts it.
+pub struct Counted(pub(crate) Arc<Target>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 pub struct Conn {
+    _counted: Counted,
     t: Arc<Target>,
     opts: Arc<TransportOpts>,
     me: HandlerRef,
@@ -132,9 +151,16 @@ pub struct Conn {
     hpda: u8,
     max_plen: usize,
     rbuf: Vec<u8>,
+    /// Size of the receive buffer while busy (two of the largest PDUs).
+    rsize: usize,
     rstart: usize,
     rend: usize,
+    last_rx: Instant,
+    /// Stopped reading: too much output is waiting for the host to read it.
+    read_blocked: bool,
     out: OutQueue,
+    /// Answered slots in `Sending`, with the stream position their response ends at.
+    tx_wait: VecDeque<(u64, u16)>,
     slots: Vec<Slot>,
     free: Vec<u16>,
     ctrlr: Option<Arc<Ctrlr>>,
@@ -154,6 +180,7 @@ impl Conn {
     pub fn start(
         core: &mut Core,
         me: HandlerRef,
+        counted: Counted,
         t: Arc<Target>,
         listen: Arc<ListenAddr>,
         mut sock: TcpStream,
@@ -169,6 +196,7 @@ impl Conn {
         let rsize = RBUF_MIN.max(2 * max_plen);
         tracing::debug!(%peer, reactor = me.reactor, "NVMe/TCP connection");
         Some(Box::new(Conn {
+            _counted: counted,
             t,
             opts,
             me,
@@ -181,10 +209,14 @@ impl Conn {
             dg: Digests::default(),
             hpda: 0,
             max_plen,
-            rbuf: vec![0u8; rsize],
+            rbuf: vec![0u8; RBUF_IDLE],
+            rsize,
             rstart: 0,
             rend: 0,
-            out: OutQueue::with_capacity(256 << 10),
+            last_rx: core.now,
+            read_blocked: false,
+            out: OutQueue::default(),
+            tx_wait: VecDeque::new(),
             slots: (0..2).map(|_| Slot::new()).collect(),
             free: vec![1, 0],
             ctrlr: None,
@@ -221,6 +253,14 @@ impl Conn {
             if self.phase == Phase::Closing {
                 return;
             }
+            if self.out.backlog() > TX_HIGH_WATER {
+                self.read_blocked = true;
+                return;
+            }
+            if self.rend == self.rbuf.len() && self.rbuf.len() < self.rsize {
+                // Busy: the full-size buffer, for many commands per read.
+                self.rbuf.resize(self.rsize, 0);
+            }
             if self.rend == self.rbuf.len() {
                 if self.rstart == 0 {
                     // Cannot happen: the buffer holds two of the largest PDUs we accept.
@@ -240,10 +280,11 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.rend += n;
+                    self.last_rx = core.now;
                     self.process(core);
                     // A short read drained the socket: skip the EAGAIN read (new data raises a
                     // new edge-triggered event).
-                    if n < space {
+                    if n < space || self.read_blocked {
                         return;
                     }
                 }
@@ -262,6 +303,11 @@ impl Conn {
     fn process(&mut self, core: &mut Core) {
         let rbuf = std::mem::take(&mut self.rbuf);
         while self.phase != Phase::Closing && self.rend - self.rstart >= pdu::CH_LEN {
+            if self.out.backlog() > TX_HIGH_WATER {
+                // The rest waits in the buffer (and the socket) until the host reads.
+                self.read_blocked = true;
+                break;
+            }
             let at = self.rstart;
             let Some(ch) = CommonHeader::parse(&rbuf[at..self.rend]) else { break };
             let (dg, max) = match self.phase {
@@ -344,15 +390,17 @@ impl Conn {
         let dir = if fabrics_cmd { nio::direction(sqe.fctype()) } else { nio::direction(sqe.opcode()) };
         let g = sqe.sgl();
         let data = l.data(p);
+        // No transfer beyond MDTS in either direction (SPDK: Data SGL Length Invalid): every
+        // buffer a command sizes is bounded by its SGL, so by this.
+        let admin_q = fabrics_cmd || self.qid == 0;
+        let limit = if admin_q { self.opts.max_io_size.max(self.opts.admin_icd()) } else { self.opts.max_io_size };
+        if g.length > limit && dir != Dir::None {
+            self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
+            return Ok(());
+        }
         match dir {
             Dir::HostToCtrl if g.length > 0 => {
                 let len = g.length;
-                let admin_q = fabrics_cmd || self.qid == 0;
-                let limit = if admin_q { self.opts.max_io_size.max(self.opts.admin_icd()) } else { self.opts.max_io_size };
-                if len > limit {
-                    self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
-                    return Ok(());
-                }
                 match g.id {
                     sgl::DATA_BLOCK_OFFSET => {
                         let icd = if admin_q { self.opts.admin_icd() } else { self.opts.in_capsule_data_size.max(if fabrics_cmd { 1024 } else { 0 }) };
@@ -510,7 +558,8 @@ impl Conn {
             }
         }
         let buf = self.slots[idx].buf.take();
-        let out = admin::execute(&self.t, &self.opts, c, &sqe, buf.as_deref().unwrap_or(&[]), &mut self.scratch);
+        let max_out = self.slots[idx].len as usize;
+        let out = admin::execute(&self.t, &self.opts, c, &sqe, buf.as_deref().unwrap_or(&[]), max_out, &mut self.scratch);
         drop(buf);
         match out {
             Outcome::Complete { status, dw0 } => {
@@ -677,9 +726,10 @@ impl Conn {
     /// Reservation Register / Report / Acquire / Release on namespace `ns`.
     fn reservation(&mut self, core: &mut Core, idx: usize, sqe: Sqe, ns: &Arc<Namespace>) {
         let data = self.slots[idx].buf.take();
+        let max_out = self.slots[idx].len as usize;
         self.slots[idx].pending = 1;
         let wake = self.resv_waker(idx);
-        let r = nv::execute(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), wake);
+        let r = nv::execute_within(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), max_out, wake);
         if let Some(c) = r {
             self.resv_complete(core, idx, c);
         }
@@ -794,7 +844,7 @@ impl Conn {
                 let success = self.opts.c2h_success && self.sqflow_disabled;
                 self.c2h_buf(cid, b, success);
                 if success {
-                    self.free_slot(idx);
+                    self.hold_until_sent(idx);
                     core.want_flush(self.me);
                     return;
                 }
@@ -837,11 +887,61 @@ impl Conn {
         self.respond(core, idx, st, 0, 0)
     }
 
-    /// Send the CapsuleResp for slot `idx` and free it.
+    /// Send the CapsuleResp for slot `idx`; the slot is free once it has been written.
     fn respond(&mut self, core: &mut Core, idx: usize, status: Status, dw0: u32, dw1: u32) {
         let cid = self.slots[idx].sqe.cid();
-        self.free_slot(idx);
         self.send_cqe(core, Cqe { dw0, dw1, cid, status, ..Default::default() });
+        self.hold_until_sent(idx);
+    }
+
+    /// Keep slot `idx` busy until everything queued so far has reached the socket: a host that
+    /// does not read its completions cannot make us hold more than its queue depth of them.
+    fn hold_until_sent(&mut self, idx: usize) {
+        let s = &mut self.slots[idx];
+        s.state = SlotState::Sending;
+        s.buf = None;
+        s.buf2 = None;
+        self.tx_wait.push_back((self.out.end(), idx as u16));
+    }
+
+    /// Free the slots whose responses the socket has taken.
+    fn release_sent(&mut self) {
+        let w = self.out.written();
+        while let Some(&(end, idx)) = self.tx_wait.front() {
+            if end > w {
+                break;
+            }
+            self.tx_wait.pop_front();
+            self.free_slot(idx as usize);
+        }
+    }
+
+    /// Read again once the host has taken enough of our output.
+    fn resume_reading(&mut self, core: &mut Core) {
+        if self.read_blocked && self.phase != Phase::Closing && self.out.backlog() <= TX_LOW_WATER {
+            self.read_blocked = false;
+            self.process(core);
+            if !self.read_blocked {
+                self.read_socket(core);
+            }
+        }
+    }
+
+    /// Idle: give back the large receive buffer (keeping any partial PDU) and the send buffers.
+    fn shrink_idle(&mut self) {
+        let keep = self.rend - self.rstart;
+        let size = keep.max(RBUF_IDLE);
+        if self.rbuf.len() > size {
+            let mut b = vec![0u8; size];
+            b[..keep].copy_from_slice(&self.rbuf[self.rstart..self.rend]);
+            self.rbuf = b;
+            self.rstart = 0;
+            self.rend = keep;
+        }
+        self.out.shrink();
+        if self.scratch.capacity() > 0 {
+            self.scratch = Vec::new();
+        }
     }
 
     fn send_cqe(&mut self, core: &mut Core, mut cqe: Cqe) {
@@ -860,9 +960,11 @@ impl Conn {
     }
 
     fn flush(&mut self, core: &mut Core) {
-        match self.out.write_to(self.sock.as_raw_fd()) {
+        let r = self.out.write_to(self.sock.as_raw_fd());
+        self.release_sent();
+        match r {
             Ok(true) => {}
-            Ok(false) => return, // the writable event resumes it
+            Ok(false) => return self.resume_reading(core), // the writable event resumes the rest
             Err(_) => {
                 self.out.clear();
                 core.close(self.me);
@@ -876,7 +978,9 @@ impl Conn {
             while matches!(self.sock.read(&mut sink), Ok(n) if n > 0) {}
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
             core.close(self.me);
+            return;
         }
+        self.resume_reading(core);
     }
 }
 
@@ -933,12 +1037,19 @@ impl Handler for Conn {
             }
             return;
         }
-        if self.phase == Phase::AwaitIcReq && core.now.duration_since(self.created) > ICREQ_TIMEOUT {
-            // Connected but never spoke NVMe/TCP: do not hold the slot forever.
-            core.close(me);
-            return;
+        if core.now.duration_since(self.last_rx) > IDLE_SHRINK {
+            self.shrink_idle();
         }
-        let Some(c) = self.ctrlr.clone() else { return };
+        let Some(c) = self.ctrlr.clone() else {
+            // Connected but no queue (no ICReq, or no Connect) in time: a stranger holding a
+            // connection, not a host. Linux and SPDK hosts connect in milliseconds.
+            let limit = self.opts.connect_timeout_ms;
+            if limit != 0 && core.now.duration_since(self.created) > Duration::from_millis(limit as u64) {
+                tracing::info!(peer = %self.peer, phase = ?self.phase, "NVMe/TCP: no Connect within connect_timeout_ms={limit}; closing the connection");
+                core.close(me);
+            }
+            return;
+        };
         if c.is_dead() {
             self.begin_close(core);
         } else if self.qid == 0 && c.keepalive_expired(core.now) {

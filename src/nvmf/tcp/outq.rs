@@ -16,24 +16,52 @@ pub struct OutQueue {
     pub bytes: Vec<u8>,
     /// Data buffers, each inserted at an offset of `bytes` (non-decreasing).
     bufs: VecDeque<(usize, IoBuf)>,
+    /// Sum of the lengths in `bufs`.
+    buf_bytes: usize,
     /// How much of the logical stream has been written.
     sent: usize,
+    /// Bytes written before the current contents (a stream position that only grows).
+    flushed: u64,
 }
 
 impl OutQueue {
     pub fn with_capacity(n: usize) -> OutQueue {
-        OutQueue { bytes: Vec::with_capacity(n), bufs: VecDeque::with_capacity(256), sent: 0 }
+        OutQueue { bytes: Vec::with_capacity(n), ..Default::default() }
+    }
+
+    /// Stream position just after everything queued so far.
+    pub fn end(&self) -> u64 {
+        self.flushed + self.total() as u64
+    }
+
+    /// Stream position up to which everything has reached the socket.
+    pub fn written(&self) -> u64 {
+        self.flushed + self.sent as u64
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.total() - self.sent
+    }
+
+    /// Give the buffers' memory back when nothing is queued (an idle connection).
+    pub fn shrink(&mut self) {
+        if !self.pending() {
+            self.bytes = Vec::new();
+            self.bufs = VecDeque::new();
+        }
     }
 
     /// Append a data buffer at the current end of the stream.
     pub fn push_buf(&mut self, b: IoBuf) {
         if !b.is_empty() {
+            self.buf_bytes += b.len();
             self.bufs.push_back((self.bytes.len(), b));
         }
     }
 
     pub fn total(&self) -> usize {
-        self.bytes.len() + self.bufs.iter().map(|(_, b)| b.len()).sum::<usize>()
+        self.bytes.len() + self.buf_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -48,7 +76,14 @@ impl OutQueue {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.bufs.clear();
+        self.buf_bytes = 0;
         self.sent = 0;
+    }
+
+    /// Everything went out: empty the queue, keeping the stream position.
+    fn done(&mut self) {
+        self.flushed += self.total() as u64;
+        self.clear();
     }
 
     /// Write as much as the socket takes. Ok(true) when everything went out (the queue is then
@@ -81,7 +116,7 @@ impl OutQueue {
                 push(self.bytes[at..].as_ptr(), self.bytes.len() - at, &mut pos, &mut n);
             }
             if n == 0 {
-                self.clear();
+                self.done();
                 return Ok(true);
             }
             // SAFETY: n valid iovecs pointing into buffers we own for the duration of the call.
@@ -99,7 +134,7 @@ impl OutQueue {
             }
             self.sent += r as usize;
             if self.sent >= self.total() {
-                self.clear();
+                self.done();
                 return Ok(true);
             }
         }
@@ -139,6 +174,8 @@ mod tests {
             }
         }
         assert!(!q.pending());
+        assert_eq!(q.written(), want.len() as u64);
+        assert_eq!(q.end(), want.len() as u64);
         b.set_nonblocking(false).unwrap();
         drop(a);
         b.read_to_end(&mut got).unwrap();

@@ -178,12 +178,10 @@ pub fn frame(ch: CommonHeader, dg: Digests, max_plen: usize) -> Result<Layout, P
     }
     let carries_data = matches!(ch.pdu_type, ty::CAPSULE_CMD | ty::H2C_DATA | ty::C2H_DATA);
     if plen == hend {
-        // No data: PDO must be 0, no data digest flag.
+        // No data: no data digest flag. PDO is reserved here (NVMe/TCP 3.6.2.1): some hosts
+        // set it to HLEN, SPDK and Linux ignore it, and so do we.
         if ch.flags & flags::DDGSTF != 0 {
             return Err(PduError::BadDigestFlags(ch.flags));
-        }
-        if ch.pdo != 0 && carries_data {
-            return Err(PduError::BadPdo(ch.pdo));
         }
         return Ok(Layout { ch, hlen, has_hdgst, data_off: hend, data_len: 0, has_ddgst: false, total: plen });
     }
@@ -556,6 +554,12 @@ mod tests {
         assert_eq!(frame(ch(ty::CAPSULE_CMD, 0, 72, 0, 10), dg, 1 << 20), Err(PduError::BadPlen(10)));
         assert_eq!(frame(ch(ty::CAPSULE_CMD, 0, 72, 0, 1 << 30), dg, 1 << 20), Err(PduError::BadPlen(1 << 30)));
         assert_eq!(frame(ch(ty::CAPSULE_CMD, 0, 72, 10, 100), dg, 1 << 20), Err(PduError::BadPdo(10)));
+        assert_eq!(frame(ch(ty::CAPSULE_CMD, 0, 72, 200, 100), dg, 1 << 20), Err(PduError::BadPdo(200)));
+        // PDO of a PDU without data is reserved: whatever it holds, the PDU frames.
+        for pdo in [0, 72, 255] {
+            let l = frame(ch(ty::CAPSULE_CMD, 0, 72, pdo, 72), dg, 1 << 20).unwrap();
+            assert_eq!((l.data_len, l.total), (0, 72));
+        }
         assert_eq!(frame(ch(ty::ICREQ, 0, 128, 0, 129), dg, 1 << 20), Err(PduError::BadPlen(129)));
     }
 

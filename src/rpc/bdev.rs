@@ -384,3 +384,20 @@ async fn bdev_get_iostat(c: Call) -> RpcResult {
         .collect();
     Ok(json!({"tick_rate": 1_000_000_000u64, "ticks": ticks, "bdevs": bdevs}))
 }
+
+/// Decode the params of one of this module's methods alone, without running it (what the
+/// fuzz targets and the corpus replay test drive); None: not a method of this module.
+pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Result<(), RpcError>> {
+    use super::registry::decode_params_as as decode;
+    Some(match method {
+        "bdev_malloc_create" => decode::<MallocCreate>(p).map(drop),
+        "bdev_malloc_delete" => decode::<ByName>(p).map(drop),
+        "bdev_null_create" => decode::<NullCreate>(p).map(drop),
+        "bdev_null_delete" => decode::<ByName>(p).map(drop),
+        "bdev_uring_create" => decode::<UringCreate>(p).map(drop),
+        "bdev_uring_delete" => decode::<ByName>(p).map(drop),
+        "bdev_get_bdevs" => decode::<GetBdevs>(p).map(drop),
+        "bdev_get_iostat" => decode::<GetIostat>(p).map(drop),
+        _ => return None,
+    })
+}

@@ -193,3 +193,25 @@ async fn save_config(c: Call) -> RpcResult {
     let _: Empty = c.params()?;
     Ok(serde_json::to_value(c.app.save_config()).expect("config serializes"))
 }
+
+/// Decode the params of one of this module's methods alone, without running it (what the
+/// fuzz targets and the corpus replay test drive); None: not a method of this module.
+pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Result<(), RpcError>> {
+    use super::registry::decode_params_as as decode;
+    Some(match method {
+        "rpc_get_methods" => decode::<GetMethods>(p).map(drop),
+        "spdk_get_version" => decode::<Empty>(p).map(drop),
+        "framework_get_reactors" => decode::<Empty>(p).map(drop),
+        "framework_get_subsystems" => decode::<Empty>(p).map(drop),
+        "framework_get_config" => decode::<GetConfig>(p).map(drop),
+        "framework_start_init" => decode::<Empty>(p).map(drop),
+        "framework_wait_init" => decode::<Empty>(p).map(drop),
+        "spdk_kill_instance" => decode::<Kill>(p).map(drop),
+        "log_set_level" => decode::<Level>(p).map(drop),
+        "log_get_level" => decode::<Empty>(p).map(drop),
+        "log_set_print_level" => decode::<Level>(p).map(drop),
+        "log_get_print_level" => decode::<Empty>(p).map(drop),
+        "save_config" => decode::<Empty>(p).map(drop),
+        _ => return None,
+    })
+}

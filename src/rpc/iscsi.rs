@@ -586,3 +586,30 @@ async fn iscsi_get_connections(c: Call) -> RpcResult {
         }))
         .collect::<Vec<_>>()))
 }
+
+/// Decode the params of one of this module's methods alone, without running it (what the
+/// fuzz targets and the corpus replay test drive); None: not a method of this module.
+pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Result<(), RpcError>> {
+    use super::registry::decode_params_as as decode;
+    Some(match method {
+        "iscsi_set_options" => decode::<SetOptions>(p).map(drop),
+        "iscsi_get_options" => decode::<Empty>(p).map(drop),
+        "iscsi_set_discovery_auth" => decode::<DiscoveryAuth>(p).map(drop),
+        "iscsi_create_auth_group" => decode::<AuthGroupParams>(p).map(drop),
+        "iscsi_delete_auth_group" => decode::<TagParam>(p).map(drop),
+        "iscsi_get_auth_groups" => decode::<Empty>(p).map(drop),
+        "iscsi_create_portal_group" => decode::<CreatePg>(p).map(drop),
+        "iscsi_start_portal_group" => decode::<TagParam>(p).map(drop),
+        "iscsi_delete_portal_group" => decode::<TagParam>(p).map(drop),
+        "iscsi_get_portal_groups" => decode::<Empty>(p).map(drop),
+        "iscsi_create_initiator_group" => decode::<CreateIg>(p).map(drop),
+        "iscsi_delete_initiator_group" => decode::<TagParam>(p).map(drop),
+        "iscsi_get_initiator_groups" => decode::<Empty>(p).map(drop),
+        "iscsi_create_target_node" => decode::<CreateNode>(p).map(drop),
+        "iscsi_target_node_add_lun" => decode::<AddLun>(p).map(drop),
+        "iscsi_delete_target_node" => decode::<NameParam>(p).map(drop),
+        "iscsi_get_target_nodes" => decode::<Empty>(p).map(drop),
+        "iscsi_get_connections" => decode::<Empty>(p).map(drop),
+        _ => return None,
+    })
+}

@@ -741,3 +741,31 @@ async fn layout_recall_subscribe(c: Call) -> RpcResult {
     c.app.layout.subscribers.0.lock().unwrap().push(c.conn.notify.clone());
     ok()
 }
+
+/// Decode the params of one of this module's methods alone, without running it (what the
+/// fuzz targets and the corpus replay test drive); None: not a method of this module.
+pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Result<(), RpcError>> {
+    use super::registry::decode_params_as as decode;
+    Some(match method {
+        "layout_volume_create" => decode::<VolumeCreate>(p).map(drop),
+        "layout_volume_delete" => decode::<Named>(p).map(drop),
+        "layout_volume_list" => decode::<MaybeNamed>(p).map(drop),
+        "layout_volume_get_device" => decode::<Named>(p).map(drop),
+        "layout_volume_set_guard" => decode::<SetGuard>(p).map(drop),
+        "client_register" => decode::<ClientRegister>(p).map(drop),
+        "client_fence" => decode::<ClientRef>(p).map(drop),
+        "client_unfence" => decode::<ClientRef>(p).map(drop),
+        "client_list" => decode::<VolRef>(p).map(drop),
+        "layout_file_create" => decode::<FileRef>(p).map(drop),
+        "layout_file_remove" => decode::<FileRef>(p).map(drop),
+        "layout_file_truncate" => decode::<Truncate>(p).map(drop),
+        "layout_file_stat" => decode::<FileRef>(p).map(drop),
+        "layout_file_map" => decode::<MapReq>(p).map(drop),
+        "layout_file_reflink" => decode::<Reflink>(p).map(drop),
+        "layout_get" => decode::<LayoutGet>(p).map(drop),
+        "layout_commit" => decode::<Commit>(p).map(drop),
+        "layout_return" => decode::<Return>(p).map(drop),
+        "layout_recall_subscribe" => decode::<Empty>(p).map(drop),
+        _ => return None,
+    })
+}

@@ -198,6 +198,17 @@ impl App {
     }
 }
 
+/// Decode `method`'s params as its handler would, without running it (fuzzing and the corpus
+/// replay test); None: no such method.
+pub fn decode_params(method: &str, params: &Option<Value>) -> Option<Result<(), RpcError>> {
+    bdev::decode_params(method, params)
+        .or_else(|| framework::decode_params(method, params))
+        .or_else(|| iscsi::decode_params(method, params))
+        .or_else(|| layout::decode_params(method, params))
+        .or_else(|| nvmf::decode_params(method, params))
+        .or_else(|| reservation::decode_params(method, params))
+}
+
 /// A connection for calls that come from inside the process (config loading).
 pub fn internal_conn() -> Arc<Conn> {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();

@@ -614,3 +614,27 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
     }
     out
 }
+
+/// Decode the params of one of this module's methods alone, without running it (what the
+/// fuzz targets and the corpus replay test drive); None: not a method of this module.
+pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Result<(), RpcError>> {
+    use super::registry::decode_params_as as decode;
+    Some(match method {
+        "nvmf_create_transport" => decode::<CreateTransport>(p).map(drop),
+        "nvmf_get_transports" => decode::<GetTransports>(p).map(drop),
+        "nvmf_create_subsystem" => decode::<CreateSubsystem>(p).map(drop),
+        "nvmf_delete_subsystem" => decode::<NqnOnly>(p).map(drop),
+        "nvmf_subsystem_add_listener" => decode::<ListenerParams>(p).map(drop),
+        "nvmf_subsystem_remove_listener" => decode::<ListenerParams>(p).map(drop),
+        "nvmf_subsystem_add_ns" => decode::<AddNs>(p).map(drop),
+        "nvmf_subsystem_remove_ns" => decode::<RemoveNs>(p).map(drop),
+        "nvmf_subsystem_add_host" => decode::<HostParams>(p).map(drop),
+        "nvmf_subsystem_remove_host" => decode::<HostParams>(p).map(drop),
+        "nvmf_subsystem_allow_any_host" => decode::<AllowAny>(p).map(drop),
+        "nvmf_get_subsystems" => decode::<GetSubsystems>(p).map(drop),
+        "nvmf_subsystem_get_controllers" => decode::<NqnOnly>(p).map(drop),
+        "nvmf_subsystem_get_qpairs" => decode::<NqnOnly>(p).map(drop),
+        "nvmf_subsystem_get_listeners" => decode::<NqnOnly>(p).map(drop),
+        _ => return None,
+    })
+}

@@ -32,21 +32,26 @@ pub struct Call {
 impl Call {
     /// Decode the params into `T`; errors name the field and what was wrong with it.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
-        let v = match &self.params {
-            None | Some(Value::Null) => Value::Object(Default::default()),
-            // SPDK decodes params as an object only; serde would accept a struct as a sequence.
-            Some(Value::Array(_)) => return Err(RpcError::invalid_params("params must be an object, not an array")),
-            Some(v) => v.clone(),
-        };
-        serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                RpcError::invalid_params(e.inner())
-            } else {
-                RpcError::invalid_params(format!("{path}: {}", e.inner()))
-            }
-        })
+        decode_params_as(&self.params)
     }
+}
+
+/// Decode a call's params into `T`; errors name the field and what was wrong with it.
+pub fn decode_params_as<T: DeserializeOwned>(params: &Option<Value>) -> Result<T, RpcError> {
+    let v = match params {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        // SPDK decodes params as an object only; serde would accept a struct as a sequence.
+        Some(Value::Array(_)) => return Err(RpcError::invalid_params("params must be an object, not an array")),
+        Some(v) => v.clone(),
+    };
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            RpcError::invalid_params(e.inner())
+        } else {
+            RpcError::invalid_params(format!("{path}: {}", e.inner()))
+        }
+    })
 }
 
 pub type RpcFuture = Pin<Box<dyn Future<Output = RpcResult> + Send>>;

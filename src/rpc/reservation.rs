@@ -57,3 +57,14 @@ async fn reservation_clear(c: Call) -> RpcResult {
     r.map_err(|e| RpcError::errno(libc::EIO, e))?;
     ok()
 }
+
+/// Decode the params of one of this module's methods alone, without running it (what the
+/// fuzz targets and the corpus replay test drive); None: not a method of this module.
+pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Result<(), RpcError>> {
+    use super::registry::decode_params_as as decode;
+    Some(match method {
+        "reservation_get" => decode::<BdevName>(p).map(drop),
+        "reservation_clear" => decode::<BdevName>(p).map(drop),
+        _ => return None,
+    })
+}

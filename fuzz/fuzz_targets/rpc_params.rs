@@ -1,0 +1,8 @@
+//! Fuzz target `rpc_params`: the body and its input format are `entries::rpc_params` (fuzz/entries.rs), shared
+//! with the corpus replay test. Run it as fuzz/README.md says.
+#![no_main]
+
+#[path = "../entries.rs"]
+mod entries;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| entries::rpc_params(data));

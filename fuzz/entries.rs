@@ -384,15 +384,15 @@ pub fn nvme_cmd(data: &[u8]) {
         r::OPC_RESERVATION_REPORT => {
             // Issue 11 finding 2: the report was built at (NUMD+1)*4 bytes (up to 16 GiB) before
             // the transport truncated it to the SGL length. Nothing may be built past MDTS.
-            let c = r::execute(&fx.lun.volume, &who, opc, cdw10, cdw11, payload, |_| {});
+            let c = r::execute(&fx.lun.volume, &who, opc, cdw10, cdw11, payload, sgl.length as usize, |_| {});
             if let Some(c) = c {
                 assert!(c.data.len() as u64 <= (sgl.length as u64).max(MDTS as u64), "Reservation Report built {} bytes", c.data.len());
             }
         }
         r::OPC_RESERVATION_REGISTER | r::OPC_RESERVATION_ACQUIRE | r::OPC_RESERVATION_RELEASE => {
             let vol = palisade::volume::Volume::new(fx.lun.volume.bdev().clone());
-            let _ = r::execute(&vol, &who, opc, cdw10, cdw11, payload, |_| {});
-            let _ = r::execute(&vol, &who, r::OPC_RESERVATION_REPORT, 63, 1, &[], |_| {});
+            let _ = r::execute(&vol, &who, opc, cdw10, cdw11, payload, 4096, |_| {});
+            let _ = r::execute(&vol, &who, r::OPC_RESERVATION_REPORT, 63, 1, &[], 4096, |_| {});
         }
         _ => {
             let _ = r::decode_register(cdw10, payload);

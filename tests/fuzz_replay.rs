@@ -509,11 +509,10 @@ fn generate_seeds() {
     }
 }
 
-/// Inputs the fuzz targets' invariants catch on code that still has issue 11 findings 1 (CHAP
-/// bypass) and 2 (Reservation Report sized by NUMD), kept in fuzz/findings/<target>-<what>.
-/// Un-ignore once both fixes are merged (then move the files into fuzz/corpus/<target>/).
+/// Inputs the fuzz targets' invariants caught on code that had issue 11 findings 1 (CHAP bypass)
+/// and 2 (Reservation Report sized by NUMD), kept in fuzz/findings/<target>-<what>: they must
+/// not reproduce again.
 #[test]
-#[ignore = "fails until issue 11 findings 1 and 2 are fixed; see fuzz/README.md"]
 fn findings_fixed() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings");
     let mut failed = Vec::new();

@@ -489,7 +489,7 @@ mod fuzz {
             let _ = nv::decode_register(d10, &data);
             let _ = nv::decode_acquire(d10, &data);
             let _ = nv::decode_release(d10, &data);
-            let _ = nv::report(d10 & 0xfff, d11, &Default::default(), d11 & 2 != 0);
+            let _ = nv::report(d10 & 0xfff, d11, &Default::default(), d11 & 2 != 0, 4096);
         }
     }
 }
@@ -594,7 +594,7 @@ fn nvme_report_structures() {
     // Standard structure: refused for 128-bit host ids, encoded otherwise.
     assert_eq!(nvme_cmd(&v, &a, nv::OPC_RESERVATION_REPORT, 100, 0, &[]).status, nv::Status::HOST_ID_INCONSISTENT_FORMAT);
     let s = v.reservations().read(|s| s.clone());
-    let std = nv::report(17, 0, &s, false).unwrap();
+    let std = nv::report(17, 0, &s, false, 4096).unwrap();
     assert_eq!(std.len(), 72);
     assert_eq!(u16::from_le_bytes([std[5], std[6]]), 2);
     assert_eq!(std[24 + 8], 0x5a);

@@ -165,7 +165,7 @@ fn preempt_and_abort_drains_every_reactor_before_completing() {
     // Fence: Acquire, Preempt and Abort, EA-RO.
     let t_start = Instant::now();
     let (tx, rx) = mpsc::channel();
-    let r = nv::execute(&v, &mds, nv::OPC_RESERVATION_ACQUIRE, 2 | (4 << 8), 0, &keys_le(0xaa, 0xbb), move |c| {
+    let r = nv::execute(&v, &mds, nv::OPC_RESERVATION_ACQUIRE, 2 | (4 << 8), 0, &keys_le(0xaa, 0xbb), 4096, move |c| {
         tx.send((Instant::now(), c)).unwrap();
     });
     assert!(r.is_none(), "preempt and abort waits for the drain");

@@ -3,7 +3,7 @@
 //! protocol-neutral engine in `reservation/`.
 //!
 //! Interface for the NVMe command dispatch (merge-time wiring):
-//! - I/O opcodes 0Dh, 11h, 15h, 0Eh: call [`execute_within`] with the command's CDW10/CDW11, the
+//! - I/O opcodes 0Dh, 11h, 15h, 0Eh: call [`execute`] with the command's CDW10/CDW11, the
 //!   host-to-controller data (16 bytes for Register/Acquire, 8 for Release; none for Report) and
 //!   the length of the host's buffer (Report's data never exceeds it). It
 //!   returns `Some(Completion)` at once, or `None` and later calls `done` (from another thread:
@@ -169,14 +169,10 @@ pub fn decode_release(cdw10: u32, data: &[u8]) -> Result<Action, Status> {
 
 /// Reservation Report: CDW10 NUMD (0's based dwords), CDW11 EDS (bit 0). `host_id_128`: the
 /// controller's hosts use 128-bit host identifiers (always over fabrics), which only the
-/// extended data structure can carry (else Host Identifier Inconsistent Format).
-pub fn report(cdw10: u32, cdw11: u32, s: &PrState, host_id_128: bool) -> Result<Vec<u8>, Status> {
-    report_within(cdw10, cdw11, s, host_id_128, usize::MAX)
-}
-
-/// [`report`] for a host buffer of `max_len` bytes: the data is min(NUMD, buffer) long, so a
-/// NUMD of FFFFFFFFh costs what the host's buffer holds, not 16 GiB.
-pub fn report_within(cdw10: u32, cdw11: u32, s: &PrState, host_id_128: bool, max_len: usize) -> Result<Vec<u8>, Status> {
+/// extended data structure can carry (else Host Identifier Inconsistent Format). The data is
+/// min(NUMD, `max_len`) long, `max_len` being the host's buffer: a NUMD of FFFFFFFFh costs what
+/// that buffer holds, not 16 GiB.
+pub fn report(cdw10: u32, cdw11: u32, s: &PrState, host_id_128: bool, max_len: usize) -> Result<Vec<u8>, Status> {
     let len = ((cdw10 as usize) + 1).saturating_mul(4).min(max_len);
     let eds = cdw11 & 1 != 0;
     if !eds && host_id_128 {
@@ -209,23 +205,10 @@ pub fn report_within(cdw10: u32, cdw11: u32, s: &PrState, host_id_128: bool, max
 }
 
 /// Run a reservation command for host `who` on `volume`. See the module docs for the contract.
-/// Report returns all NUMD asks for: transports use [`execute_within`] with the host's buffer.
-pub fn execute(
-    volume: &Volume,
-    who: &Initiator,
-    opc: u8,
-    cdw10: u32,
-    cdw11: u32,
-    data: &[u8],
-    done: impl FnOnce(Completion) + Send + 'static,
-) -> Option<Completion> {
-    execute_within(volume, who, opc, cdw10, cdw11, data, usize::MAX, done)
-}
-
-/// [`execute`] where `max_out` is the host's buffer for controller-to-host data (Report never
-/// returns more, whatever NUMD says).
+/// `max_out` is the host's buffer for controller-to-host data (Report never returns more,
+/// whatever NUMD says).
 #[allow(clippy::too_many_arguments)]
-pub fn execute_within(
+pub fn execute(
     volume: &Volume,
     who: &Initiator,
     opc: u8,
@@ -238,7 +221,7 @@ pub fn execute_within(
     let pr = volume.reservations();
     let host = nexus_ref(who);
     if opc == OPC_RESERVATION_REPORT {
-        return Some(match pr.read(|s| report_within(cdw10, cdw11, s, true, max_out)) {
+        return Some(match pr.read(|s| report(cdw10, cdw11, s, true, max_out)) {
             Ok(data) => Completion { status: Status::SUCCESS, data },
             Err(st) => Completion::status(st),
         });

@@ -80,7 +80,7 @@ pub fn keys_le(a: u64, b: u64) -> Vec<u8> {
 /// Run an NVMe reservation command to completion.
 pub fn nvme_cmd(v: &Volume, who: &Initiator, opc: u8, cdw10: u32, cdw11: u32, data: &[u8]) -> palisade::nvme::reservation::Completion {
     let (tx, rx) = mpsc::channel();
-    match palisade::nvme::reservation::execute(v, who, opc, cdw10, cdw11, data, move |c| {
+    match palisade::nvme::reservation::execute(v, who, opc, cdw10, cdw11, data, 4096, move |c| {
         let _ = tx.send(c);
     }) {
         Some(c) => c,

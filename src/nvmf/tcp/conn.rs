@@ -729,7 +729,7 @@ impl Conn {
         let max_out = self.slots[idx].len as usize;
         self.slots[idx].pending = 1;
         let wake = self.resv_waker(idx);
-        let r = nv::execute_within(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), max_out, wake);
+        let r = nv::execute(&ns.volume, &self.initiator, sqe.opcode(), sqe.cdw(10), sqe.cdw(11), data.as_deref().unwrap_or(&[]), max_out, wake);
         if let Some(c) = r {
             self.resv_complete(core, idx, c);
         }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::hostile::{hwm_kib, max_stall_us, report, rss_kib, Figures};
+use common::hostile::{hwm_kib, max_stall_us, report, rss_kib, Figures, RawLogin, Resp};
 use common::{free_port, Target};
 use palisade::iscsi::initiator::{LoginOptions, Session};
 use palisade::iscsi::pdu::{self, op, Bhs};
@@ -41,77 +41,6 @@ fn node(t: &Target, extra: serde_json::Value) {
         p[k] = v.clone();
     }
     t.rpc("iscsi_create_target_node", p);
-}
-
-/// A login conversation driven PDU by PDU, with whatever flags the test names.
-struct RawLogin {
-    sock: TcpStream,
-    cmd_sn: u32,
-}
-
-/// One Login Response: (flags, status class, detail, TSIH, text).
-struct Resp {
-    flags: u8,
-    class: u8,
-    detail: u8,
-    tsih: u16,
-    text: Vec<u8>,
-}
-
-impl RawLogin {
-    fn connect(port: u16) -> RawLogin {
-        let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        RawLogin { sock, cmd_sn: 1 }
-    }
-
-    fn send(&mut self, flags: u8, text: &str) {
-        let mut b = Bhs::new(op::LOGIN_REQ, flags);
-        b.set_immediate();
-        b.0[8..14].copy_from_slice(&[0x80, 0, 0, 0x12, 0x34, 0x56]); // ISID (random format)
-        b.set_itt(7);
-        b.set_u32(24, self.cmd_sn);
-        let data = text.replace('\n', "\0").into_bytes();
-        let mut out = Vec::new();
-        pdu::encode(&mut out, &b, &[], &data, false, false);
-        self.sock.write_all(&out).unwrap();
-    }
-
-    fn recv(&mut self) -> Option<Resp> {
-        let mut h = [0u8; 48];
-        self.sock.read_exact(&mut h).ok()?;
-        let b = Bhs::from_slice(&h).unwrap();
-        assert_eq!(b.opcode(), op::LOGIN_RSP, "expected a login response");
-        let mut text = vec![0u8; pdu::pad4(b.data_len())];
-        self.sock.read_exact(&mut text).ok()?;
-        text.truncate(b.data_len());
-        Some(Resp { flags: b.flags(), class: h[36], detail: h[37], tsih: b.u16_at(14), text })
-    }
-
-    fn step(&mut self, flags: u8, text: &str) -> Resp {
-        self.send(flags, text);
-        self.recv().expect("login response")
-    }
-
-    /// After a successful login: a READ(10) of one block on LUN 0, answered with data?
-    fn read_works(&mut self) -> bool {
-        let mut b = Bhs::new(op::SCSI_CMD, pdu::F_FINAL | pdu::F_READ | 1);
-        b.set_itt(100);
-        b.set_u32(20, 512);
-        b.set_u32(24, self.cmd_sn);
-        b.set_u32(28, 2);
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x28;
-        cdb[8] = 1;
-        b.0[32..48].copy_from_slice(&cdb);
-        let mut out = Vec::new();
-        pdu::encode(&mut out, &b, &[], &[], false, false);
-        if self.sock.write_all(&out).is_err() {
-            return false;
-        }
-        let mut h = [0u8; 48];
-        self.sock.read_exact(&mut h).is_ok() && (h[0] & 0x3f == op::DATA_IN || h[0] & 0x3f == op::SCSI_RSP)
-    }
 }
 
 fn expect_refused(r: &Resp, what: &str) {

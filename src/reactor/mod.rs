@@ -289,6 +289,7 @@ impl Reactor {
         let mut last_work = Instant::now();
         let mut last_tick = last_work;
         let mut loop_start = last_work;
+        let mut trimmed = false;
         loop {
             if shared.stop.load(Ordering::Acquire) {
                 break;
@@ -349,8 +350,16 @@ impl Reactor {
             if self.core.now.duration_since(last_tick) >= TICK {
                 last_tick = self.core.now;
                 if self.core.now.saturating_duration_since(last_work) >= POOL_TRIM_IDLE {
-                    // Idle: buffers pooled during a burst go back to the system.
-                    buf::trim_pool();
+                    if !trimmed {
+                        // Idle: buffers pooled during a burst, and the heap the allocator kept
+                        // after connections left, go back to the system (once per idle spell).
+                        buf::trim_pool();
+                        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                        unsafe { libc::malloc_trim(0) };
+                        trimmed = true;
+                    }
+                } else {
+                    trimmed = false;
                 }
                 for slot in 0..self.slots.len() {
                     self.call(slot, |h, core, me| h.on_tick(core, me));

@@ -85,6 +85,9 @@ fn assert_peak_within(t: &Target, base: u64, what: &str) {
     let (hwm, rss) = rss_kib(t.pid());
     eprintln!("{what}: VmHWM {} MiB (baseline {} MiB), VmRSS {} MiB", hwm >> 10, base >> 10, rss >> 10);
     assert!(hwm <= base + RSS_SLACK_KIB, "{what}: peak RSS grew from {} MiB to {} MiB", base >> 10, hwm >> 10);
+    let stall = common::hostile::max_stall_us(t);
+    assert!(stall < 100_000, "{what}: a reactor loop took {stall} us");
+    common::hostile::report(&format!("scsi: {what}"), &common::hostile::Figures { baseline_kib: base, peak_kib: hwm, after_kib: rss, stall_us: stall });
 }
 
 fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {

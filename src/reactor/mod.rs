@@ -240,9 +240,14 @@ impl Reactor {
         }
     }
 
+    /// Deliver the completions queued so far. Those they queue in turn (a RAM bdev completes
+    /// inside submit) wait for the next round, so a chain of them (a VERIFY of the whole device,
+    /// chunk after chunk) cannot hold the reactor away from its sockets.
     fn dispatch_completions(&mut self) -> usize {
+        let queued = self.core.completions.len();
         let mut n = 0;
-        while let Some((owner, ev)) = self.core.completions.pop_front() {
+        while n < queued {
+            let Some((owner, ev)) = self.core.completions.pop_front() else { break };
             n += 1;
             if owner.reactor != self.core.id {
                 continue;

@@ -337,3 +337,73 @@ fn deep_queue_reads_still_complete() {
     }
     s.t.stop();
 }
+
+/// An I/O queue (qid 1, `depth` entries) on which `n` commands of 8 MiB are sent raw and never
+/// followed: reads whose data is never read from the socket, or writes whose H2C data never
+/// comes. Returns what keeps the connection open.
+fn undrained_queue(s: &Setup, depth: u16, n: u16, write: bool, nsid: u32) -> (Controller, Queue) {
+    let mut c = Controller::connect(&s.opts()).expect("hostile host connects");
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, depth).unwrap();
+    let mut b = Vec::new();
+    for cid in 0..n {
+        let mut sqe = rw_sqe(write, nsid, 0, 16384);
+        sqe.set_cid(cid).set_sgl(Sgl { address: 0, length: 8 << 20, id: sgl::TRANSPORT_DATA_BLOCK });
+        pdu::encode_capsule_cmd(&mut b, Digests::default(), 0, &sqe.0, &[]);
+    }
+    q.send_raw(&b).unwrap();
+    (c, q)
+}
+
+/// Hosts that send 8 MiB reads at full queue depth and never read their socket, and one whose
+/// write data never comes: each connection holds at most its share of the data-buffer budget
+/// (`data_buffer_per_connection_mib`), the transport at most `num_shared_buffers` x
+/// `io_unit_size`; the rest wait (not fail) and a well-behaved host keeps reading back its data.
+#[test]
+fn undrained_reads_and_dataless_writes_are_bounded() {
+    // 8 MiB MDTS; 128 MiB of shared buffers (1024 x 128 KiB), 16 MiB per connection (default).
+    let s = setup(json!({"max_io_size": 8 << 20, "num_shared_buffers": 1024}));
+    // The readers' namespace completes asynchronously (as real disks do), so a whole queue of
+    // reads is submitted before the first completes.
+    s.t.rpc("bdev_malloc_create", json!({"name": "Malloc1", "num_blocks": 16384, "block_size": 512}));
+    s.t.rpc(
+        "bdev_delay_create",
+        json!({"base_bdev_name": "Malloc1", "name": "Delay1", "avg_read_latency": 1000, "p99_read_latency": 1000,
+               "avg_write_latency": 0, "p99_write_latency": 0}),
+    );
+    s.t.rpc("nvmf_subsystem_add_ns", json!({"nqn": NQN, "namespace": {"bdev_name": "Delay1", "nsid": 2}}));
+    good_host_round_trip(&s, 0, 1);
+    let (rss0, _) = s.mem();
+    // Three readers: 3 x 63 reads of 8 MiB would be 1.5 GiB of read data.
+    let mut abusers: Vec<_> = (0..3).map(|_| undrained_queue(&s, 64, 63, false, 2)).collect();
+    abusers.push(undrained_queue(&s, 64, 63, true, 1));
+    let t0 = Instant::now();
+    let mut rounds = 0u64;
+    while t0.elapsed() < Duration::from_secs(4) {
+        good_host_round_trip(&s, 1024 + (rounds % 400) * 128, rounds as u8);
+        rounds += 1;
+    }
+    let (rss, hwm) = s.mem();
+    let st = s.t.rpc("framework_get_reactors", serde_json::Value::Null);
+    let b = &st["data_buffers"]["nvmf_tcp"];
+    eprintln!("undrained 8 MiB reads + dataless writes: RSS {rss0} -> {rss} KiB, peak {hwm} KiB, good host rounds {rounds}, budget {b}");
+    assert!(hwm < 512 * 1024, "target peaked at {hwm} KiB with undrained reads (limit 512 MiB)");
+    assert_eq!(b["limit"].as_u64().unwrap(), 1024 * 131072, "{b}");
+    assert!(b["waits"].as_u64().unwrap() > 0, "commands should have waited for buffers: {b}");
+    assert!(b["high_water"].as_u64().unwrap() <= b["limit"].as_u64().unwrap(), "{b}");
+    assert!(rounds > 0);
+    drop(abusers);
+    // Their connections' bytes all come back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = s.t.rpc("framework_get_reactors", serde_json::Value::Null);
+        let used = st["data_buffers"]["nvmf_tcp"]["used"].as_u64().unwrap();
+        if used == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{used} budget bytes still taken after the hosts left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    good_host_round_trip(&s, 0, 99);
+    s.t.stop();
+}

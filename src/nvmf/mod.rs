@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::bdev::BdevError;
+use crate::reactor::budget::Budget;
 use crate::reactor::{HandlerRef, ReactorSet};
 use crate::volume::VolumeRegistry;
 pub use subsystem::{Ctrlr, ListenAddr, Namespace, SubType, Subsystem, SubsystemParams};
@@ -44,16 +45,28 @@ pub struct TransportOpts {
     /// accepted and closed at once, with a log line.
     #[serde(skip_serializing_if = "is_default_max_connections")]
     pub max_connections: u32,
+    /// Palisade's own: MiB of command data (write data being gathered, read data not yet on the
+    /// wire) one connection may hold; its further commands wait. The whole transport holds at
+    /// most `num_shared_buffers` x `io_unit_size` (SPDK's shared buffer pool). `buf_cache_size`
+    /// is accepted for SPDK compatibility: a connection's cache of that pool is a fixed 1 MiB
+    /// chunk (`reactor::budget::CHUNK`).
+    #[serde(skip_serializing_if = "is_default_data_buffer_per_connection")]
+    pub data_buffer_per_connection_mib: u32,
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// A full queue (128) of maximal (128 KiB) I/O.
+pub const DEFAULT_DATA_BUFFER_PER_CONNECTION_MIB: u32 = 16;
 
 fn is_default_connect_timeout(v: &u32) -> bool {
     *v == DEFAULT_CONNECT_TIMEOUT_MS
 }
 fn is_default_max_connections(v: &u32) -> bool {
     *v == DEFAULT_MAX_CONNECTIONS
+}
+fn is_default_data_buffer_per_connection(v: &u32) -> bool {
+    *v == DEFAULT_DATA_BUFFER_PER_CONNECTION_MIB
 }
 
 impl Default for TransportOpts {
@@ -77,6 +90,7 @@ impl Default for TransportOpts {
             data_wr_pool_size: 0,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            data_buffer_per_connection_mib: DEFAULT_DATA_BUFFER_PER_CONNECTION_MIB,
         }
     }
 }
@@ -95,7 +109,20 @@ impl TransportOpts {
         let pages = (self.max_io_size / 4096).max(1);
         (31 - pages.leading_zeros()) as u8
     }
+    /// The transport's data-buffer budget in bytes (SPDK's shared pool: buffers x unit size).
+    pub fn data_budget_bytes(&self) -> usize {
+        self.num_shared_buffers as usize * self.io_unit_size as usize
+    }
+    pub fn data_buffer_per_connection(&self) -> usize {
+        (self.data_buffer_per_connection_mib as usize) << 20
+    }
     pub fn validate(&self) -> Result<(), String> {
+        if self.num_shared_buffers == 0 {
+            return Err("num_shared_buffers must be at least 1".into());
+        }
+        if self.data_buffer_per_connection_mib == 0 || self.data_buffer_per_connection_mib > (1 << 20) {
+            return Err(format!("data_buffer_per_connection_mib {} must be 1..1048576", self.data_buffer_per_connection_mib));
+        }
         if self.max_queue_depth < 2 || self.max_queue_depth > 65535 {
             return Err(format!("max_queue_depth {} must be 2..65535", self.max_queue_depth));
         }
@@ -175,6 +202,8 @@ pub struct Target {
     pub genctr: std::sync::atomic::AtomicU64,
     /// NVMe/TCP connections open now (bounded by `TransportOpts::max_connections`).
     pub conns: std::sync::atomic::AtomicUsize,
+    /// Command data all NVMe/TCP connections hold (`TransportOpts::data_budget_bytes`).
+    pub data_budget: Arc<Budget>,
 }
 
 impl Target {
@@ -187,6 +216,7 @@ impl Target {
             listeners: Mutex::new(Vec::new()),
             genctr: std::sync::atomic::AtomicU64::new(0),
             conns: std::sync::atomic::AtomicUsize::new(0),
+            data_budget: Budget::new(TransportOpts::default().data_budget_bytes()),
         };
         let disc = Subsystem::new(
             spec_discovery_nqn(),
@@ -219,6 +249,7 @@ impl Target {
             return Err(NvmfError::TransportExists(opts.trtype));
         }
         opts.validate().map_err(NvmfError::Invalid)?;
+        self.data_budget.set_limit(opts.data_budget_bytes());
         *t = Some(Arc::new(opts));
         Ok(())
     }

@@ -92,6 +92,7 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
         // Palisade: command data held against each protocol's data-buffer budget.
         "data_buffers": {
             "iscsi": budget_json(&c.app.iscsi.data_budget),
+            "nvmf_tcp": budget_json(&c.app.nvmf.data_budget),
         },
         "connections": {
             "iscsi": {"open": c.app.iscsi.open_connections().0, "in_login": c.app.iscsi.open_connections().1},

@@ -83,6 +83,7 @@ struct CreateTransport {
     // Palisade's own limits (README, "Limits").
     connect_timeout_ms: Option<u32>,
     max_connections: Option<u32>,
+    data_buffer_per_connection_mib: Option<u32>,
     // RDMA / VFIO-USER options rpc.py may send: accepted, meaningless for TCP.
     num_cqe: Option<i32>,
     max_srq_depth: Option<i32>,
@@ -129,6 +130,7 @@ async fn nvmf_create_transport(c: Call) -> RpcResult {
         data_wr_pool_size: p.data_wr_pool_size.unwrap_or(0),
         connect_timeout_ms: p.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
         max_connections: p.max_connections.unwrap_or(d.max_connections),
+        data_buffer_per_connection_mib: p.data_buffer_per_connection_mib.unwrap_or(d.data_buffer_per_connection_mib),
     };
     let _g = c.app.mgmt.lock().await;
     c.app.nvmf.create_transport(opts).map_err(|e| match e {

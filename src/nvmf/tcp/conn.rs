@@ -25,6 +25,7 @@ use crate::nvme::spec::{admin as aop, fctype, io as iop, sc, sgl, Cqe, Sqe, Stat
 use crate::nvmf::admin::{self, Outcome};
 use crate::nvmf::fabrics;
 use crate::nvmf::{Ctrlr, ListenAddr, Namespace, SubType, Target, TransportOpts};
+use crate::reactor::budget::ConnBudget;
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
 use crate::volume::{Denied, Initiator};
 
@@ -53,6 +54,8 @@ enum Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
+    /// Waiting for data-buffer budget (in `Conn::parked`): no R2T sent, nothing submitted.
+    Parked,
     AwaitH2C,
     Exec,
     /// Answered; the slot is free once its response has reached the socket.
@@ -83,6 +86,9 @@ struct Slot {
     err: Status,
     job: Job,
     bytes: u32,
+    /// Data-buffer bytes this command needs from the connection's budget, and holds now.
+    want: u32,
+    reserved: u32,
 }
 
 impl Slot {
@@ -99,6 +105,8 @@ impl Slot {
             err: Status::SUCCESS,
             job: Job::Other,
             bytes: 0,
+            want: 0,
+            reserved: 0,
         }
     }
 }
@@ -163,6 +171,10 @@ pub struct Conn {
     tx_wait: VecDeque<(u64, u16)>,
     slots: Vec<Slot>,
     free: Vec<u16>,
+    /// This connection's share of the transport's data-buffer budget.
+    budget: ConnBudget,
+    /// Slots waiting for budget, oldest first (they get it in that order).
+    parked: VecDeque<u16>,
     ctrlr: Option<Arc<Ctrlr>>,
     initiator: Initiator,
     qid: u16,
@@ -194,6 +206,7 @@ impl Conn {
         let icd = opts.admin_icd().max(opts.in_capsule_data_size) as usize;
         let max_plen = (72 + icd).max(24 + opts.maxh2cdata() as usize) + 2 * pdu::DIGEST_LEN + 128;
         let rsize = RBUF_MIN.max(2 * max_plen);
+        let budget = ConnBudget::new(t.data_budget.clone(), opts.data_buffer_per_connection());
         tracing::debug!(%peer, reactor = me.reactor, "NVMe/TCP connection");
         Some(Box::new(Conn {
             _counted: counted,
@@ -219,6 +232,8 @@ impl Conn {
             tx_wait: VecDeque::new(),
             slots: (0..2).map(|_| Slot::new()).collect(),
             free: vec![1, 0],
+            budget,
+            parked: VecDeque::new(),
             ctrlr: None,
             initiator: Initiator::Nvme { host_id: [0; 16], host_nqn: String::new() },
             qid: 0,
@@ -341,6 +356,7 @@ impl Conn {
             self.rend = 0;
         }
         self.rbuf = rbuf;
+        self.unpark(core);
     }
 
     fn handle(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<(), PduError> {
@@ -385,6 +401,8 @@ impl Conn {
             s.err = Status::SUCCESS;
             s.job = Job::Other;
             s.bytes = 0;
+            s.want = 0;
+            s.reserved = 0;
         }
         let fabrics_cmd = sqe.opcode() == aop::FABRICS;
         let dir = if fabrics_cmd { nio::direction(sqe.fctype()) } else { nio::direction(sqe.opcode()) };
@@ -398,6 +416,11 @@ impl Conn {
             self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
             return Ok(());
         }
+        // I/O data is budgeted (the admin queue's is small and bounded by its depth): Compare
+        // holds the host's data and what the medium holds.
+        if !admin_q && dir != Dir::None {
+            self.slots[idx].want = if sqe.opcode() == iop::COMPARE { g.length.saturating_mul(2) } else { g.length };
+        }
         match dir {
             Dir::HostToCtrl if g.length > 0 => {
                 let len = g.length;
@@ -410,22 +433,21 @@ impl Conn {
                             self.complete_err(core, idx, Status::generic(sc::SGL_DATA_LENGTH_INVALID));
                             return Ok(());
                         }
+                        // Already here and bounded by the in-capsule size: kept while it waits.
                         let mut b = IoBuf::new(len as usize);
                         b.copy_from_slice(&data[off..off + len as usize]);
                         let s = &mut self.slots[idx];
                         s.buf = Some(b);
                         s.len = len;
-                        self.execute(core, idx);
+                        if self.admit(idx) {
+                            self.execute(core, idx);
+                        }
                     }
                     sgl::TRANSPORT_DATA_BLOCK => {
-                        let s = &mut self.slots[idx];
-                        s.buf = Some(IoBuf::new(len as usize));
-                        s.len = len;
-                        s.state = SlotState::AwaitH2C;
-                        // One R2T for the whole transfer; the host splits it into H2CData PDUs of
-                        // at most MAXH2CDATA.
-                        pdu::encode_r2t(&mut self.out.bytes, self.dg, DataHeader { cccid: sqe.cid(), ttag: idx as u16, offset: 0, length: len });
-                        core.want_flush(self.me);
+                        self.slots[idx].len = len;
+                        if self.admit(idx) {
+                            self.request_data(core, idx);
+                        }
                     }
                     _ => self.complete_err(core, idx, Status::generic(sc::SGL_DESCRIPTOR_TYPE_INVALID)),
                 }
@@ -436,11 +458,68 @@ impl Conn {
                     return Ok(());
                 }
                 self.slots[idx].len = g.length;
-                self.execute(core, idx);
+                if self.admit(idx) {
+                    self.execute(core, idx);
+                }
             }
             _ => self.execute(core, idx),
         }
         Ok(())
+    }
+
+    /// Reserve slot `idx`'s data bytes, or park it behind the slots already waiting (FIFO, so a
+    /// large command is not starved by small ones). True if it may go on now.
+    fn admit(&mut self, idx: usize) -> bool {
+        let want = self.slots[idx].want;
+        if want == 0 || (self.parked.is_empty() && self.budget.try_reserve(want as usize)) {
+            self.slots[idx].reserved = want;
+            return true;
+        }
+        self.budget.note_wait();
+        self.slots[idx].state = SlotState::Parked;
+        self.parked.push_back(idx as u16);
+        false
+    }
+
+    /// Start parked slots, oldest first, while the budget lets them.
+    fn unpark(&mut self, core: &mut Core) {
+        while let Some(&i) = self.parked.front() {
+            let idx = i as usize;
+            let want = self.slots[idx].want;
+            if self.phase == Phase::Closing || !self.budget.try_reserve(want as usize) {
+                return;
+            }
+            self.parked.pop_front();
+            let s = &mut self.slots[idx];
+            s.reserved = want;
+            s.state = SlotState::Exec;
+            let h2c = nio::direction(s.sqe.opcode()) == Dir::HostToCtrl && s.buf.is_none();
+            if h2c {
+                self.request_data(core, idx);
+            } else {
+                self.execute(core, idx);
+            }
+        }
+    }
+
+    /// Allocate slot `idx`'s write buffer (its bytes are reserved) and ask the host for the data.
+    fn request_data(&mut self, core: &mut Core, idx: usize) {
+        let s = &mut self.slots[idx];
+        let len = s.len;
+        s.buf = Some(IoBuf::new(len as usize));
+        s.state = SlotState::AwaitH2C;
+        // One R2T for the whole transfer; the host splits it into H2CData PDUs of at most
+        // MAXH2CDATA.
+        pdu::encode_r2t(&mut self.out.bytes, self.dg, DataHeader { cccid: s.sqe.cid(), ttag: idx as u16, offset: 0, length: len });
+        core.want_flush(self.me);
+    }
+
+    /// Give slot `idx`'s data bytes back to the budget.
+    fn give_back(&mut self, idx: usize) {
+        let n = std::mem::take(&mut self.slots[idx].reserved);
+        if n > 0 {
+            self.budget.release(n as usize);
+        }
     }
 
     fn on_h2c(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<(), PduError> {
@@ -516,6 +595,7 @@ impl Conn {
                             self.slots.resize_with(n, Slot::new);
                             self.free.extend((old as u16..n as u16).rev());
                         }
+                        self.parked.reserve(n);
                         tracing::debug!(peer = %self.peer, qid = self.qid, cntlid, "connected");
                         self.respond(core, idx, Status::SUCCESS, cntlid as u32, 0);
                     }
@@ -901,6 +981,11 @@ impl Conn {
         s.state = SlotState::Sending;
         s.buf = None;
         s.buf2 = None;
+        // Read data stays in the output queue until written, and so do its bytes; the rest of
+        // the command's data is gone now.
+        if s.job != Job::Read {
+            self.give_back(idx);
+        }
         self.tx_wait.push_back((self.out.end(), idx as u16));
     }
 
@@ -952,6 +1037,7 @@ impl Conn {
     }
 
     fn free_slot(&mut self, idx: usize) {
+        self.give_back(idx);
         let s = &mut self.slots[idx];
         s.state = SlotState::Free;
         s.buf = None;
@@ -962,6 +1048,7 @@ impl Conn {
     fn flush(&mut self, core: &mut Core) {
         let r = self.out.write_to(self.sock.as_raw_fd());
         self.release_sent();
+        self.unpark(core);
         match r {
             Ok(true) => {}
             Ok(false) => return self.resume_reading(core), // the writable event resumes the rest
@@ -1027,6 +1114,7 @@ impl Handler for Conn {
         }
         if s.pending == 0 {
             self.finish(core, idx);
+            self.unpark(core);
         }
     }
 
@@ -1075,6 +1163,7 @@ impl Handler for Conn {
             let live = self.slots.get(idx).is_some_and(|s| s.state == SlotState::Exec && s.seq == d.seq && s.pending == 1);
             if live {
                 self.resv_complete(core, idx, d.c);
+                self.unpark(core);
             }
         }
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::hostile::{max_stall_us, nvme_identify_capsule, nvme_raw_admin, report, rss_kib, Figures, RawLogin};

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, Target};
 use palisade::nvme::spec::{admin, cns, sc, sgl, Sgl, Sqe, Status};
-use palisade::nvmf::fabrics::{build_connect_sqe, ConnectData};
 use palisade::nvmf::host::{rw_sqe, Controller, HostError, HostOpts, Queue};
 use palisade::nvmf::tcp::pdu::{self, ty, Digests, IcReq};
 use serde_json::json;
@@ -129,29 +128,12 @@ fn icreq(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Raw admin queue: ICReq, then Connect (cid 0); returns the socket with the response read.
 fn raw_admin(addr: SocketAddr, sq_entries: u16) -> TcpStream {
-    let mut s = icreq(addr);
-    let o = HostOpts::new(addr, NQN);
-    let sqe = build_connect_sqe(0, 0, sq_entries - 1, 0, true);
-    let data = ConnectData { hostid: o.hostid, cntlid: 0xffff, subnqn: NQN.into(), hostnqn: o.hostnqn.clone() }.encode();
-    let mut b = Vec::new();
-    pdu::encode_capsule_cmd(&mut b, Digests::default(), 0, &sqe.0, &data);
-    s.write_all(&b).unwrap();
-    let mut r = [0u8; 24];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(r[0], ty::CAPSULE_RESP);
-    assert_eq!(u16::from_le_bytes([r[8 + 14], r[8 + 15]]) >> 1, 0, "Connect succeeded");
-    s
+    common::hostile::nvme_raw_admin(addr, NQN, sq_entries)
 }
 
 fn identify_capsule(cid: u16) -> Vec<u8> {
-    let mut sqe = Sqe::default();
-    sqe.set_opcode(admin::IDENTIFY).set_cid(cid).set_cdw(10, cns::CONTROLLER as u32);
-    sqe.set_sgl(Sgl { address: 0, length: 4096, id: sgl::TRANSPORT_DATA_BLOCK });
-    let mut b = Vec::new();
-    pdu::encode_capsule_cmd(&mut b, Digests::default(), 0, &sqe.0, &[]);
-    b
+    common::hostile::nvme_identify_capsule(cid)
 }
 
 #[test]
@@ -200,6 +182,7 @@ fn identify_flood_without_reading_is_bounded() {
     assert!(hwm < rss0 + 128 * 1024, "target peak RSS {hwm} KiB (baseline {rss0})");
     drop(socks);
     good_host_round_trip(&s, 0, 7);
+    settle_and_report(&s, "nvme/tcp: two hosts flooding Identify without reading", rss0, hwm);
     s.t.stop();
 }
 
@@ -405,5 +388,22 @@ fn undrained_reads_and_dataless_writes_are_bounded() {
         std::thread::sleep(Duration::from_millis(100));
     }
     good_host_round_trip(&s, 0, 99);
+    settle_and_report(&s, "nvme/tcp: 3 hosts x 63 undrained 8 MiB reads + 63 dataless 8 MiB writes", rss0, hwm);
     s.t.stop();
+}
+
+/// Wait for RSS to come back within 64 MiB of `base`, check no reactor stalled, report figures.
+fn settle_and_report(s: &Setup, abuse: &str, base: u64, peak: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let (now, _) = s.mem();
+        if now < base + 64 * 1024 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "{abuse}: RSS {now} KiB did not return near its baseline {base} KiB");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stall = common::hostile::max_stall_us(&s.t);
+    assert!(stall < 100_000, "{abuse}: a reactor loop took {stall} us");
+    common::hostile::report(abuse, &common::hostile::Figures { baseline_kib: base, peak_kib: peak, after_kib: after, stall_us: stall });
 }

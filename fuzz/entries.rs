@@ -384,7 +384,9 @@ pub fn nvme_cmd(data: &[u8]) {
         r::OPC_RESERVATION_REPORT => {
             // Issue 11 finding 2: the report was built at (NUMD+1)*4 bytes (up to 16 GiB) before
             // the transport truncated it to the SGL length. Nothing may be built past MDTS.
-            let c = r::execute(&fx.lun.volume, &who, opc, cdw10, cdw11, payload, sgl.length as usize, |_| {});
+            // As the transport: an SGL beyond MDTS is refused before, else it is the host's buffer.
+            let host_buf = if sgl.length > MDTS { return } else { sgl.length as usize };
+            let c = r::execute(&fx.lun.volume, &who, opc, cdw10, cdw11, payload, host_buf, |_| {});
             if let Some(c) = c {
                 assert!(c.data.len() as u64 <= (sgl.length as u64).max(MDTS as u64), "Reservation Report built {} bytes", c.data.len());
             }

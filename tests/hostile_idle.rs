@@ -30,19 +30,7 @@ fn raise_nofile(want: u64) {
 }
 
 fn polite_round_trip(s: &mut Session, seed: u8) {
-    let data = vec![seed; 4096];
-    let mut w = [0u8; 10];
-    w[0] = 0x2a;
-    w[5] = seed;
-    w[8] = 8;
-    let (c, _) = s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap();
-    let c = if c.status == 2 { s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap().0 } else { c };
-    assert_eq!(c.status, 0);
-    let mut r = w;
-    r[0] = 0x28;
-    let (c, back) = s.command(0, &r, &[], data.len(), Duration::from_secs(20)).unwrap();
-    assert_eq!(c.status, 0);
-    assert!(back == data);
+    common::hostile::iscsi_write_read(s, seed, 4);
 }
 
 #[test]

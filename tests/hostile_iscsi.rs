@@ -300,21 +300,7 @@ fn undrained_reads_and_dataless_writes_are_bounded() {
     node(&t, json!({}));
     let big = "iqn.2016-06.io.spdk:big";
     let mut good = Session::connect("127.0.0.1", port, &LoginOptions::new("iqn.test:polite", Some(IQN)), 4).unwrap();
-    let check = |s: &mut Session, seed: u8| {
-        let data = vec![seed; 64 << 10];
-        let mut w = [0u8; 10];
-        w[0] = 0x2a;
-        w[5] = seed;
-        w[8] = 128;
-        let (c, _) = s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap();
-        let c = if c.status == 2 { s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap().0 } else { c };
-        assert_eq!(c.status, 0);
-        let mut r = w;
-        r[0] = 0x28;
-        let (c, back) = s.command(0, &r, &[], data.len(), Duration::from_secs(20)).unwrap();
-        assert_eq!(c.status, 0);
-        assert!(back == data, "polite initiator read back other data");
-    };
+    let check = |s: &mut Session, seed: u8| common::hostile::iscsi_write_read(s, seed, 64);
     check(&mut good, 1);
     let base = rss_kib(&t);
     let mut abusers = Vec::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{free_port, Target};
 use palisade::nvme::spec::{admin, cns, sc, sgl, Sgl, Sqe, Status};
 use palisade::nvmf::host::{rw_sqe, Controller, HostError, HostOpts, Queue};
-use palisade::nvmf::tcp::pdu::{self, ty, Digests, IcReq};
+use palisade::nvmf::tcp::pdu::{self, ty, Digests};
 use serde_json::json;
 
 const NQN: &str = "nqn.2016-06.io.spdk:hostile";
@@ -115,17 +115,8 @@ fn reservation_report_numd_max_costs_only_the_host_buffer() {
     s.t.stop();
 }
 
-/// Raw connection that did ICReq/ICResp (no digests).
 fn icreq(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut b = Vec::new();
-    IcReq { pfv: 0, hpda: 0, digests: Digests::default(), maxr2t: 0 }.encode(&mut b);
-    s.write_all(&b).unwrap();
-    let mut r = [0u8; 128];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(r[0], ty::ICRESP);
-    s
+    common::hostile::nvme_icreq(addr)
 }
 
 fn raw_admin(addr: SocketAddr, sq_entries: u16) -> TcpStream {

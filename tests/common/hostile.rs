@@ -126,8 +126,8 @@ impl RawLogin {
 }
 
 
-/// NVMe/TCP: a raw admin queue (ICReq, then Connect to `nqn` with cid 0), the response read.
-pub fn nvme_raw_admin(addr: SocketAddr, nqn: &str, sq_entries: u16) -> TcpStream {
+/// NVMe/TCP: a raw connection that did ICReq/ICResp (no digests).
+pub fn nvme_icreq(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut b = Vec::new();
@@ -136,6 +136,12 @@ pub fn nvme_raw_admin(addr: SocketAddr, nqn: &str, sq_entries: u16) -> TcpStream
     let mut r = [0u8; 128];
     s.read_exact(&mut r).unwrap();
     assert_eq!(r[0], ty::ICRESP);
+    s
+}
+
+/// NVMe/TCP: a raw admin queue (ICReq, then Connect to `nqn` with cid 0), the response read.
+pub fn nvme_raw_admin(addr: SocketAddr, nqn: &str, sq_entries: u16) -> TcpStream {
+    let mut s = nvme_icreq(addr);
     let o = HostOpts::new(addr, nqn);
     let sqe = build_connect_sqe(0, 0, sq_entries - 1, 0, true);
     let data = ConnectData { hostid: o.hostid, cntlid: 0xffff, subnqn: nqn.into(), hostnqn: o.hostnqn.clone() }.encode();
@@ -157,4 +163,22 @@ pub fn nvme_identify_capsule(cid: u16) -> Vec<u8> {
     let mut b = Vec::new();
     tcp::encode_capsule_cmd(&mut b, Digests::default(), 0, &sqe.0, &[]);
     b
+}
+
+/// iSCSI: WRITE(10) `kib` KiB of `seed` at LBA `seed` on LUN 0 and read it back (past one
+/// unit attention), as a polite initiator beside the abusers does.
+pub fn iscsi_write_read(s: &mut palisade::iscsi::initiator::Session, seed: u8, kib: usize) {
+    let data = vec![seed; kib << 10];
+    let mut w = [0u8; 10];
+    w[0] = 0x2a;
+    w[5] = seed;
+    w[7..9].copy_from_slice(&((kib * 2) as u16).to_be_bytes());
+    let (c, _) = s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap();
+    let c = if c.status == 2 { s.command(0, &w, &data, 0, Duration::from_secs(20)).unwrap().0 } else { c };
+    assert_eq!(c.status, 0);
+    let mut r = w;
+    r[0] = 0x28;
+    let (c, back) = s.command(0, &r, &[], data.len(), Duration::from_secs(20)).unwrap();
+    assert_eq!(c.status, 0);
+    assert!(back == data, "polite initiator read back other data");
 }

@@ -6,8 +6,13 @@ pub mod admin;
 pub mod discovery;
 pub mod fabrics;
 pub mod host;
+mod io_cmd;
+pub mod r#loop;
+pub mod qpair;
+mod resv_cmd;
 pub mod subsystem;
 pub mod tcp;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -204,6 +209,9 @@ pub struct Target {
     pub conns: std::sync::atomic::AtomicUsize,
     /// Command data all NVMe/TCP connections hold (`TransportOpts::data_budget_bytes`).
     pub data_budget: Arc<Budget>,
+    /// Transport types listeners can be opened for, by `trtype` (registered by the wiring
+    /// above, so the core depends on no transport).
+    kinds: RwLock<Vec<(String, Arc<dyn transport::TransportKind>)>>,
 }
 
 impl Target {
@@ -217,6 +225,7 @@ impl Target {
             genctr: std::sync::atomic::AtomicU64::new(0),
             conns: std::sync::atomic::AtomicUsize::new(0),
             data_budget: Budget::new(TransportOpts::default().data_budget_bytes()),
+            kinds: RwLock::new(Vec::new()),
         };
         let disc = Subsystem::new(
             spec_discovery_nqn(),
@@ -237,6 +246,17 @@ impl Target {
 
     fn bump(&self) {
         self.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Make `trtype` listenable (TCP, loop).
+    pub fn register_transport(&self, trtype: &str, kind: Arc<dyn transport::TransportKind>) {
+        let mut k = self.kinds.write().unwrap();
+        k.retain(|(t, _)| !t.eq_ignore_ascii_case(trtype));
+        k.push((trtype.to_string(), kind));
+    }
+
+    fn kind(&self, trtype: &str) -> Option<Arc<dyn transport::TransportKind>> {
+        self.kinds.read().unwrap().iter().find(|(t, _)| t.eq_ignore_ascii_case(trtype)).map(|(_, k)| k.clone())
     }
 
     pub fn transport(&self) -> Option<Arc<TransportOpts>> {
@@ -344,7 +364,12 @@ impl Target {
         }
         let mut ls = self.listeners.lock().unwrap();
         if !ls.iter().any(|l| l.addr.same(&addr)) {
-            let h = tcp::listener::start(self, &addr).map_err(|e| NvmfError::Listen(format!("{}:{}", addr.traddr, addr.trsvcid), e))?;
+            let unsupported = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("transport {} is not supported", addr.trtype));
+            let h = self
+                .kind(&addr.trtype)
+                .ok_or_else(unsupported)
+                .and_then(|k| k.listen(self, &addr))
+                .map_err(|e| NvmfError::Listen(format!("{}:{}", addr.traddr, addr.trsvcid), e))?;
             ls.push(ListenerEntry { addr: addr.clone(), handler: h });
         }
         drop(ls);

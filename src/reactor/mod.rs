@@ -73,6 +73,11 @@ pub trait Handler: Send + 'static {
     fn on_flush(&mut self, _core: &mut Core, _me: HandlerRef) {}
     /// A message addressed to this handler by another layer or reactor.
     fn on_message(&mut self, _core: &mut Core, _me: HandlerRef, _msg: Box<dyn Any + Send>) {}
+    /// Called on every loop iteration once the handler asked with [`Core::want_poll`] (a queue
+    /// fed through memory rather than a socket); returns how much work it did (0 = idle).
+    fn on_poll(&mut self, _core: &mut Core, _me: HandlerRef) -> usize {
+        0
+    }
     /// The handler is being removed (closed by itself, by a message, or at shutdown).
     fn on_close(&mut self, _core: &mut Core, _me: HandlerRef) {}
 }
@@ -95,6 +100,8 @@ pub struct Core {
     flush: Vec<HandlerRef>,
     spawned: Vec<HandlerCtor>,
     closing: Vec<HandlerRef>,
+    /// Handlers polled every iteration (`on_poll`), until they are removed.
+    polled: Vec<HandlerRef>,
     set: ReactorSet,
 }
 
@@ -107,6 +114,13 @@ impl Core {
         self.completions.push_back((owner, ev));
     }
     /// Ask for `on_flush` at the end of this loop iteration.
+    /// Have `on_poll` called on every loop iteration for as long as the handler lives.
+    pub fn want_poll(&mut self, me: HandlerRef) {
+        if !self.polled.contains(&me) {
+            self.polled.push(me);
+        }
+    }
+
     pub fn want_flush(&mut self, me: HandlerRef) {
         if self.flush.last() != Some(&me) {
             self.flush.push(me);
@@ -283,6 +297,17 @@ impl Reactor {
         for p in self.pollers.iter_mut() {
             n += p.poll(&mut self.core);
         }
+        let mut i = 0;
+        while i < self.core.polled.len() {
+            let me = self.core.polled[i];
+            let live = self.slots.get(me.slot as usize).is_some_and(|s| s.gen == me.gen);
+            if !live {
+                self.core.polled.swap_remove(i);
+                continue;
+            }
+            self.call(me.slot as usize, |h, core, me| n += h.on_poll(core, me));
+            i += 1;
+        }
         n
     }
 
@@ -306,7 +331,8 @@ impl Reactor {
             }
             let idle_for = self.core.now.saturating_duration_since(last_work);
             let mut timeout = Some(Duration::ZERO);
-            if self.core.mode == PollMode::Adaptive && work == 0 && idle_for > SPIN_WINDOW {
+            // A memory-fed queue (loop transport) has no fd to wake us: its reactor keeps polling.
+            if self.core.mode == PollMode::Adaptive && work == 0 && idle_for > SPIN_WINDOW && self.core.polled.is_empty() {
                 shared.sleeping[me].store(true, Ordering::SeqCst);
                 match self.rx.try_recv() {
                     Ok(m) => {
@@ -544,6 +570,7 @@ impl ReactorSet {
                         flush: Vec::with_capacity(256),
                         spawned: Vec::new(),
                         closing: Vec::new(),
+                        polled: Vec::new(),
                         set: set2,
                     },
                     slots: Vec::new(),

@@ -64,6 +64,8 @@ impl App {
         let state = if wait_for_rpc { STARTUP } else { RUNTIME };
         let volumes = Arc::new(VolumeRegistry::new(bdevs.clone()));
         let nvmf = crate::nvmf::Target::new(reactors.clone(), volumes.clone());
+        crate::nvmf::tcp::register(&nvmf);
+        crate::nvmf::r#loop::register(&nvmf);
         Arc::new(App {
             reactors,
             nvmf,

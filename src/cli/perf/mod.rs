@@ -2,6 +2,7 @@
 //! queues that implement [`PerfQueue`]; the driver runs the workload, verifies data and reports.
 
 pub mod iscsi;
+pub mod nvmf_loop;
 pub mod tcp;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +77,8 @@ fn parse_key(s: &str) -> Result<u64, String> {
 pub enum Transport {
     Tcp,
     Iscsi,
+    /// The NVMe-oF core in this process through the loop transport (no sockets).
+    Loop,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,7 +92,8 @@ pub enum Rw {
 
 #[derive(Args, Clone, Debug)]
 pub struct PerfArgs {
-    /// tcp = NVMe/TCP; iscsi = iSCSI.
+    /// tcp = NVMe/TCP; iscsi = iSCSI; loop = an in-process NVMe-oF target (RAM namespace) reached
+    /// without sockets, to measure the core alone.
     #[arg(long, value_enum, default_value = "tcp")]
     pub transport: Transport,
     #[arg(long, default_value = "127.0.0.1")]
@@ -164,6 +168,12 @@ pub struct PerfArgs {
     /// Length of the region, bytes (default: to the end of the device).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
+    /// loop: cores of the in-process target's reactors (hex mask or list, as `serve -m`).
+    #[arg(long = "target-cores", default_value = "0x1")]
+    pub target_cores: String,
+    /// loop: size of the in-process target's RAM namespace.
+    #[arg(long = "loop-size", default_value = "1g", value_parser = parse_size)]
+    pub loop_size: u64,
 }
 
 fn parse_offset(s: &str) -> Result<u64, String> {
@@ -464,10 +474,16 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
     if a.mix > 100 {
         return Err("--mix is a percentage of reads (0..100)".into());
     }
+    let mut loop_session = None;
     let (mut session, mut queues) = match a.transport {
         Transport::Tcp => {
             let (s, q) = tcp::open(a)?;
             (Some(s), q)
+        }
+        Transport::Loop => {
+            let (s, q) = nvmf_loop::open(a)?;
+            loop_session = Some(s);
+            (None, q)
         }
         Transport::Iscsi => {
             let target = a.target.as_deref().ok_or("--transport iscsi needs --target IQN")?;
@@ -603,6 +619,10 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
     if let Some(s) = session.take() {
         let _ = s.ctrlr.shutdown();
     }
+    let target_busy_s = loop_session.as_ref().map(|s| s.target_busy_ns() as f64 / 1e9);
+    if let Some(s) = loop_session.take() {
+        s.stop();
+    }
     let iops = ios as f64 / elapsed;
     let mibs = bytes as f64 / (1 << 20) as f64 / elapsed;
     let us = |v: u64| v as f64 / 1000.0;
@@ -627,6 +647,11 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
             "verify_failures": vfail,
             "first_error": first_error,
             "cpu": {"user_s": cpu_user, "sys_s": cpu_sys, "core_fraction": (cpu_user + cpu_sys) / elapsed},
+            "target": target_busy_s.map(|b| json!({
+                "busy_s": b,
+                "busy_ns_per_io": if ios > 0 { b * 1e9 / ios as f64 } else { 0.0 },
+                "iops_per_core": if b > 0.0 { ios as f64 / b } else { 0.0 },
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap());
     } else {
@@ -649,6 +674,9 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
             cpu_sys,
             100.0 * (cpu_user + cpu_sys) / elapsed
         );
+        if let Some(b) = target_busy_s.filter(|_| ios > 0) {
+            println!("target reactors busy {b:.2}s: {:.0} ns per I/O, {:.0} IOPS per busy core", b * 1e9 / ios as f64, ios as f64 / b.max(1e-9));
+        }
         if let Some(e) = &first_error {
             println!("first error: {e}");
         }

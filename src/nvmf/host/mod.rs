@@ -16,6 +16,9 @@ use crate::nvmf::fabrics::{build_connect_sqe, ConnectData};
 use crate::nvmf::tcp::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp};
 
 /// How to reach and identify ourselves to a subsystem.
+/// Receive buffer: two of the largest PDUs accepted (a 4 MiB read in one C2HData PDU).
+const RBUF: usize = (8 << 20) + 2048;
+
 #[derive(Clone, Debug)]
 pub struct HostOpts {
     pub addr: SocketAddr,
@@ -118,7 +121,7 @@ impl Queue {
             cpda: 0,
             maxh2cdata: 4096,
             icd: if qid == 0 { 8192 } else { 0 },
-            rbuf: vec![0; 1 << 20],
+            rbuf: vec![0; RBUF],
             rstart: 0,
             rend: 0,
             wbuf: Vec::with_capacity(256 << 10),
@@ -282,7 +285,8 @@ impl Queue {
     /// Handle every complete PDU buffered.
     fn parse(&mut self, done: &mut dyn FnMut(u16, Cqe, &[u8])) -> Result<usize> {
         let mut n = 0;
-        let max = (1 << 20) - 64;
+        // A controller may return a command's whole read in one C2HData PDU (Linux nvmet does).
+        let max = RBUF / 2;
         while self.rend - self.rstart >= pdu::CH_LEN {
             let at = self.rstart;
             let ch = CommonHeader::parse(&self.rbuf[at..self.rend]).unwrap();

@@ -20,6 +20,9 @@ use serde_json::json;
 use crate::bdev::{self, Bdev, IoOp, IoRequest};
 use crate::reactor::{alloc, parse_core_mask, Core, Handler, HandlerRef, IoBuf, IoEvent, PollMode, ReactorSet};
 use super::perf::Rng;
+use crate::nvme::spec;
+use crate::nvmf::host::rw_sqe;
+use crate::nvmf::r#loop::LoopQueue;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
@@ -84,6 +87,10 @@ pub struct BdevperfArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Go through the NVMe-oF core: the bdev is namespace 1 of an in-process subsystem, reached
+    /// through the loop transport on the same reactor (measures the core's cost per I/O).
+    #[arg(long = "nvmf-loop")]
+    nvmf_loop: bool,
 }
 
 /// Bytes of the pattern header: magic, generation, LBA.
@@ -177,6 +184,8 @@ struct Slot {
 
 struct Perf {
     bdev: Arc<dyn Bdev>,
+    /// `--nvmf-loop`: commands go to this loop queue instead of the bdev.
+    lq: Option<LoopQueue>,
     workload: Workload,
     rwmixread: u32,
     verify: bool,
@@ -249,6 +258,19 @@ impl Perf {
         s.write = write;
         s.start = Instant::now();
         self.inflight += 1;
+        if let Some(q) = &self.lq {
+            let lba = unit * self.blocks_per_io;
+            let mut sqe = rw_sqe(write, 1, lba, self.blocks_per_io as u32);
+            let len = buf.len() as u32;
+            sqe.set_cid(slot as u16).set_sgl(spec::Sgl { address: 0, length: len, id: spec::sgl::TRANSPORT_DATA_BLOCK });
+            if q.submit(sqe, Some(buf)).is_err() {
+                // The queue closed under us: count the slot as failed and let the run end.
+                self.inflight -= 1;
+                self.rep.errors += 1;
+                self.stopping = true;
+            }
+            return;
+        }
         let req = IoRequest {
             op: if write { IoOp::Write } else { IoOp::Read },
             offset_blocks: unit * self.blocks_per_io,
@@ -316,8 +338,21 @@ struct Start;
 impl Handler for Perf {
     fn on_ready(&mut self, _: &mut Core, _: HandlerRef, _: &mio::event::Event) {}
 
+    fn on_poll(&mut self, core: &mut Core, me: HandlerRef) -> usize {
+        let mut n = 0;
+        while let Some((cqe, buf)) = self.lq.as_ref().and_then(LoopQueue::pop) {
+            n += 1;
+            let status = if cqe.status.is_ok() { 0 } else { -libc::EIO };
+            self.on_io_complete(core, me, IoEvent { tag: cqe.cid as u64, status, buf });
+        }
+        n
+    }
+
     fn on_message(&mut self, core: &mut Core, me: HandlerRef, msg: Box<dyn Any + Send>) {
         if msg.downcast::<Start>().is_ok() {
+            if self.lq.is_some() {
+                core.want_poll(me);
+            }
             for slot in 0..self.slots.len() {
                 self.submit_one(core, me, slot);
             }
@@ -433,6 +468,18 @@ pub fn run_bench(a: &BdevperfArgs) -> Result<Report, String> {
     let (tx, rx) = mpsc::channel();
     let warm = Duration::from_secs_f64(a.warmup.max(0.0));
     let run = Duration::from_secs_f64(a.time.max(0.001));
+    // --nvmf-loop: the NVMe-oF core between this workload and the bdev, on the same reactor.
+    let mut _app = None;
+    let mut _ctrlr = None;
+    let mut lq = None;
+    if a.nvmf_loop {
+        let app = crate::rpc::App::new(set.clone(), false, None);
+        app.bdevs.add(bdev.clone()).map_err(|e| e.to_string())?;
+        let c = crate::cli::perf::nvmf_loop::export(&app, &info.name, a.queue_depth, a.io_size as u64, "nqn.2014-08.io.palisade:bdevperf")?;
+        lq = Some(c.io_queue(1, a.queue_depth + 1, 0).map_err(|e| format!("loop I/O queue: {e}"))?);
+        _ctrlr = Some(c);
+        _app = Some(app);
+    }
     let a2 = a.clone();
     let bdev2 = bdev.clone();
     let h = set
@@ -445,6 +492,7 @@ pub fn run_bench(a: &BdevperfArgs) -> Result<Report, String> {
                 let verify = a2.verify;
                 Some(Box::new(Perf {
                     bdev: bdev2,
+                    lq,
                     workload: a2.workload,
                     rwmixread: a2.rwmixread,
                     verify,
@@ -563,7 +611,18 @@ mod tests {
         assert!(r.verified_blocks > 0);
     }
 
-    /// The data path allocates nothing per I/O after warm-up (malloc and uring, reads and writes).
+    /// Through the NVMe-oF core and the loop transport: the same data comes back.
+    #[test]
+    fn nvmf_loop_randrw_verify() {
+        let r = run_bench(&args(&["--malloc", "4", "--nvmf-loop", "-q", "16", "-o", "8192", "-w", "randrw", "-t", "0.3", "--warmup", "0.05", "--verify"])).unwrap();
+        assert!(r.ios > 100, "{r:?}");
+        assert!(r.reads > 0 && r.writes > 0, "{r:?}");
+        assert_eq!((r.errors, r.mismatches), (0, 0), "{r:?}");
+        assert!(r.verified_blocks > 0);
+    }
+
+    /// The data path allocates nothing per I/O after warm-up (malloc and uring, reads and writes;
+    /// and through the NVMe-oF core, whose loop queue shares the workload's reactor).
     #[cfg(feature = "count-alloc")]
     #[test]
     fn zero_allocations_per_io() {
@@ -572,7 +631,7 @@ mod tests {
         std::fs::write(&f, vec![0u8; 4 << 20]).unwrap();
         let f = f.to_str().unwrap().to_string();
         for w in ["randread", "randwrite"] {
-            for bdev in [vec!["--malloc", "4"], vec!["--uring", f.as_str()]] {
+            for bdev in [vec!["--malloc", "4"], vec!["--uring", f.as_str()], vec!["--malloc", "4", "--nvmf-loop"]] {
                 let mut a = bdev.clone();
                 a.extend(["-w", w, "-t", "0.3", "--warmup", "0.2", "--poll", "adaptive"]);
                 let r = run_bench(&args(&a)).unwrap();

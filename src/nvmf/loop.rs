@@ -291,6 +291,11 @@ impl LoopQueue {
         n
     }
 
+    /// One completion, if ready.
+    pub fn pop(&self) -> Option<(Cqe, Option<IoBuf>)> {
+        self.sh.cq.pop()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.sh.closed.load(Ordering::Acquire)
     }

@@ -101,6 +101,19 @@ fn call(rt: &tokio::runtime::Runtime, app: &Arc<App>, method: &str, params: Valu
     rt.block_on(app.dispatch(method, Some(params), crate::rpc::internal_conn())).map_err(|e| format!("{method}: {}", e.message))
 }
 
+/// Export bdev `bdev` of `app` as namespace 1 of a subsystem that listens on the loop transport
+/// (management calls as an operator sends them) and connect a controller to it.
+pub fn export(app: &Arc<App>, bdev: &str, qd: usize, max_io: u64, hostnqn: &str) -> Result<LoopController, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let max_io = max_io.max(131072);
+    call(&rt, app, "nvmf_create_transport", json!({"trtype": "TCP", "max_queue_depth": (qd as u32 + 1).max(128), "max_io_size": max_io, "io_unit_size": max_io.min(131072)}))?;
+    call(&rt, app, "nvmf_create_subsystem", json!({"nqn": NQN, "allow_any_host": true, "serial_number": "LOOP0001"}))?;
+    call(&rt, app, "nvmf_subsystem_add_ns", json!({"nqn": NQN, "namespace": {"bdev_name": bdev}}))?;
+    let sub = app.nvmf.subsystem(NQN).ok_or("the subsystem vanished")?;
+    app.nvmf.add_listener(&sub, listen_addr()).map_err(|e| e.to_string())?;
+    LoopController::connect(&app.nvmf, NQN, hostnqn, 0).map_err(|e| format!("loop connect: {e}"))
+}
+
 /// Start the in-process target and open `a.queues` loop queues of depth `a.qd`.
 pub fn open(a: &PerfArgs) -> Result<(LoopSession, Vec<Box<dyn PerfQueue>>), String> {
     let mask = parse_core_mask(&a.target_cores)?;
@@ -109,16 +122,9 @@ pub fn open(a: &PerfArgs) -> Result<(LoopSession, Vec<Box<dyn PerfQueue>>), Stri
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let bs = 512u64;
     call(&rt, &app, "bdev_malloc_create", json!({"name": "Loop0", "num_blocks": a.loop_size / bs, "block_size": bs}))?;
-    let max_io = a.bs.max(131072);
-    call(&rt, &app, "nvmf_create_transport", json!({"trtype": "TCP", "max_queue_depth": (a.qd as u32 + 1).max(128), "max_io_size": max_io, "io_unit_size": max_io}))?;
-    call(&rt, &app, "nvmf_create_subsystem", json!({"nqn": NQN, "allow_any_host": true, "serial_number": "LOOP0001"}))?;
-    call(&rt, &app, "nvmf_subsystem_add_ns", json!({"nqn": NQN, "namespace": {"bdev_name": "Loop0"}}))?;
-    let sub = app.nvmf.subsystem(NQN).ok_or("the subsystem vanished")?;
-    app.nvmf.add_listener(&sub, listen_addr()).map_err(|e| e.to_string())?;
-    let t = app.nvmf.clone();
     let hostnqn = a.hostnqn.clone().unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", uuid::Uuid::new_v4()));
+    let ctrlr = export(&app, "Loop0", a.qd as usize, a.bs, &hostnqn)?;
     let nr = app.reactors.len() as u32;
-    let ctrlr = LoopController::connect(&t, NQN, &hostnqn, 0).map_err(|e| format!("loop connect: {e}"))?;
     let nsid = a.nsid.unwrap_or(1);
     let (nblocks, bsz) = ctrlr.namespace(nsid).map_err(|e| format!("identify: {e}"))?;
     let mut qs: Vec<Box<dyn PerfQueue>> = Vec::new();

@@ -12,6 +12,8 @@
 pub mod alloc;
 pub mod budget;
 pub mod buf;
+pub mod listener;
+pub mod outq;
 pub mod rxbuf;
 
 use std::any::Any;

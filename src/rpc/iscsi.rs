@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::registry::{Call, Registry, Subsystem, ANY, RUNTIME, STARTUP};
 use super::{ok, App, RpcError, RpcResult};
 use crate::config::Entry;
-use crate::iscsi::listener::Listener;
+use crate::iscsi::listener;
 use crate::iscsi::target::{AuthGroup, ChapPolicy, InitiatorGroup, LunSpec, Node, Options, PgIg, Portal, PortalGroup, Secret};
 use crate::scsi::{Lun, LunMap};
 
@@ -277,18 +277,13 @@ fn start_listeners(app: &Arc<App>, tag: u32, portals: &[Portal]) -> Result<Vec<c
     let mut socks = Vec::new();
     for p in portals {
         let addr = portal_addr(p)?;
-        let s = std::net::TcpListener::bind(addr).map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("cannot listen on {addr}")))?;
-        s.set_nonblocking(true).map_err(RpcError::internal)?;
-        socks.push(mio::net::TcpListener::from_std(s));
+        let s = listener::bind(addr).map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("cannot listen on {addr}")))?;
+        socks.push(s);
     }
     let mut refs = Vec::new();
     for s in socks {
         let target = app.iscsi.clone();
-        let h = app
-            .reactors
-            .call(0, move |r| r.add_handler(move |core, me| Listener::handler(s, target, tag, core, me)))
-            .flatten()
-            .ok_or_else(|| RpcError::internal("cannot start the portal listener"))?;
+        let h = listener::start(&app.reactors, 0, s, target, tag).map_err(|e| RpcError::internal(format!("cannot start the portal listener: {e}")))?;
         refs.push(h);
     }
     Ok(refs)

@@ -10,13 +10,12 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use super::outq::OutQueue;
+use crate::reactor::outq::OutQueue;
 use super::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp, Layout, PduError};
 use crate::nvme::spec::{Cqe, Sqe};
 use crate::nvmf::qpair::QPair;
@@ -496,7 +495,7 @@ impl Conn {
     }
 
     fn flush(&mut self, core: &mut Core) {
-        let r = self.tx.out.write_to(self.sock.as_raw_fd());
+        let r = self.tx.out.write_to(&mut self.sock);
         self.q.on_sent(core, &mut self.tx);
         match r {
             Ok(true) => {}

@@ -4,7 +4,6 @@
 
 pub mod conn;
 pub mod listener;
-pub mod outq;
 pub mod pdu;
 
 use std::sync::Arc;

@@ -14,6 +14,8 @@
 #      POLL      Palisade poll mode, busy (default) or adaptive
 #      HUGE      auto (default: use hugepages, reserving them if needed and possible, else fall
 #                back to --no-huge) or no (always --no-huge)
+#      NICE      run both targets and the client under `nice -n NICE` (e.g. -10 on a busy machine,
+#                as root; unset: no change)
 #      OUT       results file (default bench/nvmf-spdk/results-<UTC date>.md)
 # Writes a markdown table to $OUT and prints it.
 set -euo pipefail
@@ -26,6 +28,8 @@ ROUNDS="${3:-3}"
 REACTORS="${REACTORS:-1}"
 POLL="${POLL:-busy}"
 HUGE="${HUGE:-auto}"
+PRE=()
+[ -z "${NICE:-}" ] || PRE=(nice -n "$NICE")
 WARM=2
 NQN=nqn.2016-06.io.spdk:bench
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -125,7 +129,7 @@ start_target() { # $1 = palisade | spdk
   rm -f "$sock"
   write_config "$PORT" >"$cfg"
   if [ "$1" = palisade ]; then
-    taskset -c "$PCORES" "$BIN" serve -m "$PMASK" --poll "$POLL" -r "$sock" -c "$cfg" -L ERROR >"$log" 2>&1 &
+    "${PRE[@]}" taskset -c "$PCORES" "$BIN" serve -m "$PMASK" --poll "$POLL" -r "$sock" -c "$cfg" -L ERROR >"$log" 2>&1 &
     TPID=$!
     for _ in $(seq 200); do
       "$BIN" rpc -s "$sock" nvmf_get_subsystems 2>/dev/null | grep -q "$PORT" && return 0
@@ -133,7 +137,7 @@ start_target() { # $1 = palisade | spdk
       sleep 0.1
     done
   else
-    taskset -c 0 "$TGT" -m 0x1 "${TGT_MEM[@]}" -r "$sock" --json "$cfg" >"$log" 2>&1 &
+    "${PRE[@]}" taskset -c 0 "$TGT" -m 0x1 "${TGT_MEM[@]}" -r "$sock" --json "$cfg" >"$log" 2>&1 &
     TPID=$!
     for _ in $(seq 300); do
       python3 "$RPC" -s "$sock" -t 1 nvmf_get_subsystems 2>/dev/null | grep -q "$PORT" && return 0
@@ -153,7 +157,7 @@ now() { date +%s.%N; }
 PERF_LOG="$TMP/perf.log"
 perf_start() { # $1 = seconds, rest = perf workload args
   local secs="$1"; shift
-  taskset -c 1 "$PERF" -c 0x2 "${PERF_MEM[@]}" "$@" -t "$secs" \
+  "${PRE[@]}" taskset -c 1 "$PERF" -c 0x2 "${PERF_MEM[@]}" "$@" -t "$secs" \
     -r "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$NQN" >"$PERF_LOG" 2>&1 &
   CPID=$!
 }
@@ -163,6 +167,7 @@ perf_wait() { # $1 = seconds the run was given
   fi
   local rc=0
   wait "$CPID" || rc=$?
+  rm -rf /var/run/dpdk/spdk_pid"$CPID" /dev/hugepages/spdk_pid"$CPID"* 2>/dev/null || true
   CPID=""
   if [ "$rc" != 0 ] || ! grep -q '^Total' "$PERF_LOG"; then
     echo "spdk_nvme_perf failed (rc $rc):" >&2; tail -30 "$PERF_LOG" >&2; exit 1
@@ -222,10 +227,10 @@ patch = "" if g("PATCH") == "0" else "." + g("PATCH")
 print("v%s.%02d%s%s" % (g("MAJOR"), int(g("MINOR")), patch, g("SUFFIX").strip('"')))
 PY
 )
-PAL_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-python3 - "$RES" "$OUT" "$STAMP" "$SECS" "$ROUNDS" "$REACTORS" "$PMASK" "$POLL" "$SPDK_VER" "$PAL_REV" "$MEMNOTE" "$BIN" "$SPDK" "$LOAD0" <<'PY'
+PAL_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+python3 - "$RES" "$OUT" "$STAMP" "$SECS" "$ROUNDS" "$REACTORS" "$PMASK" "$POLL" "$SPDK_VER" "$PAL_REV" "$MEMNOTE" "$BIN" "$SPDK" "$LOAD0" "${NICE:-}" <<'PY'
 import statistics, subprocess, sys
-res, out, stamp, secs, rounds, reactors, pmask, poll, spdkv, rev, memnote, binp, spdkdir, load0 = sys.argv[1:15]
+res, out, stamp, secs, rounds, reactors, pmask, poll, spdkv, rev, memnote, binp, spdkdir, load0, nice = sys.argv[1:16]
 cases = ["4 KiB randread QD32", "4 KiB randwrite QD32", "128 KiB seq read QD32"]
 d = {}
 for line in open(res):
@@ -240,9 +245,11 @@ L.append(f"# Palisade vs SPDK nvmf_tgt, both driven by spdk_nvme_perf, {stamp}")
 L.append("")
 L.append(f"Host: {subprocess.getoutput('uname -n')}, {subprocess.getoutput('nproc')} cores, {cpu}; load average {load0} at the start, {open('/proc/loadavg').read().split()[0]} at the end")
 L.append("(a busy poller below 1.00 target cores was preempted by other processes on its core).")
-L.append(f"Palisade `{rev}` (`{binp}`): `palisade serve -m {pmask} --poll {poll}`"
+L.append(f"Palisade (tree `{rev}`, binary `{binp}`): `palisade serve -m {pmask} --poll {poll}`"
          + (" (2 reactors: core 1 is shared by Palisade's second reactor and the client)" if reactors == "2" else "") + ".")
 L.append(f"SPDK {spdkv} (`{spdkdir}`): `nvmf_tgt -m 0x1`. Both: 1 GiB RAM bdev, 512 B blocks, NVMe/TCP on 127.0.0.1, no digests, same JSON config.")
+if nice:
+    L.append(f"Targets and client under `nice -n {nice}`.")
 L.append(f"Client: `taskset -c 1 spdk_nvme_perf -c 0x2 -q 32 -o SIZE -w RW -t {secs}` on core 1; {memnote}.")
 L.append(f"{rounds} rounds, each Palisade then SPDK, each target started fresh; every case has a 2 s warm-up run first.")
 L.append("Target CPU: utime+stime of the target process over a window inside the measured run, as cores busy;")

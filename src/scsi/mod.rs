@@ -8,8 +8,9 @@
 //!
 //! Modules: `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
 //! `sbc` (block commands), `mode` (mode pages), `vpd` (INQUIRY data), `opcodes` (supported
-//! command table), `ua` (unit attentions), `task` (in-flight task state machines), `xcopy`
-//! (EXTENDED COPY / RECEIVE COPY RESULTS), `pr` (persistent reservations and RESERVE/RELEASE on
+//! command table), `ua` (unit attentions), `task` (in-flight task state), `complete` (the state
+//! machines completions advance), `xcopy` (EXTENDED COPY parameter lists and RECEIVE COPY RESULTS
+//! pages), `copy` (the EXTENDED COPY engine), `pr` (persistent reservations and RESERVE/RELEASE on
 //! the volume's reservation engine).
 //!
 //! For the transport:
@@ -32,6 +33,8 @@
 //!   reach the transport as messages: hand them to `pr::take_deferred` from `on_message`.
 
 pub mod cdb;
+mod complete;
+mod copy;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;

@@ -22,6 +22,7 @@ use super::tasks::{DataOutError, Task, TaskTable};
 use super::tmf;
 use crate::reactor::budget::ConnBudget;
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
+use crate::scsi::cdb::Residual;
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
 use crate::reservation::Nexus;
 use crate::scsi::pr::PreemptAbort;
@@ -599,38 +600,18 @@ impl Conn {
         self.drain(core, me);
     }
 
-    /// For WRITE and WRITE AND VERIFY, compare the CDB's transfer length with EDTL (RFC 7143
-    /// §11.4.5.1) and record the residual. When EDTL is shorter than the CDB asks for (overflow),
-    /// only the whole blocks that EDTL covers are written: the CDB is cut down to them, so no
-    /// block beyond what the initiator meant to send is touched. Returns false when nothing is
-    /// left to write (the caller answers GOOD with the residual at once).
+    /// The SCSI core decides what the CDB means for the Data-Out gathered (residual against
+    /// EDTL, overflow cut to whole blocks). False when nothing is left to write (the caller
+    /// answers GOOD with the residual at once).
     fn fit_write(&mut self, slot: usize) -> bool {
+        let Some(port) = self.port.as_ref() else { return true };
         let t = self.tasks.get_mut(slot);
-        if !matches!(t.cdb[0], 0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e) {
-            return true;
-        }
-        let Ok(b) = crate::scsi::cdb::decode_block(&t.cdb) else { return true };
-        let Some(bs) = self.port.as_ref().and_then(|p| p.luns.get(t.lun)).map(|l| l.volume.block_size() as u64) else { return true };
-        let needed = b.blocks as u64 * bs;
-        if needed == t.edtl as u64 {
-            return true;
-        }
-        if needed < t.edtl as u64 {
-            t.write_resid = Some((true, t.edtl - needed as u32));
-            return true;
-        }
-        t.write_resid = Some((false, (needed - t.edtl as u64).min(u32::MAX as u64) as u32));
-        let blocks = (t.edtl as u64 / bs) as u32;
-        if blocks == 0 {
-            return false;
-        }
-        match t.cdb[0] {
-            0x0a => t.cdb[4] = blocks as u8,
-            0x2a | 0x2e => t.cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
-            0xaa | 0xae => t.cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
-            _ => t.cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
-        }
-        true
+        let fit = port.fit_data_out(t.lun, &mut t.cdb, t.edtl);
+        t.write_resid = fit.resid.map(|r| match r {
+            Residual::Under(n) => (true, n),
+            Residual::Over(n) => (false, n),
+        });
+        fit.run
     }
 
     /// Send every finished task's response.

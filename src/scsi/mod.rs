@@ -268,6 +268,16 @@ impl ScsiPort {
         self.ua[idx].take()
     }
 
+    /// What the transport needs from a command's CDB before its data moves: how its Data-Out
+    /// fits the expected length (residual; the CDB cut down on overflow), by its LUN's block
+    /// size. A LUN that does not exist leaves the command as it is (`submit` answers it).
+    pub fn fit_data_out(&self, lun: u64, cdb: &mut [u8; 32], expected_len: u32) -> cdb::DataOutFit {
+        match self.luns.get(lun) {
+            Some(l) => cdb::fit_data_out(cdb, expected_len, l.volume.block_size()),
+            None => cdb::DataOutFit { resid: None, run: true },
+        }
+    }
+
     /// Commands still waiting for I/O.
     pub fn in_flight(&self) -> usize {
         self.tasks.len()

@@ -447,8 +447,13 @@ impl Conn {
             let r = ScsiResponse::status(itt, status::TASK_SET_FULL);
             return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
         };
+        if self.tasks.bind(slot, itt).is_err() {
+            // An active task has this tag (RFC 7143 §11.2.1.8: unique in the session), or it is
+            // the reserved one.
+            self.tasks.free(slot);
+            return self.reject(h, reject::PROTOCOL_ERROR);
+        }
         let t = self.tasks.get_mut(slot);
-        t.itt = itt;
         t.lun_raw = lun_raw;
         t.lun = decode_lun(lun_raw);
         t.cdb = cdb;
@@ -527,7 +532,7 @@ impl Conn {
             t.r2t_next += len;
             let r2t_sn = t.r2t_sn;
             t.r2t_sn += 1;
-            let (itt, lun_raw) = (t.itt, t.lun_raw);
+            let (itt, lun_raw) = (t.itt(), t.lun_raw);
             let mut h = Bhs::new(op::R2T, F_FINAL);
             h.set_lun_raw(lun_raw);
             h.set_itt(itt);
@@ -577,19 +582,20 @@ impl Conn {
     fn submit(&mut self, core: &mut Core, me: HandlerRef, slot: usize) {
         if !self.fit_write(slot) {
             let t = self.tasks.get_mut(slot);
-            let (itt, res) = (t.itt, t.write_resid);
+            let (itt, res) = (t.itt(), t.write_resid);
             self.tasks.free(slot);
             self.send_scsi_response_resid(&ScsiResponse::good(itt), 0, res);
             core.want_flush(me);
             return;
         }
+        let handle = self.tasks.handle(slot);
         let t = self.tasks.get_mut(slot);
         t.submitted = true;
         let cmd = ScsiCommand {
             cdb: t.cdb,
             cdb_len: t.cdb_len,
             lun: t.lun,
-            task_tag: t.itt,
+            task_tag: handle,
             expected_len: t.edtl,
             dir: t.dir,
             data_out: t.data.take(),
@@ -617,10 +623,12 @@ impl Conn {
     /// Send every finished task's response.
     fn drain(&mut self, core: &mut Core, me: HandlerRef) {
         let mut any = false;
-        while let Some(r) = self.port.as_mut().and_then(|p| p.next_done()) {
+        while let Some(mut r) = self.port.as_mut().and_then(|p| p.next_done()) {
             any = true;
+            // The SCSI core echoes the slot's handle: the task, directly (none if it was aborted).
             let Some(slot) = self.tasks.find_submitted(r.task_tag) else { continue };
             let t = self.tasks.get_mut(slot);
+            r.task_tag = t.itt();
             let (edtl, dir, lun_raw, r2ts, wres) = (t.edtl, t.dir, t.lun_raw, t.r2t_sn, t.write_resid);
             if matches!(dir, DataDir::Read | DataDir::Both) {
                 // Its read data stays in the output queue until written: so do its bytes.
@@ -797,10 +805,15 @@ impl Conn {
             // ABORT TASK: a task that already completed is reported as not existing, which is
             // what initiators expect when the response crossed the request.
             1 => {
-                let task_lun = self.tasks.find(rtt).map(|s| self.tasks.get_mut(s).lun).unwrap_or(lun);
-                let in_scsi = self.port.as_mut().is_some_and(|p| p.abort_task(rtt));
-                let here = self.abort_where(|t| t.itt == rtt);
-                match (in_scsi, here > 0) {
+                let found = self.tasks.find(rtt);
+                let task_lun = found.map(|s| self.tasks.get_mut(s).lun).unwrap_or(lun);
+                let mut in_scsi = false;
+                if let Some(s) = found {
+                    let handle = self.tasks.handle(s);
+                    in_scsi = self.tasks.get_mut(s).submitted && self.port.as_mut().is_some_and(|p| p.abort_task(handle));
+                    self.tasks.free(s);
+                }
+                match (in_scsi, found.is_some()) {
                     (false, false) => (1, Vec::new()),
                     // Only gathering Data-Out: nothing of it reached the volume.
                     (false, true) => (0, Vec::new()),
@@ -892,7 +905,7 @@ impl Conn {
         for slot in self.tasks.active_slots() {
             let t = self.tasks.get_mut(slot);
             if !t.submitted && luns.contains(&t.lun) {
-                waiting.push((t.itt, t.r2t_sn));
+                waiting.push((t.itt(), t.r2t_sn));
                 self.tasks.free(slot);
             }
         }
@@ -989,8 +1002,9 @@ impl Conn {
         };
         if let Some(p) = self.port.as_mut() {
             for slot in self.tasks.active_slots() {
-                let itt = self.tasks.get_mut(slot).itt;
-                p.abort_task(itt);
+                if self.tasks.get_mut(slot).submitted {
+                    p.abort_task(self.tasks.handle(slot));
+                }
             }
         }
         self.abort_where(|_| true);
@@ -1056,15 +1070,17 @@ impl Conn {
         }
         let mut aborted = Vec::new();
         for slot in self.tasks.active_slots() {
+            let handle = self.tasks.handle(slot);
             let t = self.tasks.get_mut(slot);
             if luns.contains(&t.lun) {
-                aborted.push((t.itt, t.r2t_sn));
+                let handle = t.submitted.then_some(handle);
+                aborted.push((t.itt(), t.r2t_sn, handle));
                 self.tasks.free(slot);
             }
         }
-        for &(itt, r2ts) in &aborted {
-            if let Some(p) = self.port.as_mut() {
-                p.abort_task(itt);
+        for &(itt, r2ts, handle) in &aborted {
+            if let (Some(p), Some(handle)) = (self.port.as_mut(), handle) {
+                p.abort_task(handle);
             }
             self.send_scsi_response_resid(&ScsiResponse::status(itt, status::TASK_ABORTED), r2ts, None);
         }

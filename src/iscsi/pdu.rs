@@ -246,6 +246,42 @@ pub fn parse_frame(
     Ok(Some(frame))
 }
 
+/// Where one PDU's header lies at the start of `buf` and what follows it, before its data segment
+/// has arrived (the receive path lands Data-Out payloads straight in the task's buffer).
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub bhs: Bhs,
+    /// AHS byte range.
+    pub ahs: (usize, usize),
+    /// Where the data segment starts (after the header digest).
+    pub data_start: usize,
+    pub data_len: usize,
+    /// Padding plus data digest bytes after the data segment.
+    pub trailer: usize,
+}
+
+/// Frame one PDU's header (BHS, AHS, header digest checked). Ok(None): need more bytes.
+pub fn parse_header(buf: &[u8], hdgst: bool, ddgst: bool, max_data: usize) -> Result<Option<Header>, PduError> {
+    let Some(bhs) = Bhs::from_slice(buf) else { return Ok(None) };
+    let dlen = bhs.data_len();
+    if dlen > max_data {
+        return Err(PduError::TooLong(dlen, max_data));
+    }
+    let hdr_end = BHS_LEN + bhs.ahs_len();
+    let data_start = hdr_end + if hdgst { DIGEST_LEN } else { 0 };
+    if buf.len() < data_start {
+        return Ok(None);
+    }
+    if hdgst {
+        let got = u32::from_le_bytes(buf[hdr_end..data_start].try_into().unwrap_or([0; 4]));
+        if got != digest(&buf[..hdr_end]) {
+            return Err(PduError::HeaderDigest);
+        }
+    }
+    let trailer = pad4(dlen) - dlen + if ddgst && dlen > 0 { DIGEST_LEN } else { 0 };
+    Ok(Some(Header { bhs, ahs: (BHS_LEN, hdr_end), data_start, data_len: dlen, trailer }))
+}
+
 /// Append one PDU (header, optional AHS already inside `ahs`, data, padding, digests) to `out`.
 pub fn encode(out: &mut Vec<u8>, bhs: &Bhs, ahs: &[u8], data: &[u8], hdgst: bool, ddgst: bool) {
     let mut h = *bhs;

@@ -116,7 +116,16 @@ impl Task {
 
     /// Take one Data-Out PDU. Ok(true) when it closed a sequence (more R2Ts may go out).
     pub fn data_out(&mut self, ttt: u32, datasn: u32, offset: u32, data: &[u8], fin: bool) -> Result<bool, DataOutError> {
-        let n = data.len() as u32;
+        let done = self.accept(ttt, datasn, offset, data.len() as u32, fin)?;
+        self.copy_in(offset, data);
+        self.received += data.len() as u32;
+        Ok(done)
+    }
+
+    /// Check one Data-Out PDU's header against the task's sequences and advance them (DataSN,
+    /// offset), before its `n` payload bytes arrive; the caller lands them at `offset` of
+    /// [`Task::data`] and then counts them in `received`. Ok(true) when it closes a sequence.
+    pub fn accept(&mut self, ttt: u32, datasn: u32, offset: u32, n: u32, fin: bool) -> Result<bool, DataOutError> {
         let end = offset.checked_add(n).ok_or(DataOutError::Protocol("Data-Out offset overflows"))?;
         if end > self.edtl {
             return Err(DataOutError::Protocol("Data-Out beyond the expected data transfer length"));
@@ -131,7 +140,6 @@ impl Task {
             if offset != self.unsol_pos || end > self.unsol_end {
                 return Err(DataOutError::Protocol("unsolicited Data-Out at a wrong offset"));
             }
-            self.copy_in(offset, data);
             self.unsol_datasn += 1;
             self.unsol_pos = end;
             if fin {
@@ -153,7 +161,6 @@ impl Task {
         if offset != s.off + s.got || end > s.off + s.len {
             return Err(DataOutError::Protocol("Data-Out outside its R2T"));
         }
-        self.copy_in(offset, data);
         let s = &mut self.seqs[i];
         s.datasn += 1;
         s.got += n;
@@ -174,7 +181,6 @@ impl Task {
                 dst.copy_from_slice(data);
             }
         }
-        self.received += data.len() as u32;
     }
 
     pub fn set_unsolicited(&mut self, pos: u32) {
@@ -320,6 +326,21 @@ impl TaskTable {
     /// The active task with this tag, submitted or still gathering Data-Out.
     pub fn find(&self, itt: u32) -> Option<usize> {
         self.itts.get(itt).filter(|&s| self.slots[s].active)
+    }
+
+    /// Whether `slot` still holds the task `handle` named.
+    pub fn is_live(&self, slot: usize, handle: u32) -> bool {
+        self.slots.get(slot).is_some_and(|t| t.active && t.gen as u32 == handle >> 16)
+    }
+
+    /// `len` bytes at `off` of the data buffer of the task `handle` names, if it is still there
+    /// and the range lies in its buffer (a Data-Out payload lands here).
+    pub fn buffer_at(&mut self, slot: usize, handle: u32, off: usize, len: usize) -> Option<&mut [u8]> {
+        let t = self.slots.get_mut(slot)?;
+        if !t.active || t.gen as u32 != handle >> 16 {
+            return None;
+        }
+        t.data.as_mut()?.get_mut(off..off.checked_add(len)?)
     }
 
     /// The submitted task a SCSI response's tag ([`TaskTable::handle`]) names.

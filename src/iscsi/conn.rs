@@ -47,11 +47,10 @@ const MAX_PENDING_TMF: u32 = 8;
 /// Largest EDTL we buffer for a write (bigger commands get CHECK CONDITION).
 const MAX_WRITE_EDTL: u32 = 32 << 20;
 
-/// After a landing directly in the task's buffer, the next read takes only this much into the
-/// receive buffer (padding, digest and the next header), so that the next large payload is read
-/// in place too rather than pulled whole into the receive buffer and copied.
-const HEADER_PEEK: usize = 64;
-/// Payloads at least this long make the next read a header peek.
+/// After a large payload landed in the task's buffer, the next read takes only the rest of its PDU
+/// and the next basic header into the receive buffer, so that the next large payload is read in
+/// place too rather than pulled whole into the receive buffer and copied. Payloads at least this
+/// long make the next read such a peek.
 const PEEK_AFTER: usize = 16 << 10;
 
 /// The data segment of a SCSI Command (immediate data) or Data-Out PDU whose header was handled:
@@ -112,7 +111,7 @@ pub struct Conn {
     rx: RxBuf,
     /// A data segment being received in place.
     landing: Option<Landing>,
-    /// The next read is a header peek (see [`HEADER_PEEK`]).
+    /// The next read is a header peek (see [`PEEK_AFTER`]).
     peek: bool,
     out: OutQueue,
     read_blocked: bool,
@@ -270,7 +269,9 @@ impl Conn {
                 _ => &mut [],
             };
             let dlen = direct.len();
-            let rx_room = if self.peek || dlen >= PEEK_AFTER { spare.len().min(HEADER_PEEK) } else { spare.len() };
+            // A peek takes the rest of this PDU (padding, digest) and the next basic header.
+            let peek = self.landing.as_ref().map_or(0, |l| l.trailer - l.tgot) + pdu::BHS_LEN + if self.params.header_digest { 4 } else { 0 };
+            let rx_room = if self.peek || dlen >= PEEK_AFTER { spare.len().min(peek) } else { spare.len() };
             let got = if dlen > 0 {
                 let mut iov = [std::io::IoSliceMut::new(direct), std::io::IoSliceMut::new(&mut spare[..rx_room])];
                 self.sock.read_vectored(&mut iov)

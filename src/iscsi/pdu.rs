@@ -412,6 +412,29 @@ mod tests {
     }
 
     #[test]
+    fn header_alone_frames_before_its_data() {
+        let mut b = Bhs::new(op::DATA_OUT, F_FINAL);
+        b.set_itt(9);
+        let mut out = Vec::new();
+        encode(&mut out, &b, &[], b"hello", true, true);
+        // The header and its digest are enough; the data segment has not arrived.
+        let h = parse_header(&out[..52], true, true, 1 << 20).unwrap().unwrap();
+        assert_eq!((h.data_start, h.data_len, h.trailer, h.bhs.itt()), (52, 5, 3 + 4, 9));
+        assert_eq!(h.data_start + h.data_len + h.trailer, out.len());
+        assert!(parse_header(&out[..51], true, true, 1 << 20).unwrap().is_none());
+        let h = parse_header(&out[..48], false, false, 1 << 20).unwrap().unwrap();
+        assert_eq!((h.data_start, h.trailer), (48, 3));
+        let mut bad = out.clone();
+        bad[20] ^= 1;
+        assert_eq!(parse_header(&bad, true, true, 1 << 20).unwrap_err(), PduError::HeaderDigest);
+        assert_eq!(parse_header(&out, true, true, 4).unwrap_err(), PduError::TooLong(5, 4));
+        // No data: no padding and no data digest.
+        let mut out = Vec::new();
+        encode(&mut out, &b, &[], &[], false, true);
+        assert_eq!(parse_header(&out, false, true, 1 << 20).unwrap().unwrap().trailer, 0);
+    }
+
+    #[test]
     fn split_encoding_matches_encode() {
         for (len, hd, dd) in [(5usize, true, true), (8, false, true), (4097, true, false), (0, true, true)] {
             let data: Vec<u8> = (0..len).map(|i| i as u8).collect();

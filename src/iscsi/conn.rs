@@ -22,6 +22,7 @@ use super::tasks::{DataOutError, Task, TaskTable};
 use super::tmf;
 use crate::reactor::budget::ConnBudget;
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
+use crate::scsi::cdb::Residual;
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
 use crate::reservation::Nexus;
 use crate::scsi::pr::PreemptAbort;
@@ -46,6 +47,45 @@ const MAX_PENDING_TMF: u32 = 8;
 /// Largest EDTL we buffer for a write (bigger commands get CHECK CONDITION).
 const MAX_WRITE_EDTL: u32 = 32 << 20;
 
+/// After a large payload landed in the task's buffer, the next read takes only the rest of its PDU
+/// and the next basic header into the receive buffer, so that the next large payload is read in
+/// place too rather than pulled whole into the receive buffer and copied. Payloads at least this
+/// long make the next read such a peek.
+const PEEK_AFTER: usize = 16 << 10;
+
+/// The data segment of a SCSI Command (immediate data) or Data-Out PDU whose header was handled:
+/// its bytes land at `off` of the task's buffer as they arrive (from the receive buffer for what
+/// one read already pulled in, straight from the socket for the rest); the digest is computed
+/// over them as they land; the padding and digest follow.
+struct Landing {
+    /// None: the bytes are dropped (a refused command, Data-Out for a task no longer here).
+    dest: Option<Dest>,
+    len: usize,
+    got: usize,
+    /// Padding plus data digest bytes, gathered in `tail`.
+    trailer: usize,
+    tgot: usize,
+    tail: [u8; 8],
+    crc: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Dest {
+    slot: usize,
+    /// The slot's handle when the header was taken: a task freed meanwhile (aborted) gets nothing.
+    handle: u32,
+    off: usize,
+    after: After,
+}
+
+#[derive(Clone, Copy)]
+enum After {
+    /// Immediate data of a write command.
+    Command,
+    /// A Data-Out PDU; whether it closed a sequence.
+    DataOut { seq_done: bool },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Login,
@@ -69,6 +109,10 @@ pub struct Conn {
     target_name: String,
     initiator_name: String,
     rx: RxBuf,
+    /// A data segment being received in place.
+    landing: Option<Landing>,
+    /// The next read is a header peek (see [`PEEK_AFTER`]).
+    peek: bool,
     out: OutQueue,
     read_blocked: bool,
     stat_sn: u32,
@@ -134,6 +178,8 @@ impl Conn {
             target_name: String::new(),
             initiator_name: String::new(),
             rx: RxBuf::new(LOGIN_RX_CAP),
+            landing: None,
+            peek: false,
             out: OutQueue::with_capacity(512 * 1024),
             read_blocked: false,
             stat_sn: 1,
@@ -213,10 +259,34 @@ impl Conn {
                 let why = if self.rx.is_mapped() { "PDU larger than the receive buffer" } else { "cannot map a receive buffer" };
                 return self.fatal(core, me, why);
             }
-            match self.sock.read(spare) {
+            // A payload being landed goes straight into the task's buffer; what follows it into
+            // the receive buffer, in the same call.
+            let direct: &mut [u8] = match self.landing.as_ref() {
+                Some(l) if l.got < l.len => match l.dest {
+                    Some(d) => self.tasks.buffer_at(d.slot, d.handle, d.off + l.got, l.len - l.got).unwrap_or(&mut []),
+                    None => &mut [],
+                },
+                _ => &mut [],
+            };
+            let dlen = direct.len();
+            // A peek takes the rest of this PDU (padding, digest) and the next basic header.
+            let peek = self.landing.as_ref().map_or(0, |l| l.trailer - l.tgot) + pdu::BHS_LEN + if self.params.header_digest { 4 } else { 0 };
+            let rx_room = if self.peek || dlen >= PEEK_AFTER { spare.len().min(peek) } else { spare.len() };
+            let got = if dlen > 0 {
+                let mut iov = [std::io::IoSliceMut::new(direct), std::io::IoSliceMut::new(&mut spare[..rx_room])];
+                self.sock.read_vectored(&mut iov)
+            } else {
+                self.sock.read(&mut spare[..rx_room])
+            };
+            match got {
                 Ok(0) => return self.fatal(core, me, "peer closed"),
                 Ok(n) => {
-                    self.rx.filled(n);
+                    let landed = n.min(dlen);
+                    self.peek = false;
+                    if landed > 0 {
+                        self.landed_direct(landed);
+                    }
+                    self.rx.filled(n - landed);
                     self.last_rx = core.now;
                     self.process(core, me);
                 }
@@ -230,8 +300,34 @@ impl Conn {
     fn process(&mut self, core: &mut Core, me: HandlerRef) {
         let mut rx = std::mem::take(&mut self.rx);
         while self.phase != Phase::Closing {
+            if self.landing.is_some() {
+                if !self.land_from(core, me, &mut rx) {
+                    break;
+                }
+                continue;
+            }
             let (hd, dd) = hd_dd(&self.params);
             let buf = rx.data();
+            if self.phase == Phase::FullFeature && buf.len() >= pdu::BHS_LEN && matches!(buf[0] & 0x3f, op::SCSI_CMD | op::DATA_OUT) {
+                // Header first; the data segment is landed in place after it.
+                let hdr = match pdu::parse_header(buf, hd, dd, self.params.max_recv_dsl as usize) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fatal(core, me, &e.to_string());
+                        break;
+                    }
+                };
+                let ahs = &buf[hdr.ahs.0..hdr.ahs.1];
+                let dest = if hdr.bhs.opcode() == op::SCSI_CMD {
+                    self.on_scsi_cmd(core, me, &hdr.bhs, ahs, hdr.data_len)
+                } else {
+                    self.on_data_out(core, me, &hdr.bhs, hdr.data_len)
+                };
+                rx.consume(hdr.data_start);
+                self.landing = Some(Landing { dest, len: hdr.data_len, got: 0, trailer: hdr.trailer, tgot: 0, tail: [0; 8], crc: 0 });
+                continue;
+            }
             let frame = match pdu::parse_frame(buf, hd, dd, self.params.max_recv_dsl as usize) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -251,7 +347,7 @@ impl Conn {
         }
     }
 
-    fn dispatch(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], data: &[u8]) {
+    fn dispatch(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, _ahs: &[u8], data: &[u8]) {
         if self.phase == Phase::Login {
             if h.opcode() != op::LOGIN_REQ {
                 return self.fatal(core, me, "non-login PDU before login completed");
@@ -259,8 +355,7 @@ impl Conn {
             return self.on_login(core, me, h, data);
         }
         match h.opcode() {
-            op::SCSI_CMD => self.on_scsi_cmd(core, me, h, ahs, data),
-            op::DATA_OUT => self.on_data_out(core, me, h, data),
+            // SCSI Command and Data-Out are taken header first by `process`.
             op::NOP_OUT => self.on_nop_out(h, data),
             op::TMF_REQ => self.on_tmf(core, me, h),
             op::TEXT_REQ => self.on_text(h, data),
@@ -268,6 +363,95 @@ impl Conn {
             op::LOGIN_REQ => self.reject(h, reject::PROTOCOL_ERROR),
             op::SNACK => self.reject(h, reject::CMD_NOT_SUPPORTED),
             _ => self.reject(h, reject::CMD_NOT_SUPPORTED),
+        }
+    }
+
+    /// `n` payload bytes were read straight into the landing's place.
+    fn landed_direct(&mut self, n: usize) {
+        let Some(l) = self.landing.as_mut() else { return };
+        if self.params.data_digest {
+            if let Some(d) = l.dest {
+                if let Some(b) = self.tasks.buffer_at(d.slot, d.handle, d.off + l.got, n) {
+                    l.crc = crc32c::crc32c_append(l.crc, b);
+                }
+            }
+        }
+        l.got += n;
+    }
+
+    /// Land what the receive buffer holds of the current data segment. True when the whole
+    /// PDU (payload, padding, digest) is in and was handled.
+    fn land_from(&mut self, core: &mut Core, me: HandlerRef, rx: &mut RxBuf) -> bool {
+        let Some(l) = self.landing.as_mut() else { return true };
+        if l.got < l.len {
+            let n = (l.len - l.got).min(rx.len());
+            let bytes = &rx.data()[..n];
+            if let Some(d) = l.dest {
+                // Only this part is copied: one read pulled it in with the header.
+                if let Some(b) = self.tasks.buffer_at(d.slot, d.handle, d.off + l.got, n) {
+                    b.copy_from_slice(bytes);
+                }
+            }
+            if self.params.data_digest {
+                l.crc = crc32c::crc32c_append(l.crc, bytes);
+            }
+            l.got += n;
+            rx.consume(n);
+        }
+        if l.got == l.len && l.tgot < l.trailer {
+            let n = (l.trailer - l.tgot).min(rx.len());
+            l.tail[l.tgot..l.tgot + n].copy_from_slice(&rx.data()[..n]);
+            l.tgot += n;
+            rx.consume(n);
+        }
+        if l.got < l.len || l.tgot < l.trailer {
+            return false;
+        }
+        let l = self.landing.take().expect("checked");
+        // After a large payload, expect another: read its header alone so its payload lands in place.
+        self.peek = l.len >= PEEK_AFTER;
+        if self.params.data_digest && l.len > 0 {
+            let pad = pdu::pad4(l.len) - l.len;
+            let crc = crc32c::crc32c_append(l.crc, &l.tail[..pad]);
+            let got = u32::from_le_bytes(l.tail[pad..pad + 4].try_into().unwrap_or([0; 4]));
+            if crc != got {
+                self.fatal(core, me, "data digest mismatch");
+                return true;
+            }
+        }
+        if let Some(d) = l.dest {
+            if self.tasks.find_submitted(d.handle).is_none() && self.tasks.is_live(d.slot, d.handle) {
+                self.data_landed(core, me, d, l.len as u32);
+            }
+        }
+        true
+    }
+
+    /// A task's data segment is in its buffer: count it and move the task on.
+    fn data_landed(&mut self, core: &mut Core, me: HandlerRef, d: Dest, n: u32) {
+        let slot = d.slot;
+        let t = self.tasks.get_mut(slot);
+        t.received += n;
+        if t.parked {
+            return; // `unpark` sends its R2Ts or submits it
+        }
+        match d.after {
+            After::Command => {
+                if t.received < t.edtl {
+                    self.send_r2ts(slot);
+                    return;
+                }
+                self.submit(core, me, slot);
+            }
+            After::DataOut { seq_done } => {
+                let complete = t.received >= t.edtl && !t.unsol_open && t.outstanding() == 0;
+                if seq_done {
+                    self.send_r2ts(slot);
+                }
+                if complete {
+                    self.submit(core, me, slot);
+                }
+            }
         }
     }
 
@@ -404,12 +588,15 @@ impl Conn {
 
     // ---- SCSI commands ----------------------------------------------------------------------
 
-    fn on_scsi_cmd(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], data: &[u8]) {
+    /// A SCSI Command PDU's header; its `dlen` bytes of immediate data follow. Returns where they
+    /// land (None: dropped, the command was answered or refused).
+    fn on_scsi_cmd(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], dlen: usize) -> Option<Dest> {
         if self.session_type == SessionType::Discovery {
-            return self.reject(h, reject::PROTOCOL_ERROR);
+            self.reject(h, reject::PROTOCOL_ERROR);
+            return None;
         }
         if !self.accept_cmd_sn(h) {
-            return;
+            return None;
         }
         let flags = h.flags();
         let itt = h.itt();
@@ -437,17 +624,25 @@ impl Conn {
             cdb_len += extra as u8;
         }
         let writes = matches!(dir, DataDir::Write | DataDir::Both);
-        if !data.is_empty() && (!writes || !self.params.immediate_data || data.len() as u32 > edtl.min(self.params.first_burst)) {
-            return self.reject(h, reject::PROTOCOL_ERROR);
+        if dlen > 0 && (!writes || !self.params.immediate_data || dlen as u32 > edtl.min(self.params.first_burst)) {
+            self.reject(h, reject::PROTOCOL_ERROR);
+            return None;
         }
         let lun_raw = h.lun_raw();
-        tracing::trace!(conn = self.id, itt, edtl, flags, imm = data.len(), cdb0 = cdb[0], "iscsi: SCSI command");
+        tracing::trace!(conn = self.id, itt, edtl, flags, imm = dlen, cdb0 = cdb[0], "iscsi: SCSI command");
         let Some(slot) = self.tasks.alloc() else {
             let r = ScsiResponse::status(itt, status::TASK_SET_FULL);
-            return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
+            self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
+            return None;
         };
+        if self.tasks.bind(slot, itt).is_err() {
+            // An active task has this tag (RFC 7143 §11.2.1.8: unique in the session), or it is
+            // the reserved one.
+            self.tasks.free(slot);
+            self.reject(h, reject::PROTOCOL_ERROR);
+            return None;
+        }
         let t = self.tasks.get_mut(slot);
-        t.itt = itt;
         t.lun_raw = lun_raw;
         t.lun = decode_lun(lun_raw);
         t.cdb = cdb;
@@ -460,34 +655,41 @@ impl Conn {
             if edtl > MAX_WRITE_EDTL {
                 self.tasks.free(slot);
                 let r = ScsiResponse::check(itt, crate::scsi::Sense::new(crate::scsi::sense_key::ILLEGAL_REQUEST, 0x55, 0x00));
-                return self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
+                self.send_scsi_response(&r, edtl, 0, 0, lun_raw);
+                return None;
             }
+            let imm = dlen as u32;
             // Unsolicited Data-Out follows (up to FirstBurstLength) when F is clear.
-            let unsol_end = if flags & F_FINAL == 0 && !self.params.initial_r2t { edtl.min(self.params.first_burst) } else { data.len() as u32 };
+            let unsol_end = if flags & F_FINAL == 0 && !self.params.initial_r2t { edtl.min(self.params.first_burst) } else { imm };
             // Without budget the write waits; meanwhile only its unsolicited data, which the
             // negotiated FirstBurstLength bounds, is kept.
             let admitted = self.tasks.admit(slot, edtl);
             // Every byte is written before use: Data-Out offsets are checked to tile [0, EDTL) exactly.
-            let mut buf = IoBuf::for_overwrite(if admitted { edtl } else { unsol_end } as usize);
-            buf[..data.len()].copy_from_slice(data);
+            let buf = IoBuf::for_overwrite(if admitted { edtl } else { unsol_end } as usize);
+            let handle = self.tasks.handle(slot);
             let t = self.tasks.get_mut(slot);
             t.data = Some(buf);
-            t.received = data.len() as u32;
+            // The immediate data is counted once it has landed (`data_landed`).
+            t.received = 0;
             t.unsol_end = unsol_end;
-            t.unsol_open = unsol_end > t.received;
-            t.set_unsolicited(data.len() as u32);
+            t.unsol_open = unsol_end > imm;
+            t.set_unsolicited(imm);
             t.r2t_next = unsol_end;
+            if imm > 0 {
+                return Some(Dest { slot, handle, off: 0, after: After::Command });
+            }
             if !admitted {
-                return;
+                return None;
             }
             if t.received < edtl {
                 self.send_r2ts(slot);
-                return;
+                return None;
             }
         } else if matches!(dir, DataDir::Read) && edtl > 0 && !self.tasks.admit(slot, edtl) {
-            return; // waits for the bytes its read data will hold until sent
+            return None; // waits for the bytes its read data will hold until sent
         }
         self.submit(core, me, slot);
+        None
     }
 
     /// Start parked tasks, oldest first, while the budget lets them.
@@ -526,7 +728,7 @@ impl Conn {
             t.r2t_next += len;
             let r2t_sn = t.r2t_sn;
             t.r2t_sn += 1;
-            let (itt, lun_raw) = (t.itt, t.lun_raw);
+            let (itt, lun_raw) = (t.itt(), t.lun_raw);
             let mut h = Bhs::new(op::R2T, F_FINAL);
             h.set_lun_raw(lun_raw);
             h.set_itt(itt);
@@ -540,27 +742,20 @@ impl Conn {
         }
     }
 
-    fn on_data_out(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, data: &[u8]) {
+    /// A Data-Out PDU's header: checked against its task's sequences before its `dlen` bytes
+    /// arrive; returns where they land (None: dropped).
+    fn on_data_out(&mut self, _core: &mut Core, _me: HandlerRef, h: &Bhs, dlen: usize) -> Option<Dest> {
         let ttt = h.u32_at(at::W20);
         let itt = h.itt();
         let slot = if ttt == RESERVED_TAG { self.tasks.find_unsolicited(itt) } else { self.tasks.find_ttt(ttt, itt) };
-        tracing::trace!(conn = self.id, itt, ttt, datasn = h.u32_at(at::W36), offset = h.u32_at(at::W40), len = data.len(), fin = h.final_bit(), found = slot.is_some(), "iscsi: Data-Out");
-        let Some(slot) = slot else {
-            // Data for a task we no longer have (aborted, or refused): drop it.
-            return;
-        };
+        tracing::trace!(conn = self.id, itt, ttt, datasn = h.u32_at(at::W36), offset = h.u32_at(at::W40), len = dlen, fin = h.final_bit(), found = slot.is_some(), "iscsi: Data-Out");
+        // Data for a task we no longer have (aborted, or refused) is dropped.
+        let slot = slot?;
+        let handle = self.tasks.handle(slot);
+        let offset = h.u32_at(at::W40);
         let t = self.tasks.get_mut(slot);
-        match t.data_out(ttt, h.u32_at(at::W36), h.u32_at(at::W40), data, h.final_bit()) {
-            Ok(_) if t.parked => {} // `unpark` sends its R2Ts or submits it
-            Ok(seq_done) => {
-                let complete = t.received >= t.edtl && !t.unsol_open && t.outstanding() == 0;
-                if seq_done {
-                    self.send_r2ts(slot);
-                }
-                if complete {
-                    self.submit(core, me, slot);
-                }
-            }
+        match t.accept(ttt, h.u32_at(at::W36), offset, dlen as u32, h.final_bit()) {
+            Ok(seq_done) => Some(Dest { slot, handle, off: offset as usize, after: After::DataOut { seq_done } }),
             Err(DataOutError::Protocol(why)) => {
                 // Reject the PDU and keep the connection: the command stays incomplete until the
                 // initiator aborts it or logs out (dropping the connection would let initiators
@@ -569,6 +764,7 @@ impl Conn {
                 // The initiator fails the command on the Reject; forget it here too.
                 self.tasks.free(slot);
                 self.reject(h, reject::PROTOCOL_ERROR);
+                None
             }
         }
     }
@@ -576,19 +772,20 @@ impl Conn {
     fn submit(&mut self, core: &mut Core, me: HandlerRef, slot: usize) {
         if !self.fit_write(slot) {
             let t = self.tasks.get_mut(slot);
-            let (itt, res) = (t.itt, t.write_resid);
+            let (itt, res) = (t.itt(), t.write_resid);
             self.tasks.free(slot);
             self.send_scsi_response_resid(&ScsiResponse::good(itt), 0, res);
             core.want_flush(me);
             return;
         }
+        let handle = self.tasks.handle(slot);
         let t = self.tasks.get_mut(slot);
         t.submitted = true;
         let cmd = ScsiCommand {
             cdb: t.cdb,
             cdb_len: t.cdb_len,
             lun: t.lun,
-            task_tag: t.itt,
+            task_tag: handle,
             expected_len: t.edtl,
             dir: t.dir,
             data_out: t.data.take(),
@@ -599,47 +796,29 @@ impl Conn {
         self.drain(core, me);
     }
 
-    /// For WRITE and WRITE AND VERIFY, compare the CDB's transfer length with EDTL (RFC 7143
-    /// §11.4.5.1) and record the residual. When EDTL is shorter than the CDB asks for (overflow),
-    /// only the whole blocks that EDTL covers are written: the CDB is cut down to them, so no
-    /// block beyond what the initiator meant to send is touched. Returns false when nothing is
-    /// left to write (the caller answers GOOD with the residual at once).
+    /// The SCSI core decides what the CDB means for the Data-Out gathered (residual against
+    /// EDTL, overflow cut to whole blocks). False when nothing is left to write (the caller
+    /// answers GOOD with the residual at once).
     fn fit_write(&mut self, slot: usize) -> bool {
+        let Some(port) = self.port.as_ref() else { return true };
         let t = self.tasks.get_mut(slot);
-        if !matches!(t.cdb[0], 0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e) {
-            return true;
-        }
-        let Ok(b) = crate::scsi::cdb::decode_block(&t.cdb) else { return true };
-        let Some(bs) = self.port.as_ref().and_then(|p| p.luns.get(t.lun)).map(|l| l.volume.block_size() as u64) else { return true };
-        let needed = b.blocks as u64 * bs;
-        if needed == t.edtl as u64 {
-            return true;
-        }
-        if needed < t.edtl as u64 {
-            t.write_resid = Some((true, t.edtl - needed as u32));
-            return true;
-        }
-        t.write_resid = Some((false, (needed - t.edtl as u64).min(u32::MAX as u64) as u32));
-        let blocks = (t.edtl as u64 / bs) as u32;
-        if blocks == 0 {
-            return false;
-        }
-        match t.cdb[0] {
-            0x0a => t.cdb[4] = blocks as u8,
-            0x2a | 0x2e => t.cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
-            0xaa | 0xae => t.cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
-            _ => t.cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
-        }
-        true
+        let fit = port.fit_data_out(t.lun, &mut t.cdb, t.edtl);
+        t.write_resid = fit.resid.map(|r| match r {
+            Residual::Under(n) => (true, n),
+            Residual::Over(n) => (false, n),
+        });
+        fit.run
     }
 
     /// Send every finished task's response.
     fn drain(&mut self, core: &mut Core, me: HandlerRef) {
         let mut any = false;
-        while let Some(r) = self.port.as_mut().and_then(|p| p.next_done()) {
+        while let Some(mut r) = self.port.as_mut().and_then(|p| p.next_done()) {
             any = true;
+            // The SCSI core echoes the slot's handle: the task, directly (none if it was aborted).
             let Some(slot) = self.tasks.find_submitted(r.task_tag) else { continue };
             let t = self.tasks.get_mut(slot);
+            r.task_tag = t.itt();
             let (edtl, dir, lun_raw, r2ts, wres) = (t.edtl, t.dir, t.lun_raw, t.r2t_sn, t.write_resid);
             if matches!(dir, DataDir::Read | DataDir::Both) {
                 // Its read data stays in the output queue until written: so do its bytes.
@@ -816,10 +995,15 @@ impl Conn {
             // ABORT TASK: a task that already completed is reported as not existing, which is
             // what initiators expect when the response crossed the request.
             1 => {
-                let task_lun = self.tasks.find(rtt).map(|s| self.tasks.get_mut(s).lun).unwrap_or(lun);
-                let in_scsi = self.port.as_mut().is_some_and(|p| p.abort_task(rtt));
-                let here = self.abort_where(|t| t.itt == rtt);
-                match (in_scsi, here > 0) {
+                let found = self.tasks.find(rtt);
+                let task_lun = found.map(|s| self.tasks.get_mut(s).lun).unwrap_or(lun);
+                let mut in_scsi = false;
+                if let Some(s) = found {
+                    let handle = self.tasks.handle(s);
+                    in_scsi = self.tasks.get_mut(s).submitted && self.port.as_mut().is_some_and(|p| p.abort_task(handle));
+                    self.tasks.free(s);
+                }
+                match (in_scsi, found.is_some()) {
                     (false, false) => (1, Vec::new()),
                     // Only gathering Data-Out: nothing of it reached the volume.
                     (false, true) => (0, Vec::new()),
@@ -911,7 +1095,7 @@ impl Conn {
         for slot in self.tasks.active_slots() {
             let t = self.tasks.get_mut(slot);
             if !t.submitted && luns.contains(&t.lun) {
-                waiting.push((t.itt, t.r2t_sn));
+                waiting.push((t.itt(), t.r2t_sn));
                 self.tasks.free(slot);
             }
         }
@@ -1008,8 +1192,9 @@ impl Conn {
         };
         if let Some(p) = self.port.as_mut() {
             for slot in self.tasks.active_slots() {
-                let itt = self.tasks.get_mut(slot).itt;
-                p.abort_task(itt);
+                if self.tasks.get_mut(slot).submitted {
+                    p.abort_task(self.tasks.handle(slot));
+                }
             }
         }
         self.abort_where(|_| true);
@@ -1075,15 +1260,17 @@ impl Conn {
         }
         let mut aborted = Vec::new();
         for slot in self.tasks.active_slots() {
+            let handle = self.tasks.handle(slot);
             let t = self.tasks.get_mut(slot);
             if luns.contains(&t.lun) {
-                aborted.push((t.itt, t.r2t_sn));
+                let handle = t.submitted.then_some(handle);
+                aborted.push((t.itt(), t.r2t_sn, handle));
                 self.tasks.free(slot);
             }
         }
-        for &(itt, r2ts) in &aborted {
-            if let Some(p) = self.port.as_mut() {
-                p.abort_task(itt);
+        for &(itt, r2ts, handle) in &aborted {
+            if let (Some(p), Some(handle)) = (self.port.as_mut(), handle) {
+                p.abort_task(handle);
             }
             self.send_scsi_response_resid(&ScsiResponse::status(itt, status::TASK_ABORTED), r2ts, None);
         }

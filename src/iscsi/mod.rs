@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod initiator;
+pub mod itt;
 pub mod listener;
 pub mod login;
 pub mod outq;

@@ -246,6 +246,42 @@ pub fn parse_frame(
     Ok(Some(frame))
 }
 
+/// Where one PDU's header lies at the start of `buf` and what follows it, before its data segment
+/// has arrived (the receive path lands Data-Out payloads straight in the task's buffer).
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub bhs: Bhs,
+    /// AHS byte range.
+    pub ahs: (usize, usize),
+    /// Where the data segment starts (after the header digest).
+    pub data_start: usize,
+    pub data_len: usize,
+    /// Padding plus data digest bytes after the data segment.
+    pub trailer: usize,
+}
+
+/// Frame one PDU's header (BHS, AHS, header digest checked). Ok(None): need more bytes.
+pub fn parse_header(buf: &[u8], hdgst: bool, ddgst: bool, max_data: usize) -> Result<Option<Header>, PduError> {
+    let Some(bhs) = Bhs::from_slice(buf) else { return Ok(None) };
+    let dlen = bhs.data_len();
+    if dlen > max_data {
+        return Err(PduError::TooLong(dlen, max_data));
+    }
+    let hdr_end = BHS_LEN + bhs.ahs_len();
+    let data_start = hdr_end + if hdgst { DIGEST_LEN } else { 0 };
+    if buf.len() < data_start {
+        return Ok(None);
+    }
+    if hdgst {
+        let got = u32::from_le_bytes(buf[hdr_end..data_start].try_into().unwrap_or([0; 4]));
+        if got != digest(&buf[..hdr_end]) {
+            return Err(PduError::HeaderDigest);
+        }
+    }
+    let trailer = pad4(dlen) - dlen + if ddgst && dlen > 0 { DIGEST_LEN } else { 0 };
+    Ok(Some(Header { bhs, ahs: (BHS_LEN, hdr_end), data_start, data_len: dlen, trailer }))
+}
+
 /// Append one PDU (header, optional AHS already inside `ahs`, data, padding, digests) to `out`.
 pub fn encode(out: &mut Vec<u8>, bhs: &Bhs, ahs: &[u8], data: &[u8], hdgst: bool, ddgst: bool) {
     let mut h = *bhs;
@@ -373,6 +409,29 @@ mod tests {
         assert_eq!(e.0, PduError::DataDigest);
         assert_eq!(e.1.unwrap().total, out.len());
         assert!(matches!(parse_frame(&out, false, false, 2), Err((PduError::TooLong(5, 2), None))));
+    }
+
+    #[test]
+    fn header_alone_frames_before_its_data() {
+        let mut b = Bhs::new(op::DATA_OUT, F_FINAL);
+        b.set_itt(9);
+        let mut out = Vec::new();
+        encode(&mut out, &b, &[], b"hello", true, true);
+        // The header and its digest are enough; the data segment has not arrived.
+        let h = parse_header(&out[..52], true, true, 1 << 20).unwrap().unwrap();
+        assert_eq!((h.data_start, h.data_len, h.trailer, h.bhs.itt()), (52, 5, 3 + 4, 9));
+        assert_eq!(h.data_start + h.data_len + h.trailer, out.len());
+        assert!(parse_header(&out[..51], true, true, 1 << 20).unwrap().is_none());
+        let h = parse_header(&out[..48], false, false, 1 << 20).unwrap().unwrap();
+        assert_eq!((h.data_start, h.trailer), (48, 3));
+        let mut bad = out.clone();
+        bad[20] ^= 1;
+        assert_eq!(parse_header(&bad, true, true, 1 << 20).unwrap_err(), PduError::HeaderDigest);
+        assert_eq!(parse_header(&out, true, true, 4).unwrap_err(), PduError::TooLong(5, 4));
+        // No data: no padding and no data digest.
+        let mut out = Vec::new();
+        encode(&mut out, &b, &[], &[], false, true);
+        assert_eq!(parse_header(&out, false, true, 1 << 20).unwrap().unwrap().trailer, 0);
     }
 
     #[test]

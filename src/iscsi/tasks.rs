@@ -1,10 +1,12 @@
 //! Per-connection task slots: preallocated at login, reused for every command (no allocation on
 //! the I/O path). A slot tracks one command from its SCSI Command PDU through Data-Out gathering
 //! (immediate, unsolicited and R2T-solicited sequences with DataSN and offset checks) to its
-//! response.
+//! response. Tasks are found in O(1): by ITT through [`IttMap`], by TTT and by the tag the SCSI
+//! core echoes (both carry the slot and its generation).
 
 use std::collections::VecDeque;
 
+use super::itt::{IttError, IttMap};
 use crate::reactor::budget::ConnBudget;
 use crate::reactor::IoBuf;
 use crate::scsi::{DataDir, TaskAttr};
@@ -25,7 +27,9 @@ struct Seq {
 pub struct Task {
     active: bool,
     gen: u16,
-    pub itt: u32,
+    /// `itt` is in the table's ITT map.
+    bound: bool,
+    itt: u32,
     pub lun_raw: [u8; 8],
     pub lun: u64,
     pub cdb: [u8; 32],
@@ -62,6 +66,7 @@ impl Task {
         Task {
             active: false,
             gen: 0,
+            bound: false,
             itt: 0,
             lun_raw: [0; 8],
             lun: 0,
@@ -93,6 +98,10 @@ impl Task {
         self.gen = gen;
     }
 
+    pub fn itt(&self) -> u32 {
+        self.itt
+    }
+
     pub fn outstanding(&self) -> usize {
         self.seqs.iter().filter(|s| s.open).count()
     }
@@ -107,7 +116,16 @@ impl Task {
 
     /// Take one Data-Out PDU. Ok(true) when it closed a sequence (more R2Ts may go out).
     pub fn data_out(&mut self, ttt: u32, datasn: u32, offset: u32, data: &[u8], fin: bool) -> Result<bool, DataOutError> {
-        let n = data.len() as u32;
+        let done = self.accept(ttt, datasn, offset, data.len() as u32, fin)?;
+        self.copy_in(offset, data);
+        self.received += data.len() as u32;
+        Ok(done)
+    }
+
+    /// Check one Data-Out PDU's header against the task's sequences and advance them (DataSN,
+    /// offset), before its `n` payload bytes arrive; the caller lands them at `offset` of
+    /// [`Task::data`] and then counts them in `received`. Ok(true) when it closes a sequence.
+    pub fn accept(&mut self, ttt: u32, datasn: u32, offset: u32, n: u32, fin: bool) -> Result<bool, DataOutError> {
         let end = offset.checked_add(n).ok_or(DataOutError::Protocol("Data-Out offset overflows"))?;
         if end > self.edtl {
             return Err(DataOutError::Protocol("Data-Out beyond the expected data transfer length"));
@@ -122,7 +140,6 @@ impl Task {
             if offset != self.unsol_pos || end > self.unsol_end {
                 return Err(DataOutError::Protocol("unsolicited Data-Out at a wrong offset"));
             }
-            self.copy_in(offset, data);
             self.unsol_datasn += 1;
             self.unsol_pos = end;
             if fin {
@@ -144,7 +161,6 @@ impl Task {
         if offset != s.off + s.got || end > s.off + s.len {
             return Err(DataOutError::Protocol("Data-Out outside its R2T"));
         }
-        self.copy_in(offset, data);
         let s = &mut self.seqs[i];
         s.datasn += 1;
         s.got += n;
@@ -165,7 +181,6 @@ impl Task {
                 dst.copy_from_slice(data);
             }
         }
-        self.received += data.len() as u32;
     }
 
     pub fn set_unsolicited(&mut self, pos: u32) {
@@ -177,6 +192,7 @@ pub struct TaskTable {
     slots: Vec<Task>,
     free: Vec<usize>,
     gen: u16,
+    itts: IttMap,
     /// The connection's data-buffer budget (None: unlimited, for tests and discovery).
     budget: Option<ConnBudget>,
     /// Tasks waiting for budget, in arrival order (they get it in that order).
@@ -185,7 +201,7 @@ pub struct TaskTable {
 
 impl TaskTable {
     pub fn new(n: usize) -> TaskTable {
-        TaskTable { slots: (0..n).map(|_| Task::empty()).collect(), free: (0..n).rev().collect(), gen: 0, budget: None, parked: VecDeque::with_capacity(n) }
+        TaskTable { slots: (0..n).map(|_| Task::empty()).collect(), free: (0..n).rev().collect(), gen: 0, itts: IttMap::with_slots(n), budget: None, parked: VecDeque::with_capacity(n) }
     }
 
     pub fn with_budget(n: usize, budget: ConnBudget) -> TaskTable {
@@ -264,6 +280,9 @@ impl TaskTable {
             return;
         }
         let (reserved, parked) = (t.reserved, t.parked);
+        if t.bound {
+            self.itts.remove(t.itt, slot);
+        }
         t.reset();
         self.free.push(slot);
         if parked {
@@ -276,8 +295,26 @@ impl TaskTable {
         &mut self.slots[slot]
     }
 
+    /// Give an allocated slot its initiator task tag; refused if another active task has it.
+    pub fn bind(&mut self, slot: usize, itt: u32) -> Result<(), IttError> {
+        self.itts.insert(itt, slot)?;
+        let t = &mut self.slots[slot];
+        t.itt = itt;
+        t.bound = true;
+        Ok(())
+    }
+
+    /// The tag the SCSI core gets for this slot's command and echoes in its response: the slot
+    /// and its generation, so the response finds its task directly and a late one (the slot
+    /// reused since) finds nothing.
+    pub fn handle(&self, slot: usize) -> u32 {
+        ((self.slots[slot].gen as u32) << 16) | slot as u32
+    }
+
     pub fn find_unsolicited(&self, itt: u32) -> Option<usize> {
-        self.slots.iter().position(|t| t.active && !t.submitted && t.itt == itt && t.unsol_open)
+        let slot = self.itts.get(itt)?;
+        let t = &self.slots[slot];
+        (t.active && !t.submitted && t.unsol_open).then_some(slot)
     }
 
     pub fn find_ttt(&self, ttt: u32, itt: u32) -> Option<usize> {
@@ -288,11 +325,29 @@ impl TaskTable {
 
     /// The active task with this tag, submitted or still gathering Data-Out.
     pub fn find(&self, itt: u32) -> Option<usize> {
-        self.slots.iter().position(|t| t.active && t.itt == itt)
+        self.itts.get(itt).filter(|&s| self.slots[s].active)
     }
 
-    pub fn find_submitted(&self, itt: u32) -> Option<usize> {
-        self.slots.iter().position(|t| t.active && t.submitted && t.itt == itt)
+    /// Whether `slot` still holds the task `handle` named.
+    pub fn is_live(&self, slot: usize, handle: u32) -> bool {
+        self.slots.get(slot).is_some_and(|t| t.active && t.gen as u32 == handle >> 16)
+    }
+
+    /// `len` bytes at `off` of the data buffer of the task `handle` names, if it is still there
+    /// and the range lies in its buffer (a Data-Out payload lands here).
+    pub fn buffer_at(&mut self, slot: usize, handle: u32, off: usize, len: usize) -> Option<&mut [u8]> {
+        let t = self.slots.get_mut(slot)?;
+        if !t.active || t.gen as u32 != handle >> 16 {
+            return None;
+        }
+        t.data.as_mut()?.get_mut(off..off.checked_add(len)?)
+    }
+
+    /// The submitted task a SCSI response's tag ([`TaskTable::handle`]) names.
+    pub fn find_submitted(&self, handle: u32) -> Option<usize> {
+        let slot = (handle & 0xffff) as usize;
+        let t = self.slots.get(slot)?;
+        (t.active && t.submitted && t.gen as u32 == handle >> 16).then_some(slot)
     }
 
     pub fn active_slots(&self) -> Vec<usize> {
@@ -324,5 +379,37 @@ mod tests {
         assert!(t.data_out(ttt, 0, 8000, &[0; 1000], true).is_err()); // beyond EDTL
         tt.free(s);
         assert!(tt.find_ttt(ttt, 0).is_none());
+    }
+
+    #[test]
+    fn lookups_by_itt_and_handle() {
+        let mut tt = TaskTable::new(4);
+        let a = tt.alloc().unwrap();
+        tt.bind(a, 0x10).unwrap();
+        let b = tt.alloc().unwrap();
+        // A duplicate of an active ITT is refused; the slot stays unbound and frees cleanly.
+        assert_eq!(tt.bind(b, 0x10), Err(IttError::Duplicate));
+        tt.free(b);
+        assert_eq!(tt.find(0x10), Some(a));
+        let h = tt.handle(a);
+        assert_eq!(tt.find_submitted(h), None, "not submitted yet");
+        tt.get_mut(a).submitted = true;
+        assert_eq!(tt.find_submitted(h), Some(a));
+        tt.free(a);
+        assert_eq!(tt.find(0x10), None);
+        assert_eq!(tt.find_submitted(h), None);
+        // Reuse after completion: same ITT, possibly the same slot, a new generation.
+        let c = tt.alloc().unwrap();
+        tt.bind(c, 0x10).unwrap();
+        tt.get_mut(c).submitted = true;
+        assert_eq!(tt.find(0x10), Some(c));
+        assert_ne!(tt.handle(c), h);
+        assert_eq!(tt.find_submitted(h), None, "a late response of the old task finds nothing");
+        // Unsolicited Data-Out finds only a task still gathering it.
+        let d = tt.alloc().unwrap();
+        tt.bind(d, 0x20).unwrap();
+        assert_eq!(tt.find_unsolicited(0x20), None);
+        tt.get_mut(d).unsol_open = true;
+        assert_eq!(tt.find_unsolicited(0x20), Some(d));
     }
 }

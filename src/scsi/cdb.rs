@@ -105,6 +105,57 @@ pub fn data_out_len(cdb: &[u8; 32], block_size: u32) -> Option<u64> {
     })
 }
 
+/// A transfer residual against the length the transport announced (SAM-5 5.4.3; iSCSI carries it
+/// as the U/O flags and Residual Count, RFC 7143 §11.4.5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residual {
+    /// The command uses fewer bytes than announced.
+    Under(u32),
+    /// The command asks for more bytes than announced.
+    Over(u32),
+}
+
+/// How a command's Data-Out fits the expected data transfer length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataOutFit {
+    pub resid: Option<Residual>,
+    /// False: not one whole block is covered, nothing is written; answer GOOD with the residual.
+    pub run: bool,
+}
+
+/// For WRITE and WRITE AND VERIFY, compare the CDB's transfer length with EDTL and give the
+/// residual. When EDTL is shorter than the CDB asks for (overflow), only the whole blocks EDTL
+/// covers are written: the CDB is cut down to them, so no block beyond what the initiator meant to
+/// send is touched. Other commands are left as they are (their parameter lists carry lengths).
+pub fn fit_data_out(cdb: &mut [u8; 32], edtl: u32, block_size: u32) -> DataOutFit {
+    let keep = DataOutFit { resid: None, run: true };
+    if !matches!(cdb[0], 0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e) || block_size == 0 {
+        return keep;
+    }
+    let Ok(b) = decode_block(cdb) else { return keep };
+    let bs = block_size as u64;
+    let needed = b.blocks as u64 * bs;
+    let edtl64 = edtl as u64;
+    if needed == edtl64 {
+        return keep;
+    }
+    if needed < edtl64 {
+        return DataOutFit { resid: Some(Residual::Under(edtl - needed as u32)), run: true };
+    }
+    let resid = Some(Residual::Over((needed - edtl64).min(u32::MAX as u64) as u32));
+    let blocks = (edtl64 / bs) as u32;
+    if blocks == 0 {
+        return DataOutFit { resid, run: false };
+    }
+    match cdb[0] {
+        0x0a => cdb[4] = blocks as u8,
+        0x2a | 0x2e => cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
+        0xaa | 0xae => cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
+        _ => cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
+    }
+    DataOutFit { resid, run: true }
+}
+
 /// Check an LBA range against the capacity (SBC-3 4.5: LOGICAL BLOCK ADDRESS OUT OF RANGE).
 pub fn in_range(lba: u64, blocks: u64, capacity: u64) -> bool {
     lba.checked_add(blocks).is_some_and(|e| e <= capacity)
@@ -183,6 +234,21 @@ mod tests {
         assert_eq!(data_out_len(&x, 512), Some(1040));
         assert_eq!(data_out_len(&cdb(&[0x88]), 512), Some(0));
         assert_eq!(data_out_len(&cdb(&[0xc0]), 512), None);
+    }
+
+    #[test]
+    fn data_out_fit_against_edtl() {
+        let mut c = cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0]);
+        assert_eq!(fit_data_out(&mut c, 4096, 512), DataOutFit { resid: None, run: true });
+        assert_eq!(fit_data_out(&mut c, 8192, 512), DataOutFit { resid: Some(Residual::Under(4096)), run: true });
+        // Overflow: cut down to the whole blocks EDTL covers.
+        assert_eq!(fit_data_out(&mut c, 1536, 512), DataOutFit { resid: Some(Residual::Over(2560)), run: true });
+        assert_eq!(decode_block(&c).unwrap().blocks, 3);
+        let mut c = cdb(&[0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]);
+        assert_eq!(fit_data_out(&mut c, 100, 512), DataOutFit { resid: Some(Residual::Over(924)), run: false });
+        // Parameter-list commands are not cut.
+        let mut u = cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0x01, 0x00, 0]);
+        assert_eq!(fit_data_out(&mut u, 10, 512), DataOutFit { resid: None, run: true });
     }
 
     #[test]

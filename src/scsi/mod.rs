@@ -8,8 +8,9 @@
 //!
 //! Modules: `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
 //! `sbc` (block commands), `mode` (mode pages), `vpd` (INQUIRY data), `opcodes` (supported
-//! command table), `ua` (unit attentions), `task` (in-flight task state machines), `xcopy`
-//! (EXTENDED COPY / RECEIVE COPY RESULTS), `pr` (persistent reservations and RESERVE/RELEASE on
+//! command table), `ua` (unit attentions), `task` (in-flight task state), `complete` (the state
+//! machines completions advance), `xcopy` (EXTENDED COPY parameter lists and RECEIVE COPY RESULTS
+//! pages), `copy` (the EXTENDED COPY engine), `pr` (persistent reservations and RESERVE/RELEASE on
 //! the volume's reservation engine).
 //!
 //! For the transport:
@@ -32,6 +33,8 @@
 //!   reach the transport as messages: hand them to `pr::take_deferred` from `on_message`.
 
 pub mod cdb;
+mod complete;
+mod copy;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;
@@ -263,6 +266,16 @@ impl ScsiPort {
             }
         }
         self.ua[idx].take()
+    }
+
+    /// What the transport needs from a command's CDB before its data moves: how its Data-Out
+    /// fits the expected length (residual; the CDB cut down on overflow), by its LUN's block
+    /// size. A LUN that does not exist leaves the command as it is (`submit` answers it).
+    pub fn fit_data_out(&self, lun: u64, cdb: &mut [u8; 32], expected_len: u32) -> cdb::DataOutFit {
+        match self.luns.get(lun) {
+            Some(l) => cdb::fit_data_out(cdb, expected_len, l.volume.block_size()),
+            None => cdb::DataOutFit { resid: None, run: true },
+        }
     }
 
     /// Commands still waiting for I/O.

@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::login::{self, Login, LoginCtx, Negotiated, SessionType, Step};
-use super::outq::{OutQueue, ZERO_COPY_MIN};
+use crate::reactor::outq::OutQueue;
 use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
 use super::target::{ConnInfo, ConnSlot, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
@@ -32,6 +32,8 @@ use crate::volume::{Initiator, Volume};
 /// `Conn::abort_preempted`).
 struct VictimAbort(Arc<PreemptAbort>);
 
+/// Data-In payloads at least this long go out from their own buffer instead of being copied.
+const ZERO_COPY_MIN: usize = 2048;
 /// Receive buffer: several maximal PDUs, so one recv can carry many small ones.
 const RX_CAP: usize = 1 << 20;
 /// Receive buffer while logging in: login PDUs are at most 8 KiB of text plus a header
@@ -219,7 +221,7 @@ impl Conn {
 
     fn send(&mut self, h: &Bhs, data: &[u8]) {
         let (hd, dd) = hd_dd(&self.params);
-        pdu::encode(&mut self.out.tx, h, &[], data, hd, dd);
+        pdu::encode(&mut self.out.bytes, h, &[], data, hd, dd);
     }
 
     fn fatal(&mut self, core: &mut Core, me: HandlerRef, why: &str) {
@@ -514,7 +516,7 @@ impl Conn {
                 r.set_u32(at::W32, self.exp_cmd_sn);
                 r.0[36] = class;
                 r.0[37] = detail;
-                pdu::encode(&mut self.out.tx, &r, &[], &[], false, false);
+                pdu::encode(&mut self.out.bytes, &r, &[], &[], false, false);
                 self.phase = Phase::Closing;
                 core.want_flush(me);
             }
@@ -583,7 +585,7 @@ impl Conn {
         self.stat_sn = self.stat_sn.wrapping_add(1);
         r.set_u32(at::W28, self.exp_cmd_sn);
         r.set_u32(at::W32, self.exp_cmd_sn.wrapping_add(self.queue_depth.max(1)).wrapping_sub(1));
-        pdu::encode(&mut self.out.tx, r, &[], text, false, false);
+        pdu::encode(&mut self.out.bytes, r, &[], text, false, false);
     }
 
     // ---- SCSI commands ----------------------------------------------------------------------
@@ -887,17 +889,17 @@ impl Conn {
                     let (hd, dd) = hd_dd(&self.params);
                     if n >= ZERO_COPY_MIN {
                         // Large payloads go to the socket from the read buffer itself.
-                        pdu::encode_header(&mut self.out.tx, &h, n, hd);
+                        pdu::encode_header(&mut self.out.bytes, &h, n, hd);
                         self.out.splice(kept, off, n);
                         let q = &mut self.out;
-                        let mut tail = std::mem::take(&mut q.tx);
+                        let mut tail = std::mem::take(&mut q.bytes);
                         pdu::data_trailer(&mut tail, &q.kept(kept)[off..off + n], dd);
-                        q.tx = tail;
+                        q.bytes = tail;
                     } else {
                         let q = &mut self.out;
-                        let mut tx = std::mem::take(&mut q.tx);
+                        let mut tx = std::mem::take(&mut q.bytes);
                         pdu::encode(&mut tx, &h, &[], &q.kept(kept)[off..off + n], hd, dd);
-                        q.tx = tx;
+                        q.bytes = tx;
                     }
                     off += n;
                 }

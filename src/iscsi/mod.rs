@@ -7,7 +7,6 @@ pub mod initiator;
 pub mod itt;
 pub mod listener;
 pub mod login;
-pub mod outq;
 pub mod pdu;
 pub mod target;
 pub mod tasks;

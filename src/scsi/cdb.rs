@@ -5,6 +5,10 @@
 use super::sense::{Sense, INVALID_FIELD_IN_CDB};
 
 /// Big-endian integer of up to 8 bytes at `at..at+n` (bounds are the 32-byte array's).
+
+/// Longest EXTENDED COPY descriptor list we accept (SPC-4 6.4, reported in RECEIVE COPY
+/// OPERATING PARAMETERS): sizes the parameter data of the CDB, so it lives with the CDB rules.
+pub const MAX_DESCRIPTOR_LIST_LENGTH: u32 = 1024;
 pub fn be(cdb: &[u8; 32], at: usize, n: usize) -> u64 {
     cdb.iter().skip(at).take(n).fold(0u64, |a, &b| (a << 8) | b as u64)
 }
@@ -97,7 +101,7 @@ pub fn data_out_len(cdb: &[u8; 32], block_size: u32) -> Option<u64> {
         // PERSISTENT RESERVE OUT: 4-byte PARAMETER LIST LENGTH at 5 (SPC-4 6.16.1).
         0x5f => be(cdb, 5, 4),
         // EXTENDED COPY(LID1): header plus the longest descriptor list we take.
-        0x83 => be(cdb, 10, 4).min(16 + super::xcopy::MAX_DESCRIPTOR_LIST_LENGTH as u64),
+        0x83 => be(cdb, 10, 4).min(16 + MAX_DESCRIPTOR_LIST_LENGTH as u64),
         // Commands this core answers without Data-Out.
         0x00 | 0x03 | 0x12 | 0x1a | 0x5a | 0x1b | 0x1e | 0x25 | 0x37 | 0xb7 | 0x9e | 0xa0 | 0xa3 | 0x84 | 0x5e
         | 0x08 | 0x28 | 0xa8 | 0x88 | 0x34 | 0x90 | 0x35 | 0x91 | 0x16 | 0x17 | 0x56 | 0x57 => 0,

@@ -9,7 +9,7 @@ use crate::volume::identity;
 
 pub const MAX_CSCD_DESCRIPTORS: u16 = 2;
 pub const MAX_SEGMENT_DESCRIPTORS: u16 = 1;
-pub const MAX_DESCRIPTOR_LIST_LENGTH: u32 = 1024;
+pub use super::cdb::MAX_DESCRIPTOR_LIST_LENGTH;
 /// Largest segment, bytes.
 pub const MAX_SEGMENT_LENGTH: u32 = 256 << 20;
 

@@ -21,12 +21,9 @@ use crate::nvme::spec::{Cqe, Sqe};
 use crate::nvmf::qpair::QPair;
 use crate::nvmf::transport::{CmdData, QpError, Transport};
 use crate::nvmf::{ListenAddr, Target};
-use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
+use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
 
 const RBUF_MIN: usize = 256 << 10;
-/// Receive buffer of a new or idle connection: the large one is allocated on the first read
-/// that fills this, and given back after `IDLE_SHRINK` without input.
-const RBUF_IDLE: usize = 4096;
 const IDLE_SHRINK: Duration = Duration::from_secs(2);
 /// Unsent output above which the connection stops reading commands (its host is not reading
 /// what we send), and below which it starts again.
@@ -145,11 +142,8 @@ pub struct Conn {
     q: QPair,
     phase: Phase,
     max_plen: usize,
-    rbuf: Vec<u8>,
-    /// Size of the receive buffer while busy (two of the largest PDUs).
-    rsize: usize,
-    rstart: usize,
-    rend: usize,
+    /// Receive buffer (two of the largest PDUs), mapped only while the connection is busy.
+    rx: RxBuf,
     direct: Option<Direct>,
     last_rx: Instant,
     /// Stopped reading: too much output is waiting for the host to read it.
@@ -184,10 +178,7 @@ impl Conn {
             q: QPair::new(t, opts, me, listen, peer.to_string(), core.now),
             phase: Phase::AwaitIcReq,
             max_plen,
-            rbuf: vec![0u8; RBUF_IDLE],
-            rsize,
-            rstart: 0,
-            rend: 0,
+            rx: RxBuf::new(rsize),
             direct: None,
             last_rx: core.now,
             read_blocked: false,
@@ -232,25 +223,18 @@ impl Conn {
                 self.read_blocked = true;
                 return;
             }
-            if self.rend == self.rbuf.len() && self.rbuf.len() < self.rsize {
-                // Busy: the full-size buffer, for many commands per read.
-                self.rbuf.resize(self.rsize, 0);
+            let spare = self.rx.spare();
+            if spare.is_empty() {
+                // Cannot happen (the buffer holds two of the largest PDUs we accept) unless the
+                // mapping failed: end this connection, not the target.
+                self.fatal(core, PduError::BadPlen(0), &[]);
+                return;
             }
-            if self.rend == self.rbuf.len() {
-                if self.rstart == 0 {
-                    // Cannot happen: the buffer holds two of the largest PDUs we accept.
-                    self.fatal(core, PduError::BadPlen(0), &[]);
-                    return;
-                }
-                self.rbuf.copy_within(self.rstart..self.rend, 0);
-                self.rend -= self.rstart;
-                self.rstart = 0;
-            }
-            let space = self.rbuf.len() - self.rend;
-            match self.sock.read(&mut self.rbuf[self.rend..]) {
+            let space = spare.len();
+            match self.sock.read(spare) {
                 Ok(0) => return self.gone(core),
                 Ok(n) => {
-                    self.rend += n;
+                    self.rx.filled(n);
                     self.last_rx = core.now;
                     self.process(core);
                     // A short read drained the socket: skip the EAGAIN read (new data raises a
@@ -344,15 +328,15 @@ impl Conn {
     /// Handle every complete PDU in the receive buffer; start an in-place receive for an H2CData
     /// PDU whose header is in but whose payload mostly is not.
     fn process(&mut self, core: &mut Core) {
-        let rbuf = std::mem::take(&mut self.rbuf);
-        while !self.tx.closing() && self.direct.is_none() && self.rend - self.rstart >= pdu::CH_LEN {
+        let mut rx = std::mem::take(&mut self.rx);
+        while !self.tx.closing() && self.direct.is_none() && rx.len() >= pdu::CH_LEN {
             if self.tx.out.backlog() > TX_HIGH_WATER {
                 // The rest waits in the buffer (and the socket) until the host reads.
                 self.read_blocked = true;
                 break;
             }
-            let at = self.rstart;
-            let Some(ch) = CommonHeader::parse(&rbuf[at..self.rend]) else { break };
+            let buf = rx.data();
+            let Some(ch) = CommonHeader::parse(buf) else { break };
             let (dg, max) = match self.phase {
                 Phase::AwaitIcReq => (Digests::default(), 128),
                 _ => (self.tx.dg, self.max_plen),
@@ -360,44 +344,39 @@ impl Conn {
             let l = match pdu::frame(ch, dg, max) {
                 Ok(l) => l,
                 Err(e) => {
-                    let end = self.rend.min(at + pdu::MAX_HLEN);
-                    self.fatal(core, e, &rbuf[at..end]);
+                    self.fatal(core, e, &buf[..buf.len().min(pdu::MAX_HLEN)]);
                     break;
                 }
             };
-            let have = self.rend - at;
+            let have = buf.len();
             if have < l.total {
                 let in_place = self.phase == Phase::Ready
                     && l.ch.pdu_type == ty::H2C_DATA
                     && have >= l.data_off
                     && l.total - have >= DIRECT_MIN;
                 if in_place {
-                    let p = &rbuf[at..self.rend];
-                    if let Err(e) = self.begin_direct(&l, p) {
-                        self.fatal(core, e, &p[..l.hlen]);
+                    if let Err(e) = self.begin_direct(&l, buf) {
+                        self.fatal(core, e, &buf[..l.hlen]);
                         break;
                     }
-                    self.rstart = self.rend;
+                    rx.consume(have);
                     self.direct_complete(core);
                 }
                 break;
             }
-            let p = &rbuf[at..at + l.total];
+            let p = &buf[..l.total];
             if let Err(e) = l.check_digests(p) {
                 self.fatal(core, e, &p[..l.hlen]);
                 break;
             }
-            self.rstart += l.total;
-            if let Err(e) = self.handle(core, &l, p) {
+            let r = self.handle(core, &l, p);
+            if let Err(e) = r {
                 self.fatal(core, e, &p[..l.hlen]);
                 break;
             }
+            rx.consume(l.total);
         }
-        if self.rstart == self.rend {
-            self.rstart = 0;
-            self.rend = 0;
-        }
-        self.rbuf = rbuf;
+        self.rx = rx;
         self.q.unpark(core, &mut self.tx);
     }
 
@@ -479,17 +458,9 @@ impl Conn {
         }
     }
 
-    /// Idle: give back the large receive buffer (keeping any partial PDU) and the send buffers.
+    /// Idle: give back the receive buffer (unless it holds a partial PDU) and the send buffers.
     fn shrink_idle(&mut self) {
-        let keep = self.rend - self.rstart;
-        let size = keep.max(RBUF_IDLE);
-        if self.rbuf.len() > size {
-            let mut b = vec![0u8; size];
-            b[..keep].copy_from_slice(&self.rbuf[self.rstart..self.rend]);
-            self.rbuf = b;
-            self.rstart = 0;
-            self.rend = keep;
-        }
+        self.rx.release_if_empty();
         self.tx.out.shrink();
         self.q.shrink_idle();
     }

@@ -284,7 +284,7 @@ impl LoopQueue {
     /// Take every completion that is ready.
     pub fn poll(&self, f: &mut dyn FnMut(Cqe, Option<IoBuf>)) -> usize {
         let mut n = 0;
-        while let Some((c, b)) = self.sh.cq.pop() {
+        while let Some((c, b)) = self.pop() {
             f(c, b);
             n += 1;
         }

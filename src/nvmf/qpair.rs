@@ -236,7 +236,9 @@ impl QPair {
                             self.execute(core, tx, idx);
                         }
                     }
-                    (sgl::TRANSPORT_DATA_BLOCK, CmdData::None) => {
+                    // Bytes in a capsule whose SGL names the transport are not this command's
+                    // data: ask for it, as before the split.
+                    (sgl::TRANSPORT_DATA_BLOCK, CmdData::None | CmdData::Slice(_)) => {
                         if self.admit(idx) {
                             self.request_data(core, tx, idx);
                         }

@@ -7,7 +7,9 @@
 //! the IoBuf pool, the receive and transmit buffers are reused, and all output of one loop
 //! iteration goes out in one write from `on_flush`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use mio::Interest;
 use super::login::{self, Login, LoginCtx, Negotiated, SessionType, Step};
 use crate::reactor::outq::OutQueue;
 use super::pdu::{self, at, op, reject, Bhs, F_FINAL, F_OVERFLOW, F_READ, F_STATUS, F_UNDERFLOW, F_WRITE, RESERVED_TAG};
+use super::session::{JoinError, Member, Session};
 use super::target::{ConnInfo, ConnSlot, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
 use super::tmf;
@@ -27,6 +30,13 @@ use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiRespon
 use crate::reservation::Nexus;
 use crate::scsi::pr::PreemptAbort;
 use crate::volume::{Initiator, Volume};
+
+/// Close a connection, whatever reactor it is on.
+fn close_conn(core: &Core, h: HandlerRef) {
+    core.reactors().send(h.reactor, move |r| {
+        r.with_handler(h, |_, core, h| core.close(h));
+    });
+}
 
 /// A PREEMPT AND ABORT of another connection that may concern this one (see
 /// `Conn::abort_preempted`).
@@ -88,6 +98,30 @@ enum After {
     DataOut { seq_done: bool },
 }
 
+/// A request received ahead of the session's ExpCmdSN (MC/S, RFC 7143 §3.2.2.1): it runs when
+/// the commands before it, on any connection of the session, have.
+#[derive(Clone, Copy)]
+struct Held {
+    cmd_sn: u32,
+    /// The task slot and its handle; `NO_SLOT`: nothing to start (a request already answered, or
+    /// a command refused), only the CmdSN to step over.
+    slot: usize,
+    handle: u32,
+}
+
+const NO_SLOT: usize = usize::MAX;
+
+/// Where a non-immediate request stands in the session's CmdSN order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// It is the next one: run it, then advance ExpCmdSN.
+    Now,
+    /// Ahead of ExpCmdSN (another connection has the commands before it): wait.
+    Later,
+    /// Outside the window: silently ignored (RFC 7143 §4.2.2.1).
+    Drop,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Login,
@@ -118,8 +152,21 @@ pub struct Conn {
     out: OutQueue,
     read_blocked: bool,
     stat_sn: u32,
-    exp_cmd_sn: u32,
+    /// The session's ExpCmdSN (its own until login completes, then shared by the session's
+    /// connections).
+    exp: Arc<AtomicU32>,
     queue_depth: u32,
+    /// The session (after login).
+    session: Option<Arc<Session>>,
+    cid: u16,
+    /// Requests received ahead of ExpCmdSN, oldest first (capacity reserved at login).
+    held: VecDeque<Held>,
+    held_cap: usize,
+    /// `on_poll` is on (the reactor polls us while we may hold requests).
+    polled: bool,
+    /// The CmdSN of a command that ran in order but whose immediate data is still arriving:
+    /// ExpCmdSN moves past it once the data is in (so the next command cannot overtake it).
+    owed: Option<u32>,
     tasks: TaskTable,
     /// Scratch for one header being built (so responses do not allocate).
     sense_buf: [u8; 20],
@@ -185,8 +232,14 @@ impl Conn {
             out: OutQueue::with_capacity(512 * 1024),
             read_blocked: false,
             stat_sn: 1,
-            exp_cmd_sn: 0,
+            exp: Arc::new(AtomicU32::new(0)),
             queue_depth: 64,
+            session: None,
+            cid: 0,
+            held: VecDeque::new(),
+            held_cap: 0,
+            polled: false,
+            owed: None,
             tasks: TaskTable::new(0),
             sense_buf: [0; 20],
             last_rx: core.now,
@@ -205,18 +258,21 @@ impl Conn {
         }))
     }
 
-    fn max_cmd_sn(&self) -> u32 {
-        self.exp_cmd_sn.wrapping_add(self.queue_depth).wrapping_sub(1)
+    fn exp_cmd_sn(&self) -> u32 {
+        self.exp.load(Ordering::Acquire)
     }
 
-    /// Fill the sequence-number words every target response carries.
+    /// Fill the sequence-number words every target response carries. MaxCmdSN: every connection
+    /// of a session has `queue_depth` + 8 task slots, so a window of `queue_depth` CmdSNs cannot
+    /// overflow any of them.
     fn seal(&mut self, h: &mut Bhs, stat: bool) {
         if stat {
             h.set_u32(at::W24, self.stat_sn);
             self.stat_sn = self.stat_sn.wrapping_add(1);
         }
-        h.set_u32(at::W28, self.exp_cmd_sn);
-        h.set_u32(at::W32, self.max_cmd_sn());
+        let exp = self.exp_cmd_sn();
+        h.set_u32(at::W28, exp);
+        h.set_u32(at::W32, exp.wrapping_add(self.queue_depth).wrapping_sub(1));
     }
 
     fn send(&mut self, h: &Bhs, data: &[u8]) {
@@ -356,11 +412,12 @@ impl Conn {
             }
             return self.on_login(core, me, h, data);
         }
+        self.settle_owed(core, me);
         match h.opcode() {
             // SCSI Command and Data-Out are taken header first by `process`.
-            op::NOP_OUT => self.on_nop_out(h, data),
+            op::NOP_OUT => self.on_nop_out(core, me, h, data),
             op::TMF_REQ => self.on_tmf(core, me, h),
-            op::TEXT_REQ => self.on_text(h, data),
+            op::TEXT_REQ => self.on_text(core, me, h, data),
             op::LOGOUT_REQ => self.on_logout(core, me, h),
             op::LOGIN_REQ => self.reject(h, reject::PROTOCOL_ERROR),
             op::SNACK => self.reject(h, reject::CMD_NOT_SUPPORTED),
@@ -429,13 +486,21 @@ impl Conn {
         true
     }
 
-    /// A task's data segment is in its buffer: count it and move the task on.
+    /// A task's data segment is in its buffer: count it and move the task on; a command's
+    /// immediate data completes its command, so ExpCmdSN may move past it.
     fn data_landed(&mut self, core: &mut Core, me: HandlerRef, d: Dest, n: u32) {
+        self.task_data_landed(core, me, d, n);
+        if matches!(d.after, After::Command) {
+            self.settle_owed(core, me);
+        }
+    }
+
+    fn task_data_landed(&mut self, core: &mut Core, me: HandlerRef, d: Dest, n: u32) {
         let slot = d.slot;
         let t = self.tasks.get_mut(slot);
         t.received += n;
-        if t.parked {
-            return; // `unpark` sends its R2Ts or submits it
+        if t.parked || t.held {
+            return; // `unpark` or `run_held` sends its R2Ts or submits it
         }
         match d.after {
             After::Command => {
@@ -457,19 +522,115 @@ impl Conn {
         }
     }
 
-    /// CmdSN check for a non-immediate request: true if it may run (and advances ExpCmdSN).
-    fn accept_cmd_sn(&mut self, h: &Bhs) -> bool {
+    /// Where a request stands in the session's CmdSN order (immediate ones run at once). A
+    /// request ahead of ExpCmdSN gets an entry in `held` (with no task: the caller fills it in).
+    fn order(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) -> Order {
         if h.immediate() {
-            return true;
+            return Order::Now;
         }
         let sn = h.u32_at(at::W24);
-        if pdu::sn_lt(sn, self.exp_cmd_sn) || pdu::sn_lt(self.max_cmd_sn(), sn) {
+        let exp = self.exp_cmd_sn();
+        if pdu::sn_lt(sn, exp) || pdu::sn_lt(exp.wrapping_add(self.queue_depth).wrapping_sub(1), sn) {
             // Outside the window: RFC 7143 §4.2.2.1 says silently ignore.
-            tracing::debug!(conn = self.id, sn, exp = self.exp_cmd_sn, "iscsi: CmdSN outside the window, ignored");
-            return false;
+            tracing::debug!(conn = self.id, sn, exp, "iscsi: CmdSN outside the window, ignored");
+            return Order::Drop;
         }
-        self.exp_cmd_sn = sn.wrapping_add(1);
-        true
+        if sn == exp {
+            return Order::Now;
+        }
+        if self.held.len() >= self.held_cap {
+            tracing::debug!(conn = self.id, sn, exp, "iscsi: too many requests ahead of ExpCmdSN, ignored");
+            return Order::Drop;
+        }
+        self.held.push_back(Held { cmd_sn: sn, slot: NO_SLOT, handle: 0 });
+        if !self.polled {
+            // Another connection of the session moves ExpCmdSN: look for it every loop iteration.
+            self.polled = true;
+            core.want_poll(me);
+        }
+        Order::Later
+    }
+
+    /// CmdSN check for a non-immediate request other than a SCSI command: true if it may run.
+    /// One ahead of ExpCmdSN runs now too (it touches no task), its CmdSN is stepped over in turn.
+    fn accept_cmd_sn(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) -> bool {
+        match self.order(core, me, h) {
+            Order::Drop => false,
+            Order::Later => true,
+            Order::Now => {
+                if !h.immediate() {
+                    self.advance(core, me, h.u32_at(at::W24));
+                }
+                true
+            }
+        }
+    }
+
+    /// The request with CmdSN `sn` has run: the session expects the next one, which may be ours.
+    fn advance(&mut self, core: &mut Core, me: HandlerRef, sn: u32) {
+        self.exp.store(sn.wrapping_add(1), Ordering::Release);
+        if !self.held.is_empty() {
+            self.run_held(core, me);
+        }
+    }
+
+    fn settle_owed(&mut self, core: &mut Core, me: HandlerRef) {
+        if let Some(sn) = self.owed.take() {
+            self.advance(core, me, sn);
+        }
+    }
+
+    /// Start held requests whose turn has come; returns how many.
+    fn run_held(&mut self, core: &mut Core, me: HandlerRef) -> usize {
+        let mut n = 0;
+        while self.owed.is_none() {
+            let exp = self.exp_cmd_sn();
+            let Some(i) = self.held.iter().position(|e| e.cmd_sn == exp) else {
+                // A request behind ExpCmdSN repeated a CmdSN another one had: it never runs.
+                while let Some(i) = self.held.iter().position(|e| pdu::sn_lt(e.cmd_sn, exp)) {
+                    let e = self.held.remove(i).expect("found");
+                    if e.slot != NO_SLOT && self.tasks.is_live(e.slot, e.handle) {
+                        self.tasks.free(e.slot);
+                    }
+                }
+                break;
+            };
+            let e = self.held.remove(i).expect("found");
+            n += 1;
+            if e.slot != NO_SLOT && self.tasks.is_live(e.slot, e.handle) {
+                self.tasks.get_mut(e.slot).held = false;
+                let landing = self.landing.as_ref().and_then(|l| l.dest).is_some_and(|d| d.slot == e.slot && d.handle == e.handle && matches!(d.after, After::Command));
+                if landing {
+                    // Its immediate data is still arriving: `data_landed` starts it and moves on.
+                    self.owed = Some(exp);
+                    break;
+                }
+                self.start_held(core, me, e.slot);
+            }
+            self.exp.store(exp.wrapping_add(1), Ordering::Release);
+        }
+        if n > 0 {
+            core.want_flush(me);
+        }
+        n
+    }
+
+    /// A held command's turn came: what `on_scsi_cmd` would have done had it been next.
+    fn start_held(&mut self, core: &mut Core, me: HandlerRef, slot: usize) {
+        let t = self.tasks.get_mut(slot);
+        if t.parked {
+            return; // `unpark` starts it once its buffer is there
+        }
+        if matches!(t.dir, DataDir::Write | DataDir::Both) && t.edtl > 0 {
+            if t.received < t.edtl || t.unsol_open {
+                self.send_r2ts(slot);
+                return;
+            }
+            if t.outstanding() > 0 {
+                return;
+            }
+        }
+        self.submit(core, me, slot);
     }
 
     // ---- login ------------------------------------------------------------------------------
@@ -493,8 +654,16 @@ impl Conn {
         let mut r = Bhs::new(op::LOGIN_RSP, 0);
         r.0[8..14].copy_from_slice(&h.0[8..14]);
         r.set_itt(h.itt());
-        // The login request's CmdSN is the first one of the session.
-        self.exp_cmd_sn = h.u32_at(at::W24);
+        match &lg.joining {
+            // A connection joining a session shares its CmdSN state (RFC 7143 §3.2.2.1).
+            Some(s) => {
+                if !Arc::ptr_eq(&self.exp, &s.exp_cmd_sn) {
+                    self.exp = s.exp_cmd_sn.clone();
+                }
+            }
+            // The leading login request's CmdSN is the first one of the session.
+            None => self.exp.store(h.u32_at(at::W24), Ordering::Release),
+        }
         if !matches!(step, Step::Fail(_)) && text.len() > login::LOGIN_MAX_DSL {
             // Longer than the initiator takes in one PDU: this piece with C=1 and T=0 (RFC 7143
             // §11.13.2); each empty request gets the next, the last one carries the real flags.
@@ -508,12 +677,22 @@ impl Conn {
             self.login = Some(lg);
             return;
         }
+        // The session a completed login creates or joins (joining may still be refused).
+        let mut step = step;
+        let mut joined = None;
+        if let Step::Finish { .. } = step {
+            match self.enter_session(core, me, &lg) {
+                Ok(s) => joined = Some(s),
+                Err(st) => step = Step::Fail(st),
+            }
+        }
         match step {
             Step::Fail((class, detail)) => {
                 tracing::info!(conn = self.id, peer = %self.peer, initiator = %lg.initiator_name, class, detail, "iscsi: login refused");
+                let exp = self.exp_cmd_sn();
                 r.set_u32(at::W24, self.stat_sn);
-                r.set_u32(at::W28, self.exp_cmd_sn);
-                r.set_u32(at::W32, self.exp_cmd_sn);
+                r.set_u32(at::W28, exp);
+                r.set_u32(at::W32, exp);
                 r.0[36] = class;
                 r.0[37] = detail;
                 pdu::encode(&mut self.out.bytes, &r, &[], &[], false, false);
@@ -526,8 +705,9 @@ impl Conn {
                 self.login = Some(lg);
             }
             Step::Finish { csg, .. } => {
+                let session = joined.expect("entered");
+                let tsih = session.tsih;
                 r.0[1] = pdu::F_TRANSIT | (csg << 2) | 3;
-                let tsih = self.target.next_tsih();
                 r.set_u16(at::TSIH, tsih);
                 self.login_reply(&mut r, &text);
                 self.slot.logged_in();
@@ -546,11 +726,19 @@ impl Conn {
                         target_port: format!("{},t,0x{:04x}", node.name, self.pg_tag),
                         rel_port_id: self.pg_tag as u16,
                     };
-                    self.port = Some(ScsiPort::new(initiator, node.luns.clone()));
+                    let mut port = ScsiPort::new(initiator, node.luns.clone());
+                    if lg.joining.is_some() {
+                        port.join_existing_nexus();
+                    }
+                    self.port = Some(port);
                 } else {
                     self.queue_depth = 8;
                 }
                 let slots = self.queue_depth as usize + 8;
+                self.held_cap = slots;
+                self.held = VecDeque::with_capacity(slots);
+                self.cid = lg.cid;
+                self.session = Some(session);
                 self.tasks = if self.port.is_some() {
                     let per_conn = (self.target.opts().data_buffer_per_connection_mib as usize) << 20;
                     TaskTable::with_budget(slots, ConnBudget::new(self.target.data_budget.clone(), per_conn))
@@ -580,11 +768,42 @@ impl Conn {
         }
     }
 
+    /// The last login step succeeded: create the session (leading login) or join the one named
+    /// by the TSIH; a connection this one reinstates (same CID) is closed.
+    fn enter_session(&mut self, core: &mut Core, me: HandlerRef, lg: &Login) -> Result<Arc<Session>, (u8, u8)> {
+        let member = Member { cid: lg.cid, conn_id: self.id, handler: me };
+        let (s, leading) = match &lg.joining {
+            Some(s) => (s.clone(), false),
+            None => {
+                let qd = lg.node.as_ref().map_or(8, |n| n.queue_depth.clamp(1, 4096));
+                let tsih = self.target.next_tsih();
+                let s = Session::new(tsih, lg.isid, &lg.initiator_name, &lg.target_name, self.pg_tag, lg.params.clone(), self.exp_cmd_sn(), qd);
+                self.exp = s.exp_cmd_sn.clone();
+                self.target.add_session(s.clone());
+                (s, true)
+            }
+        };
+        match s.join(member, leading) {
+            Ok(None) => Ok(s),
+            Ok(Some(old)) => {
+                // Connection reinstatement (RFC 7143 §6.3.4): the old connection with this CID ends.
+                tracing::info!(conn = self.id, cid = lg.cid, "iscsi: connection reinstated");
+                core.reactors().send(old.handler.reactor, move |r| {
+                    r.with_handler(old.handler, |_, core, h| core.close(h));
+                });
+                Ok(s)
+            }
+            Err(JoinError::Full(_)) => Err(login::status::TOO_MANY_CONNECTIONS),
+            Err(JoinError::Ended) => Err(login::status::SESSION_DOES_NOT_EXIST),
+        }
+    }
+
     fn login_reply(&mut self, r: &mut Bhs, text: &[u8]) {
         r.set_u32(at::W24, self.stat_sn);
         self.stat_sn = self.stat_sn.wrapping_add(1);
-        r.set_u32(at::W28, self.exp_cmd_sn);
-        r.set_u32(at::W32, self.exp_cmd_sn.wrapping_add(self.queue_depth.max(1)).wrapping_sub(1));
+        let exp = self.exp_cmd_sn();
+        r.set_u32(at::W28, exp);
+        r.set_u32(at::W32, exp.wrapping_add(self.queue_depth.max(1)).wrapping_sub(1));
         pdu::encode(&mut self.out.bytes, r, &[], text, false, false);
     }
 
@@ -593,13 +812,28 @@ impl Conn {
     /// A SCSI Command PDU's header; its `dlen` bytes of immediate data follow. Returns where they
     /// land (None: dropped, the command was answered or refused).
     fn on_scsi_cmd(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], dlen: usize) -> Option<Dest> {
+        self.settle_owed(core, me);
         if self.session_type == SessionType::Discovery {
             self.reject(h, reject::PROTOCOL_ERROR);
             return None;
         }
-        if !self.accept_cmd_sn(h) {
+        let order = self.order(core, me, h);
+        if order == Order::Drop {
             return None;
         }
+        let dest = self.scsi_cmd(core, me, h, ahs, dlen, order == Order::Later);
+        if order == Order::Now && !h.immediate() {
+            match dest {
+                // In order once its immediate data is in.
+                Some(Dest { after: After::Command, .. }) => self.owed = Some(h.u32_at(at::W24)),
+                _ => self.advance(core, me, h.u32_at(at::W24)),
+            }
+        }
+        dest
+    }
+
+    /// Take a SCSI command; `held`: it waits for its CmdSN's turn (a slot in `held` is its).
+    fn scsi_cmd(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, ahs: &[u8], dlen: usize, held: bool) -> Option<Dest> {
         let flags = h.flags();
         let itt = h.itt();
         let edtl = h.u32_at(at::W20);
@@ -653,6 +887,13 @@ impl Conn {
         t.edtl = edtl;
         t.dir = dir;
         t.cmd_sn = h.u32_at(at::W24);
+        t.held = held;
+        if held {
+            let handle = self.tasks.handle(slot);
+            if let Some(e) = self.held.back_mut() {
+                (e.slot, e.handle) = (slot, handle);
+            }
+        }
         if writes && edtl > 0 {
             if edtl > MAX_WRITE_EDTL {
                 self.tasks.free(slot);
@@ -680,7 +921,7 @@ impl Conn {
             if imm > 0 {
                 return Some(Dest { slot, handle, off: 0, after: After::Command });
             }
-            if !admitted {
+            if !admitted || held {
                 return None;
             }
             if t.received < edtl {
@@ -690,7 +931,9 @@ impl Conn {
         } else if matches!(dir, DataDir::Read) && edtl > 0 && !self.tasks.admit(slot, edtl) {
             return None; // waits for the bytes its read data will hold until sent
         }
-        self.submit(core, me, slot);
+        if !held {
+            self.submit(core, me, slot);
+        }
         None
     }
 
@@ -698,6 +941,7 @@ impl Conn {
     fn unpark(&mut self, core: &mut Core, me: HandlerRef) {
         while let Some(slot) = self.tasks.unpark() {
             let t = self.tasks.get_mut(slot);
+            let held = t.held;
             if matches!(t.dir, DataDir::Write | DataDir::Both) {
                 // Move the unsolicited data gathered so far into the full-size buffer.
                 let mut buf = IoBuf::for_overwrite(t.edtl as usize);
@@ -706,13 +950,18 @@ impl Conn {
                     buf[..n].copy_from_slice(&staged[..n]);
                 }
                 t.data = Some(buf);
+                if held {
+                    continue; // `run_held` starts it in its turn
+                }
                 if t.received < t.edtl || t.unsol_open {
                     self.send_r2ts(slot);
                     core.want_flush(me);
                     continue;
                 }
             }
-            self.submit(core, me, slot);
+            if !held {
+                self.submit(core, me, slot);
+            }
         }
     }
 
@@ -746,7 +995,8 @@ impl Conn {
 
     /// A Data-Out PDU's header: checked against its task's sequences before its `dlen` bytes
     /// arrive; returns where they land (None: dropped).
-    fn on_data_out(&mut self, _core: &mut Core, _me: HandlerRef, h: &Bhs, dlen: usize) -> Option<Dest> {
+    fn on_data_out(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, dlen: usize) -> Option<Dest> {
+        self.settle_owed(core, me);
         let ttt = h.u32_at(at::W20);
         let itt = h.itt();
         let slot = if ttt == RESERVED_TAG { self.tasks.find_unsolicited(itt) } else { self.tasks.find_ttt(ttt, itt) };
@@ -955,7 +1205,7 @@ impl Conn {
 
     // ---- NOP, TMF, Text, Logout -------------------------------------------------------------
 
-    fn on_nop_out(&mut self, h: &Bhs, data: &[u8]) {
+    fn on_nop_out(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, data: &[u8]) {
         let itt = h.itt();
         if itt == RESERVED_TAG {
             // The answer to our ping.
@@ -964,7 +1214,7 @@ impl Conn {
             }
             return;
         }
-        if !self.accept_cmd_sn(h) {
+        if !self.accept_cmd_sn(core, me, h) {
             return;
         }
         let mut r = Bhs::new(op::NOP_IN, F_FINAL);
@@ -981,7 +1231,7 @@ impl Conn {
     /// another path may write them, as soon as it has the answer. CLEAR TASK SET (TST=000b: one
     /// task set per LUN), LOGICAL UNIT RESET and the target resets act on every nexus.
     fn on_tmf(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) {
-        if !self.accept_cmd_sn(h) {
+        if !self.accept_cmd_sn(core, me, h) {
             return;
         }
         let function = h.flags() & 0x7f;
@@ -992,6 +1242,11 @@ impl Conn {
         let lun = decode_lun(h.lun_raw());
         let rtt = h.u32_at(at::W20);
         let volume_of = |p: &ScsiPort, lun: u64| p.luns.get(lun).map(|l| l.volume.clone());
+        // Task management is rare: the session's member list is read here, not kept.
+        let (tsih, siblings): (u16, Vec<HandlerRef>) = match self.session.as_ref() {
+            Some(s) => (s.tsih, s.members().iter().map(|m| m.handler).collect()),
+            None => (0, Vec::new()),
+        };
         let has_lun = self.port.as_ref().is_some_and(|p| p.luns.get(lun).is_some());
         let (response, drain): (u8, Vec<Arc<Volume>>) = match function {
             // ABORT TASK: a task that already completed is reported as not existing, which is
@@ -1031,8 +1286,9 @@ impl Conn {
                 }
                 self.abort_where(|t| t.lun == lun);
                 let vols = vec![vol];
+                tmf::abort_in_session(core, me, &siblings, Some(lun));
                 if function != 2 {
-                    tmf::abort_other_nexuses(core, &self.target, me, &vols);
+                    tmf::abort_other_nexuses(core, &self.target, me, tsih, &vols);
                 }
                 (0, vols)
             }
@@ -1049,7 +1305,8 @@ impl Conn {
                 }
                 self.abort_where(|_| true);
                 let vols = tmf::distinct(vols);
-                tmf::abort_other_nexuses(core, &self.target, me, &vols);
+                tmf::abort_in_session(core, me, &siblings, None);
+                tmf::abort_other_nexuses(core, &self.target, me, tsih, &vols);
                 (0, vols)
             }
             8 => (4, Vec::new()), // TASK REASSIGN needs ErrorRecoveryLevel 2
@@ -1110,6 +1367,27 @@ impl Conn {
         }
     }
 
+    /// Another connection of this session aborted the task set of `lun` (None: of every LUN):
+    /// our tasks there end too, without a response (the same nexus asked).
+    fn abort_in_session(&mut self, lun: Option<u64>) {
+        let Some(p) = self.port.as_mut() else { return };
+        let mut n = 0;
+        for slot in self.tasks.active_slots() {
+            let handle = self.tasks.handle(slot);
+            let t = self.tasks.get_mut(slot);
+            if lun.is_none_or(|l| l == t.lun) {
+                if t.submitted {
+                    p.abort_task(handle);
+                }
+                self.tasks.free(slot);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(conn = self.id, tasks = n, "iscsi: tasks aborted by task management on another connection of the session");
+        }
+    }
+
     /// Free this connection's task slots that match (after the SCSI layer was told: aborted
     /// tasks produce no response there). Returns how many.
     fn abort_where(&mut self, pred: impl Fn(&Task) -> bool) -> usize {
@@ -1123,8 +1401,8 @@ impl Conn {
         n
     }
 
-    fn on_text(&mut self, h: &Bhs, data: &[u8]) {
-        if !self.accept_cmd_sn(h) {
+    fn on_text(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, data: &[u8]) {
+        if !self.accept_cmd_sn(core, me, h) {
             return;
         }
         let ttt = h.u32_at(at::W20);
@@ -1183,15 +1461,32 @@ impl Conn {
     }
 
     fn on_logout(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs) {
-        if !self.accept_cmd_sn(h) {
+        if !self.accept_cmd_sn(core, me, h) {
             return;
         }
         let reason = h.flags() & 0x7f;
+        let cid = h.u16_at(20);
+        let members = self.session.as_ref().map(|s| s.members()).unwrap_or_default();
         let response = match reason {
-            0 | 1 => 0,
+            0 => 0,
+            1 if cid == self.cid => 0,
+            // Another connection of the session, closed from here (RFC 7143 §11.14.1).
+            1 => match members.iter().find(|m| m.cid == cid) {
+                Some(m) => {
+                    close_conn(core, m.handler);
+                    return self.logout_response(core, me, h, 0, false);
+                }
+                None => return self.logout_response(core, me, h, 1, false), // CID not found
+            },
             2 => 2, // connection recovery needs ErrorRecoveryLevel 2
             _ => return self.reject(h, reject::PROTOCOL_ERROR),
         };
+        if reason == 0 {
+            // Close the session: every connection of it.
+            for m in members.iter().filter(|m| m.handler != me) {
+                close_conn(core, m.handler);
+            }
+        }
         if let Some(p) = self.port.as_mut() {
             for slot in self.tasks.active_slots() {
                 if self.tasks.get_mut(slot).submitted {
@@ -1200,12 +1495,16 @@ impl Conn {
             }
         }
         self.abort_where(|_| true);
+        self.logout_response(core, me, h, response, response == 0);
+    }
+
+    fn logout_response(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, response: u8, close: bool) {
         let mut r = Bhs::new(op::LOGOUT_RSP, F_FINAL);
         r.set_b2(response);
         r.set_itt(h.itt());
         self.seal(&mut r, true);
         self.send(&r, &[]);
-        if response == 0 {
+        if close {
             self.phase = Phase::Closing;
         }
         core.want_flush(me);
@@ -1344,12 +1643,28 @@ impl Handler for Conn {
             Ok(a) => return self.abort_for_other(core, me, &a.0),
             Err(m) => m,
         };
+        let msg = match msg.downcast::<tmf::SessionAbort>() {
+            Ok(a) => return self.abort_in_session(a.0),
+            Err(m) => m,
+        };
         if let Ok(v) = msg.downcast::<VictimAbort>() {
             self.abort_preempted(core, me, &v.0);
         }
     }
 
+    /// Requests held for their CmdSN: start those whose turn another connection brought.
+    fn on_poll(&mut self, core: &mut Core, me: HandlerRef) -> usize {
+        if self.held.is_empty() || self.phase != Phase::FullFeature {
+            return 0;
+        }
+        self.run_held(core, me)
+    }
+
     fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {
+        if self.landing.is_none() && self.phase == Phase::FullFeature {
+            // A command whose immediate data never completed (its task was aborted meanwhile).
+            self.settle_owed(core, me);
+        }
         match self.phase {
             Phase::Login if core.now.duration_since(self.started) > self.login_timeout => {
                 self.fatal(core, me, "login timed out")
@@ -1383,10 +1698,24 @@ impl Handler for Conn {
 
     fn on_close(&mut self, core: &mut Core, _me: HandlerRef) {
         let _ = core.registry().deregister(&mut self.sock);
-        // Logout, connection loss or reinstatement: with MaxConnections=1 the session, and so the
-        // I_T nexus, ends here (an SPC-2 RESERVE of this nexus is released; persistent
-        // reservations stay).
-        if let Some(p) = self.port.as_ref() {
+        // Logout, connection loss or reinstatement: when the session's last connection goes, the
+        // session, and so the I_T nexus, ends (an SPC-2 RESERVE of this nexus is released;
+        // persistent reservations stay). At ErrorRecoveryLevel 0 the other connections go on;
+        // the tasks of this one end with it.
+        let last = match self.session.as_ref() {
+            Some(s) => {
+                let last = s.leave(self.id);
+                if last {
+                    self.target.remove_session(s);
+                }
+                last
+            }
+            None => true,
+        };
+        if !self.held.is_empty() {
+            tracing::info!(conn = self.id, held = self.held.len(), "iscsi: connection closed with commands waiting for their CmdSN");
+        }
+        if let (true, Some(p)) = (last, self.port.as_ref()) {
             p.nexus_lost();
         }
         if self.registered {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use md5::{Digest, Md5};
 
 use super::pdu::{parse_text, Bhs, F_CONTINUE, F_TRANSIT};
+use super::session::Session;
 use super::target::{ChapPolicy, Node, Target};
 
 /// Login status classes / details (RFC 7143 §11.13.5).
@@ -121,6 +122,8 @@ pub struct Login {
     pub isid: [u8; 6],
     pub tsih: u16,
     pub cid: u16,
+    /// A login with a TSIH: the session this connection joins (MC/S).
+    pub joining: Option<Arc<Session>>,
     chap: Chap,
     policy: ChapPolicy,
     auth_none: bool,
@@ -158,6 +161,7 @@ impl Login {
             isid: [0; 6],
             tsih: 0,
             cid: 0,
+            joining: None,
             chap: Chap::NotStarted,
             policy: ChapPolicy::default(),
             auth_none: false,
@@ -312,14 +316,10 @@ impl Login {
             Some("Discovery") => SessionType::Discovery,
             Some(_) => return Err(status::SESSION_TYPE_UNSUPPORTED),
         };
-        if self.tsih != 0 {
-            // MaxConnections=1: no connection can be added to an existing session.
-            return Err(status::SESSION_DOES_NOT_EXIST);
-        }
         let o = ctx.target.opts();
         self.opts_first_burst = o.first_burst_length;
         self.opts_immediate = o.immediate_data;
-        self.opts_max_conns = 1;
+        self.opts_max_conns = o.max_connections_per_session.max(1);
         self.opts_time2wait = o.default_time2wait;
         self.opts_time2retain = o.default_time2retain;
         self.opts_max_r2t = o.max_r2t_per_connection.max(1);
@@ -337,7 +337,7 @@ impl Login {
                 if !ctx.target.allowed(&node, ctx.pg_tag, &self.initiator_name, ctx.peer) {
                     return Err(status::NOT_AUTHORIZED);
                 }
-                if normal >= o.max_sessions as usize {
+                if normal >= o.max_sessions as usize && self.tsih == 0 {
                     return Err(status::OUT_OF_RESOURCES);
                 }
                 self.policy = node.chap;
@@ -352,6 +352,28 @@ impl Login {
                 self.node = Some(node);
             }
         }
+        if self.tsih != 0 {
+            self.join(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A login naming a session (TSIH != 0) adds a connection to it (RFC 7143 §6.3.1): the session
+    /// must exist with this ISID, initiator and target, and have room (or the CID in use, which
+    /// the new connection reinstates). It inherits the session-wide keys.
+    fn join(&mut self, ctx: &LoginCtx) -> Result<(), (u8, u8)> {
+        let s = ctx.target.session(self.tsih).ok_or(status::SESSION_DOES_NOT_EXIST)?;
+        if self.session_type != SessionType::Normal || !s.matches(&self.isid, &self.initiator_name, &self.target_name, ctx.pg_tag) {
+            return Err(status::SESSION_DOES_NOT_EXIST);
+        }
+        let members = s.members();
+        if members.len() >= s.params.max_connections.max(1) as usize && !members.iter().any(|m| m.cid == self.cid) {
+            return Err(status::TOO_MANY_CONNECTIONS);
+        }
+        // Session-wide values hold; the connection-only ones are negotiated from their defaults.
+        let own = Negotiated::defaults(TARGET_MAX_RECV_DSL);
+        self.params = Negotiated { header_digest: own.header_digest, data_digest: own.data_digest, max_xmit_dsl: own.max_xmit_dsl, ..s.params.clone() };
+        self.joining = Some(s);
         Ok(())
     }
 
@@ -435,6 +457,12 @@ impl Login {
             "MaxConnections" | "InitialR2T" | "ImmediateData" | "MaxBurstLength" | "FirstBurstLength" | "MaxOutstandingR2T" | "DataPDUInOrder" | "DataSequenceInOrder"
         );
         if discovery && session_only {
+            return Some("Irrelevant".into());
+        }
+        // Leading-only keys (RFC 7143 §13) are the leading login's to negotiate: in a login that
+        // adds a connection they do not change the session, and are answered Irrelevant.
+        let leading_only = session_only || matches!(k, "DefaultTime2Wait" | "DefaultTime2Retain" | "ErrorRecoveryLevel");
+        if self.joining.is_some() && leading_only {
             return Some("Irrelevant".into());
         }
         let rejected = || Some("Reject".to_string());
@@ -537,6 +565,9 @@ impl Login {
     }
 
     fn finalize(&mut self) {
+        if self.joining.is_some() {
+            return; // the session's values, as negotiated by its leading login
+        }
         let p = &mut self.params;
         if p.first_burst > p.max_burst {
             p.first_burst = p.max_burst;

@@ -8,6 +8,7 @@ pub mod itt;
 pub mod listener;
 pub mod login;
 pub mod pdu;
+pub mod session;
 pub mod target;
 pub mod tasks;
 pub mod tmf;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::session::Session;
 use crate::reactor::budget::Budget;
 use crate::reactor::HandlerRef;
 use crate::scsi::LunMap;
@@ -277,6 +278,8 @@ pub struct State {
 pub struct Target {
     pub state: Mutex<State>,
     pub conns: Mutex<HashMap<u64, ConnInfo>>,
+    /// Live sessions by TSIH (MC/S: connections that join one find it here).
+    pub sessions: Mutex<HashMap<u16, Arc<Session>>>,
     next_conn: AtomicU64,
     next_tsih: AtomicU16,
     /// Open connections (all, and those still logging in): the budgets of `max_connections`.
@@ -322,6 +325,7 @@ impl Default for Target {
         Target {
             state: Mutex::new(State { next_node_index: 1, ..Default::default() }),
             conns: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             next_tsih: AtomicU16::new(1),
             open: AtomicUsize::new(0),
@@ -364,13 +368,28 @@ impl Target {
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
-    /// A non-zero TSIH for a new session.
+    /// A non-zero TSIH no live session uses, for a new session.
     pub fn next_tsih(&self) -> u16 {
+        let live = self.sessions.lock().unwrap();
         loop {
             let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
-            if t != 0 {
+            if t != 0 && !live.contains_key(&t) {
                 return t;
             }
+        }
+    }
+
+    pub fn session(&self, tsih: u16) -> Option<Arc<Session>> {
+        self.sessions.lock().unwrap().get(&tsih).cloned()
+    }
+    pub fn add_session(&self, s: Arc<Session>) {
+        self.sessions.lock().unwrap().insert(s.tsih, s);
+    }
+    /// Forget a session whose last connection left (only if it is still this session object).
+    pub fn remove_session(&self, s: &Arc<Session>) {
+        let mut m = self.sessions.lock().unwrap();
+        if m.get(&s.tsih).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            m.remove(&s.tsih);
         }
     }
 
@@ -440,14 +459,15 @@ impl Target {
         ChapPolicy { disable: o.disable_chap, require: o.require_chap, mutual: o.mutual_chap, group: o.chap_group }
     }
 
-    /// Register a logged-in connection; returns the handler of a session it reinstates (same
-    /// initiator name, ISID and target), which the caller closes.
+    /// Register a logged-in connection; returns the handlers of every connection of a session it
+    /// reinstates (same initiator name, ISID and target, another TSIH), which the caller closes.
     pub fn register_conn(&self, info: ConnInfo) -> Vec<HandlerRef> {
         let mut m = self.conns.lock().unwrap();
         let old: Vec<u64> = m
             .values()
             .filter(|c| {
                 c.id != info.id
+                    && c.tsih != info.tsih
                     && c.isid == info.isid
                     && c.initiator_name.eq_ignore_ascii_case(&info.initiator_name)
                     && c.target_node_name == info.target_node_name
@@ -466,10 +486,10 @@ impl Target {
     pub fn unregister_conn(&self, id: u64) {
         self.conns.lock().unwrap().remove(&id);
     }
-    /// Logged-in sessions: (normal, discovery).
+    /// Logged-in sessions: (normal, discovery); the connections of one session count once.
     pub fn session_count(&self) -> (usize, usize) {
-        let m = self.conns.lock().unwrap();
-        let discovery = m.values().filter(|c| c.target_node_name.is_empty()).count();
+        let m = self.sessions.lock().unwrap();
+        let discovery = m.values().filter(|s| s.target_name.is_empty()).count();
         (m.len() - discovery, discovery)
     }
 }

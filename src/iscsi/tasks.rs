@@ -54,6 +54,8 @@ pub struct Task {
     reserved: u32,
     /// Waiting for its data buffer: a write keeps only its unsolicited data meanwhile.
     pub parked: bool,
+    /// Received ahead of the session's ExpCmdSN (MC/S): not started until its CmdSN is next.
+    pub held: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +91,7 @@ impl Task {
             write_resid: None,
             reserved: 0,
             parked: false,
+            held: false,
         }
     }
 

@@ -29,6 +29,21 @@ pub struct Answer {
 /// task set or reset the logical unit).
 pub struct OtherNexusAbort(pub Arc<[Arc<Volume>]>);
 
+/// To another connection of the requester's own session (MC/S: the same I_T nexus): ABORT TASK
+/// SET, CLEAR TASK SET, LOGICAL UNIT RESET or a target reset aborted your tasks on this LUN (None:
+/// on every LUN); they end without a response, as the requester's own do.
+pub struct SessionAbort(pub Option<u64>);
+
+/// Message the session's other connections `siblings` (see [`SessionAbort`]). Call before
+/// [`answer_after_drain`] on the same reactor, like [`abort_other_nexuses`].
+pub fn abort_in_session(core: &mut Core, me: HandlerRef, siblings: &[HandlerRef], lun: Option<u64>) {
+    for &h in siblings.iter().filter(|h| **h != me) {
+        core.reactors().send(h.reactor, move |r| {
+            r.send_to_handler(h, Box::new(SessionAbort(lun)));
+        });
+    }
+}
+
 /// Each volume once (several LUNs may export one volume).
 pub fn distinct(mut v: Vec<Arc<Volume>>) -> Vec<Arc<Volume>> {
     let mut out: Vec<Arc<Volume>> = Vec::with_capacity(v.len());
@@ -40,10 +55,12 @@ pub fn distinct(mut v: Vec<Arc<Volume>>) -> Vec<Arc<Volume>> {
     out
 }
 
-/// Message every logged-in connection but `me` to abort its tasks on `volumes`. Call before
-/// [`answer_after_drain`] on the same reactor (the ordering the drain relies on).
-pub fn abort_other_nexuses(core: &mut Core, target: &Target, me: HandlerRef, volumes: &[Arc<Volume>]) {
-    let others: Vec<HandlerRef> = target.conns.lock().unwrap().values().map(|c| c.handler).filter(|h| *h != me).collect();
+/// Message every logged-in connection of another session than `tsih` (the requester's) to abort
+/// its tasks on `volumes`. Call before [`answer_after_drain`] on the same reactor (the ordering
+/// the drain relies on).
+pub fn abort_other_nexuses(core: &mut Core, target: &Target, me: HandlerRef, tsih: u16, volumes: &[Arc<Volume>]) {
+    let others: Vec<HandlerRef> =
+        target.conns.lock().unwrap().values().filter(|c| c.tsih != tsih).map(|c| c.handler).filter(|h| *h != me).collect();
     if others.is_empty() {
         return;
     }

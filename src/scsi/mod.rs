@@ -239,6 +239,14 @@ impl ScsiPort {
 
     /// I_T nexus loss (logout, connection loss, session reinstatement): SPC-2 reservations of
     /// this nexus end; persistent reservations and registrations stay (SPC-4 5.13.1).
+    /// This port is one more connection of an I_T nexus that already exists (iSCSI MC/S): no
+    /// power-on unit attention of its own.
+    pub fn join_existing_nexus(&mut self) {
+        for u in &mut self.ua {
+            u.join_existing();
+        }
+    }
+
     pub fn nexus_lost(&self) {
         for l in &self.luns.luns {
             l.volume.reservations().nexus_lost(Some(nexus_ref(&self.initiator)));

@@ -46,6 +46,12 @@ impl NexusUa {
         }
     }
 
+    /// Another connection of an existing I_T nexus (iSCSI MC/S): the nexus saw its power-on
+    /// condition already, through the connection that created it.
+    pub fn join_existing(&mut self) {
+        self.pending &= !POWER_ON;
+    }
+
     /// Fold in shared events that happened since the last look.
     pub fn refresh(&mut self, ev: &LunEvents, capacity: u64) {
         let r = ev.reset.load(Ordering::Acquire);

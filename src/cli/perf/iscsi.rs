@@ -1,4 +1,5 @@
-//! `palisade perf --transport iscsi`: one iSCSI session per queue, through the initiator in
+//! `palisade perf --transport iscsi`: one iSCSI session per queue (with `--connections` N, N
+//! connections per session, each a perf queue of its own), through the initiator in
 //! `crate::iscsi::initiator`.
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ struct IscsiQueue {
     cdb: [u8; 16],
 }
 
-/// Connect `queues` sessions of depth `qd` to `target` LUN `lun`.
+/// Connect `queues` sessions of `conns` connections of depth `qd` each to `target` LUN `lun`.
 #[allow(clippy::too_many_arguments)]
 pub fn connect(
     addr: &str,
@@ -24,6 +25,7 @@ pub fn connect(
     initiator_name: &str,
     chap: Option<(String, String)>,
     queues: usize,
+    conns: usize,
     qd: usize,
     hdgst: bool,
     ddgst: bool,
@@ -34,19 +36,24 @@ pub fn connect(
         o.chap = chap.clone();
         o.header_digest = hdgst;
         o.data_digest = ddgst;
-        let mut s = Session::connect(addr, port, &o, qd.max(1))?;
-        // READ CAPACITY(16), retried once past a unit attention.
-        let mut cap = None;
-        for _ in 0..3 {
-            let (c, d) = s.command(lun, &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[], 32, Duration::from_secs(10))?;
-            if c.status == 0 && d.len() >= 12 {
-                cap = Some((u64::from_be_bytes(d[0..8].try_into().unwrap()) + 1, u32::from_be_bytes(d[8..12].try_into().unwrap())));
-                break;
-            }
+        let sessions = if conns > 1 { Session::connect_mcs(addr, port, &o, qd.max(1), conns)? } else { vec![Session::connect(addr, port, &o, qd.max(1))?] };
+        if sessions.len() < conns {
+            return Err(std::io::Error::other(format!("the target allows {} connections per session", sessions.len())));
         }
-        let (num_blocks, block_size) =
-            cap.ok_or_else(|| std::io::Error::other(format!("READ CAPACITY(16) of LUN {lun} failed")))?;
-        out.push(Box::new(IscsiQueue { s, lun, block_size, num_blocks, cdb: [0; 16] }));
+        for mut s in sessions {
+            // READ CAPACITY(16), retried once past a unit attention.
+            let mut cap = None;
+            for _ in 0..3 {
+                let (c, d) = s.command(lun, &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[], 32, Duration::from_secs(10))?;
+                if c.status == 0 && d.len() >= 12 {
+                    cap = Some((u64::from_be_bytes(d[0..8].try_into().unwrap()) + 1, u32::from_be_bytes(d[8..12].try_into().unwrap())));
+                    break;
+                }
+            }
+            let (num_blocks, block_size) =
+                cap.ok_or_else(|| std::io::Error::other(format!("READ CAPACITY(16) of LUN {lun} failed")))?;
+            out.push(Box::new(IscsiQueue { s, lun, block_size, num_blocks, cdb: [0; 16] }));
+        }
     }
     Ok(out)
 }

@@ -147,6 +147,10 @@ pub struct PerfArgs {
     /// iSCSI LUN.
     #[arg(long, default_value_t = 0)]
     pub lun: u64,
+    /// iSCSI connections per session (MC/S; one thread each): every one of `--queues` sessions
+    /// logs in this many connections sharing its CmdSN.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u16,
     #[arg(long = "chap-user")]
     pub chap_user: Option<String>,
     #[arg(long = "chap-secret")]
@@ -501,6 +505,7 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
                 &initiator,
                 chap,
                 a.queues as usize,
+                a.connections.max(1) as usize,
                 a.qd as usize,
                 a.hdgst,
                 a.ddgst,
@@ -631,7 +636,7 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
         let v = json!({
             "transport": format!("{:?}", a.transport).to_lowercase(),
             "rw": format!("{:?}", a.rw).to_lowercase(),
-            "bs": a.bs, "qd": a.qd, "queues": a.queues,
+            "bs": a.bs, "qd": a.qd, "queues": a.queues, "connections": a.connections,
             "elapsed_s": elapsed,
             "ios": ios,
             "iops": iops,

@@ -19,6 +19,11 @@ pub struct LoginOptions {
     pub header_digest: bool,
     pub data_digest: bool,
     pub isid: [u8; 6],
+    /// Non-zero: add a connection to this session (MC/S), as CID `cid`.
+    pub tsih: u16,
+    pub cid: u16,
+    /// MaxConnections offered by a leading login.
+    pub max_connections: u32,
 }
 
 impl LoginOptions {
@@ -33,6 +38,9 @@ impl LoginOptions {
             data_digest: false,
             // Random qualifier (type 10b): each connect is a new I_T nexus.
             isid: [0x80, 0x00, (r >> 24) as u8, (r >> 16) as u8, (r >> 8) as u8, r as u8],
+            tsih: 0,
+            cid: 0,
+            max_connections: 1,
         }
     }
 }
@@ -49,6 +57,8 @@ pub struct SessionParams {
     pub max_send_dsl: u32,
     pub tsih: u16,
     pub target_portal_group_tag: Option<u32>,
+    /// MaxConnections the target agreed to (leading login).
+    pub max_connections: u32,
 }
 
 impl Default for SessionParams {
@@ -63,6 +73,7 @@ impl Default for SessionParams {
             max_send_dsl: 8192,
             tsih: 0,
             target_portal_group_tag: None,
+            max_connections: 1,
         }
     }
 }
@@ -85,9 +96,10 @@ fn send(s: &mut Session, opts: &LoginOptions, flags: u8, keys: &[(String, String
     let mut h = Bhs::new(op::LOGIN_REQ, flags);
     h.set_immediate();
     h.0[at::ISID..at::ISID + 6].copy_from_slice(&opts.isid);
-    h.set_u16(at::TSIH, 0);
+    h.set_u16(at::TSIH, opts.tsih);
     h.set_itt(0);
-    h.set_u32(at::W24, s.cmd_sn);
+    h.set_u16(20, opts.cid);
+    h.set_u32(at::W24, s.cmd_sn());
     h.set_u32(at::W28, s.exp_stat_sn);
     let text = pdu::encode_text(keys);
     // Login PDUs never carry digests.
@@ -102,7 +114,11 @@ fn send(s: &mut Session, opts: &LoginOptions, flags: u8, keys: &[(String, String
         return Err(status_error(class, detail));
     }
     s.exp_stat_sn = r.u32_at(at::W24).wrapping_add(1);
-    s.max_cmd_sn = r.u32_at(at::W32);
+    if opts.tsih == 0 {
+        s.max_cmd_sn.store(r.u32_at(at::W32), std::sync::atomic::Ordering::Release);
+    } else {
+        s.raise_max_cmd_sn(r.u32_at(at::W32));
+    }
     let pairs = pdu::parse_text(&data).map_err(|e| err(std::io::ErrorKind::InvalidData, e.to_string()))?;
     Ok((r, pairs))
 }
@@ -171,13 +187,14 @@ pub fn run(s: &mut Session, opts: &LoginOptions) -> std::io::Result<()> {
         kv("HeaderDigest", dg(opts.header_digest)),
         kv("DataDigest", dg(opts.data_digest)),
         kv("MaxRecvDataSegmentLength", OUR_MRDSL.to_string()),
-        kv("DefaultTime2Wait", "0"),
-        kv("DefaultTime2Retain", "0"),
-        kv("ErrorRecoveryLevel", "0"),
     ];
-    if opts.target.is_some() {
+    if opts.tsih == 0 {
+        k.extend([kv("DefaultTime2Wait", "0"), kv("DefaultTime2Retain", "0"), kv("ErrorRecoveryLevel", "0")]);
+    }
+    if opts.target.is_some() && opts.tsih == 0 {
+        // Leading-only keys: a connection joining a session has the session's (RFC 7143 §13).
         k.extend([
-            kv("MaxConnections", "1"),
+            kv("MaxConnections", opts.max_connections.max(1).to_string()),
             kv("InitialR2T", "No"),
             kv("ImmediateData", "Yes"),
             kv("MaxBurstLength", "16776192"),
@@ -202,6 +219,7 @@ pub fn run(s: &mut Session, opts: &LoginOptions) -> std::io::Result<()> {
                 "MaxBurstLength" => p.max_burst = n.unwrap_or(262_144),
                 "FirstBurstLength" => p.first_burst = n.unwrap_or(65536),
                 "TargetPortalGroupTag" => tpgt = tpgt.or(n),
+                "MaxConnections" => p.max_connections = n.unwrap_or(1),
                 _ => {}
             }
         }

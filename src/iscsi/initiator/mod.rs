@@ -10,6 +10,8 @@ pub mod login;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pdu::{self, at, op, Bhs, F_FINAL, F_READ, F_STATUS, F_WRITE, RESERVED_TAG};
@@ -51,9 +53,13 @@ pub struct Session {
     rx_start: usize,
     rx_end: usize,
     tx: Vec<u8>,
-    cmd_sn: u32,
+    /// The session's next CmdSN, shared by its connections (MC/S: one thread per connection);
+    /// ExpStatSN is per connection.
+    cmd_sn: Arc<AtomicU32>,
     exp_stat_sn: u32,
-    max_cmd_sn: u32,
+    /// The session's MaxCmdSN as last heard on any of its connections (a connection with nothing
+    /// in flight hears nothing, yet must see the window the others moved).
+    max_cmd_sn: Arc<AtomicU32>,
     seq: u32,
     slots: Vec<Slot>,
     /// Commands waiting for the CmdSN window: (tag, header) with data kept in the slot.
@@ -67,6 +73,50 @@ pub struct Session {
 impl Session {
     /// Connect and log in (discovery session when `opts.target` is None).
     pub fn connect(addr: &str, port: u16, opts: &LoginOptions, depth: usize) -> std::io::Result<Session> {
+        Session::connect_with(addr, port, opts, depth, Arc::new(AtomicU32::new(1)), Arc::new(AtomicU32::new(1)))
+    }
+
+    /// One session of `n` connections (MC/S, RFC 7143 §6.2): the leading login offers
+    /// MaxConnections=`n`, the others join with its TSIH as CIDs 1.. and share its CmdSN counter.
+    /// Fewer connections than asked when the target agreed to fewer.
+    pub fn connect_mcs(addr: &str, port: u16, opts: &LoginOptions, depth: usize, n: usize) -> std::io::Result<Vec<Session>> {
+        let mut o = opts.clone();
+        o.max_connections = n.max(1) as u32;
+        let lead = Session::connect(addr, port, &o, depth)?;
+        let n = n.min(lead.params.max_connections.max(1) as usize);
+        let mut out = vec![lead];
+        for cid in 1..n {
+            let c = out[0].add_connection(addr, port, &o, depth, cid as u16)?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Log in another connection of this session with CID `cid` (the ISID, initiator and target
+    /// of `opts` must be this session's; its TSIH is filled in).
+    pub fn add_connection(&self, addr: &str, port: u16, opts: &LoginOptions, depth: usize, cid: u16) -> std::io::Result<Session> {
+        let mut o = opts.clone();
+        o.tsih = self.params.tsih;
+        o.cid = cid;
+        let mut c = Session::connect_with(addr, port, &o, depth, self.cmd_sn.clone(), self.max_cmd_sn.clone())?;
+        // The session-wide values are the leading login's; digests and sizes are the connection's.
+        let lead = &self.params;
+        c.params.initial_r2t = lead.initial_r2t;
+        c.params.immediate_data = lead.immediate_data;
+        c.params.first_burst = lead.first_burst;
+        c.params.max_burst = lead.max_burst;
+        c.params.max_connections = lead.max_connections;
+        Ok(c)
+    }
+
+    fn connect_with(
+        addr: &str,
+        port: u16,
+        opts: &LoginOptions,
+        depth: usize,
+        cmd_sn: Arc<AtomicU32>,
+        max_cmd_sn: Arc<AtomicU32>,
+    ) -> std::io::Result<Session> {
         let sock = TcpStream::connect((addr, port))?;
         sock.set_nodelay(true)?;
         let mut s = Session {
@@ -76,9 +126,9 @@ impl Session {
             rx_start: 0,
             rx_end: 0,
             tx: Vec::with_capacity(1 << 20),
-            cmd_sn: 1,
+            cmd_sn,
             exp_stat_sn: 0,
-            max_cmd_sn: 1,
+            max_cmd_sn,
             seq: 0,
             slots: (0..depth.max(1)).map(|_| Slot::default()).collect(),
             waiting: Default::default(),
@@ -94,6 +144,37 @@ impl Session {
 
     pub fn depth(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Move the session's MaxCmdSN forward to `max` (never back: responses on several
+    /// connections arrive in any order).
+    fn raise_max_cmd_sn(&self, max: u32) {
+        let mut cur = self.max_cmd_sn.load(Ordering::Acquire);
+        while pdu::sn_lt(cur, max) {
+            match self.max_cmd_sn.compare_exchange_weak(cur, max, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The session's next CmdSN (not taken).
+    pub fn cmd_sn(&self) -> u32 {
+        self.cmd_sn.load(Ordering::Acquire)
+    }
+
+    /// Take the next CmdSN if the window this connection last heard of allows it.
+    fn take_cmd_sn(&self) -> Option<u32> {
+        let mut cur = self.cmd_sn.load(Ordering::Acquire);
+        loop {
+            if pdu::sn_lt(self.max_cmd_sn.load(Ordering::Acquire), cur) {
+                return None;
+            }
+            match self.cmd_sn.compare_exchange_weak(cur, cur.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(cur),
+                Err(now) => cur = now,
+            }
+        }
     }
 
     // --- low-level PDU I/O shared with login -------------------------------------------------
@@ -174,8 +255,8 @@ impl Session {
         }
         let max = h.u32_at(at::W32);
         let exp = h.u32_at(at::W28);
-        if pdu::sn_le(exp.wrapping_sub(1), max) && pdu::sn_lt(self.max_cmd_sn, max) {
-            self.max_cmd_sn = max;
+        if pdu::sn_le(exp.wrapping_sub(1), max) {
+            self.raise_max_cmd_sn(max);
         }
     }
 
@@ -187,7 +268,7 @@ impl Session {
         h.set_immediate();
         h.set_itt(0x1000);
         h.set_u32(at::W20, RESERVED_TAG);
-        h.set_u32(at::W24, self.cmd_sn);
+        h.set_u32(at::W24, self.cmd_sn());
         h.set_u32(at::W28, self.exp_stat_sn);
         let text = pdu::encode_text(&[("SendTargets".into(), what.into())]);
         self.queue_pdu(&h, &text);
@@ -208,7 +289,7 @@ impl Session {
             h.set_immediate();
             h.set_itt(0x1000);
             h.set_u32(at::W20, r.u32_at(at::W20));
-            h.set_u32(at::W24, self.cmd_sn);
+            h.set_u32(at::W24, self.cmd_sn());
             h.set_u32(at::W28, self.exp_stat_sn);
             self.queue_pdu(&h, &[]);
             self.flush_blocking()?;
@@ -272,14 +353,13 @@ impl Session {
     /// Send queued commands the CmdSN window allows, with immediate and unsolicited data.
     fn send_waiting(&mut self) {
         while let Some((tag, mut h)) = self.waiting.pop_front() {
-            if pdu::sn_lt(self.max_cmd_sn, self.cmd_sn) {
+            let Some(sn) = self.take_cmd_sn() else {
                 self.waiting.push_front((tag, h));
                 return;
-            }
-            h.set_u32(at::W24, self.cmd_sn);
+            };
+            h.set_u32(at::W24, sn);
             h.set_u32(at::W28, self.exp_stat_sn);
-            self.slots[tag as usize].cmd_sn = self.cmd_sn;
-            self.cmd_sn = self.cmd_sn.wrapping_add(1);
+            self.slots[tag as usize].cmd_sn = sn;
             let p = &self.params;
             let slot = &self.slots[tag as usize];
             let total = slot.write_data.len();
@@ -439,7 +519,7 @@ impl Session {
                         r.set_lun_raw(h.lun_raw());
                         r.set_itt(RESERVED_TAG);
                         r.set_u32(at::W20, ttt);
-                        r.set_u32(at::W24, self.cmd_sn);
+                        r.set_u32(at::W24, self.cmd_sn());
                         r.set_u32(at::W28, self.exp_stat_sn);
                         self.queue_pdu(&r, &[]);
                     }
@@ -485,10 +565,9 @@ impl Session {
         let mut h = Bhs::new(op::NOP_OUT, F_FINAL);
         h.set_itt(itt);
         h.set_u32(at::W20, RESERVED_TAG);
-        h.set_u32(at::W24, self.cmd_sn);
-        h.set_u32(at::W28, self.exp_stat_sn);
         // A NOP-Out that wants an answer takes a CmdSN like a command.
-        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        h.set_u32(at::W24, self.cmd_sn.fetch_add(1, Ordering::AcqRel));
+        h.set_u32(at::W28, self.exp_stat_sn);
         self.queue_pdu(&h, data);
         let deadline = Instant::now() + timeout;
         loop {
@@ -525,10 +604,10 @@ impl Session {
         h.set_itt(itt);
         let (rtt, ref_sn) = match ref_tag.and_then(|t| self.slots.get(t as usize)) {
             Some(s) => (s.itt, s.cmd_sn),
-            None => (RESERVED_TAG, self.cmd_sn),
+            None => (RESERVED_TAG, self.cmd_sn()),
         };
         h.set_u32(at::W20, rtt);
-        h.set_u32(at::W24, self.cmd_sn);
+        h.set_u32(at::W24, self.cmd_sn());
         h.set_u32(at::W28, self.exp_stat_sn);
         h.set_u32(at::W32, ref_sn);
         self.queue_pdu(&h, &[]);
@@ -567,10 +646,20 @@ impl Session {
 
     /// Logout (close the session) and wait for the answer.
     pub fn logout(mut self) -> std::io::Result<()> {
-        let mut h = Bhs::new(op::LOGOUT_REQ, F_FINAL);
+        match self.logout_request(0, 0)? {
+            0 => Ok(()),
+            r => Err(err(std::io::ErrorKind::Other, format!("logout response {r}"))),
+        }
+    }
+
+    /// Logout with `reason` (0 close the session, 1 close the connection `cid`, 2 remove it for
+    /// recovery, RFC 7143 §11.14.1) and wait for the answer; returns its response code.
+    pub fn logout_request(&mut self, reason: u8, cid: u16) -> std::io::Result<u8> {
+        let mut h = Bhs::new(op::LOGOUT_REQ, F_FINAL | (reason & 0x7f));
         h.set_immediate();
         h.set_itt(0x2000);
-        h.set_u32(at::W24, self.cmd_sn);
+        h.set_u16(20, cid);
+        h.set_u32(at::W24, self.cmd_sn());
         h.set_u32(at::W28, self.exp_stat_sn);
         self.queue_pdu(&h, &[]);
         self.sock.set_nonblocking(false)?;
@@ -579,7 +668,8 @@ impl Session {
         loop {
             let (r, _) = self.recv_blocking(Duration::from_secs(10))?;
             if r.opcode() == op::LOGOUT_RSP {
-                return if r.b2() == 0 { Ok(()) } else { Err(err(std::io::ErrorKind::Other, format!("logout response {}", r.b2()))) };
+                self.note_sn(&r, true);
+                return Ok(r.b2());
             }
         }
     }

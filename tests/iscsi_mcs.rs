@@ -168,6 +168,42 @@ fn commands_run_in_cmdsn_order_across_connections() {
 }
 
 #[test]
+fn task_management_reaches_every_connection_of_the_session() {
+    let (t, port) = start(3);
+    let mut conns = Session::connect_mcs("127.0.0.1", port, &opts(), 8, 3).unwrap();
+    assert_eq!(conns.len(), 3);
+    let mut c = conns.pop().unwrap();
+    let mut b = conns.pop().unwrap();
+    let mut a = conns.pop().unwrap();
+    for (i, s) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+        ok(s, &write10(i as u32, 1), &[i as u8; 512], 0);
+    }
+    // ABORT TASK SET, then LOGICAL UNIT RESET, from C while B holds a write waiting for A's
+    // earlier CmdSN: B's write is one of the session's tasks on the LUN and must not run.
+    for (round, function) in [(1u8, 2u8), (2, 5)] {
+        let lba = 2000 + round as u32;
+        let mine = vec![0x30 + round; 512];
+        a.submit(1, 0, &write10(lba, 1), &mine, 0).unwrap();
+        b.submit(round as u32, 0, &write10(lba, 1), &[0x40 + round; 512], 0).unwrap();
+        assert!(completions(&mut b, Duration::from_millis(200)).is_empty());
+        let r = c.task_management(function, 0, None, T, &mut |_, _| {}).unwrap();
+        assert_eq!(r, 0, "function {function}");
+        // A is the requester's nexus: the reset's unit attention is reported once, on C.
+        let got = completions(&mut a, Duration::from_millis(300));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].status, 0, "round {round}: {got:?}");
+        // The aborted command is not answered (same nexus: no TASK ABORTED status) and did not run.
+        let late = completions(&mut b, Duration::from_millis(300));
+        assert!(late.is_empty(), "round {round}: the aborted write was answered: {late:?}");
+        assert_eq!(ok(&mut c, &read10(lba, 1), &[], 512), mine, "round {round}: the aborted write ran");
+        // Its CmdSN was stepped over: every connection goes on.
+        ok(&mut b, &read10(lba, 1), &[], 512);
+        ok(&mut a, &read10(lba, 1), &[], 512);
+    }
+    t.stop();
+}
+
+#[test]
 fn connection_limit_and_unknown_sessions_are_refused() {
     let (t, port) = start(2);
     // Asking for 4 connections gets max_connections_per_session = 2.

@@ -167,6 +167,9 @@ pub struct Conn {
     /// The CmdSN of a command that ran in order but whose immediate data is still arriving:
     /// ExpCmdSN moves past it once the data is in (so the next command cannot overtake it).
     owed: Option<u32>,
+    /// One past the last CmdSN this connection took in order: its responses acknowledge it
+    /// although the session's ExpCmdSN moves only once the command has started.
+    acked: u32,
     tasks: TaskTable,
     /// Scratch for one header being built (so responses do not allocate).
     sense_buf: [u8; 20],
@@ -240,6 +243,7 @@ impl Conn {
             held_cap: 0,
             polled: false,
             owed: None,
+            acked: 0,
             tasks: TaskTable::new(0),
             sense_buf: [0; 20],
             last_rx: core.now,
@@ -258,8 +262,14 @@ impl Conn {
         }))
     }
 
+    /// ExpCmdSN as this connection reports it.
     fn exp_cmd_sn(&self) -> u32 {
-        self.exp.load(Ordering::Acquire)
+        let exp = self.exp.load(Ordering::Acquire);
+        if pdu::sn_lt(exp, self.acked) {
+            self.acked
+        } else {
+            exp
+        }
     }
 
     /// Fill the sequence-number words every target response carries. MaxCmdSN: every connection
@@ -605,6 +615,7 @@ impl Conn {
                     self.owed = Some(exp);
                     break;
                 }
+                self.acked = exp.wrapping_add(1);
                 self.start_held(core, me, e.slot);
             }
             self.exp.store(exp.wrapping_add(1), Ordering::Release);
@@ -820,6 +831,9 @@ impl Conn {
         let order = self.order(core, me, h);
         if order == Order::Drop {
             return None;
+        }
+        if order == Order::Now && !h.immediate() {
+            self.acked = h.u32_at(at::W24).wrapping_add(1);
         }
         let dest = self.scsi_cmd(core, me, h, ahs, dlen, order == Order::Later);
         if order == Order::Now && !h.immediate() {
@@ -1286,7 +1300,7 @@ impl Conn {
                 }
                 self.abort_where(|t| t.lun == lun);
                 let vols = vec![vol];
-                tmf::abort_in_session(core, me, &siblings, Some(lun));
+                tmf::abort_in_session(core, me, &siblings, Some(lun), function == 5);
                 if function != 2 {
                     tmf::abort_other_nexuses(core, &self.target, me, tsih, &vols);
                 }
@@ -1305,7 +1319,7 @@ impl Conn {
                 }
                 self.abort_where(|_| true);
                 let vols = tmf::distinct(vols);
-                tmf::abort_in_session(core, me, &siblings, None);
+                tmf::abort_in_session(core, me, &siblings, None, true);
                 tmf::abort_other_nexuses(core, &self.target, me, tsih, &vols);
                 (0, vols)
             }
@@ -1369,8 +1383,11 @@ impl Conn {
 
     /// Another connection of this session aborted the task set of `lun` (None: of every LUN):
     /// our tasks there end too, without a response (the same nexus asked).
-    fn abort_in_session(&mut self, lun: Option<u64>) {
+    fn abort_in_session(&mut self, lun: Option<u64>, reset: bool) {
         let Some(p) = self.port.as_mut() else { return };
+        if reset {
+            p.reset_by_own_nexus(lun);
+        }
         let mut n = 0;
         for slot in self.tasks.active_slots() {
             let handle = self.tasks.handle(slot);
@@ -1644,7 +1661,7 @@ impl Handler for Conn {
             Err(m) => m,
         };
         let msg = match msg.downcast::<tmf::SessionAbort>() {
-            Ok(a) => return self.abort_in_session(a.0),
+            Ok(a) => return self.abort_in_session(a.lun, a.reset),
             Err(m) => m,
         };
         if let Ok(v) = msg.downcast::<VictimAbort>() {

@@ -32,14 +32,18 @@ pub struct OtherNexusAbort(pub Arc<[Arc<Volume>]>);
 /// To another connection of the requester's own session (MC/S: the same I_T nexus): ABORT TASK
 /// SET, CLEAR TASK SET, LOGICAL UNIT RESET or a target reset aborted your tasks on this LUN (None:
 /// on every LUN); they end without a response, as the requester's own do.
-pub struct SessionAbort(pub Option<u64>);
+pub struct SessionAbort {
+    pub lun: Option<u64>,
+    /// A reset (LOGICAL UNIT RESET, target reset): its unit attention is the requester's to report.
+    pub reset: bool,
+}
 
 /// Message the session's other connections `siblings` (see [`SessionAbort`]). Call before
 /// [`answer_after_drain`] on the same reactor, like [`abort_other_nexuses`].
-pub fn abort_in_session(core: &mut Core, me: HandlerRef, siblings: &[HandlerRef], lun: Option<u64>) {
+pub fn abort_in_session(core: &mut Core, me: HandlerRef, siblings: &[HandlerRef], lun: Option<u64>, reset: bool) {
     for &h in siblings.iter().filter(|h| **h != me) {
         core.reactors().send(h.reactor, move |r| {
-            r.send_to_handler(h, Box::new(SessionAbort(lun)));
+            r.send_to_handler(h, Box::new(SessionAbort { lun, reset }));
         });
     }
 }

@@ -247,6 +247,16 @@ impl ScsiPort {
         }
     }
 
+    /// Another connection of this nexus reset LUN `lun` (None: every LUN) and reports the unit
+    /// attention itself: the nexus gets it once.
+    pub fn reset_by_own_nexus(&mut self, lun: Option<u64>) {
+        for (i, l) in self.luns.luns.iter().enumerate() {
+            if lun.is_none_or(|x| x == l.id) {
+                self.ua[i].reset_reported_elsewhere(&l.events);
+            }
+        }
+    }
+
     pub fn nexus_lost(&self) {
         for l in &self.luns.luns {
             l.volume.reservations().nexus_lost(Some(nexus_ref(&self.initiator)));

@@ -83,6 +83,12 @@ impl NexusUa {
         self.seen_reset = ev.reset.load(Ordering::Acquire);
     }
 
+    /// The reset was reported on another connection of this nexus (iSCSI MC/S): not again here.
+    pub fn reset_reported_elsewhere(&mut self, ev: &LunEvents) {
+        self.seen_reset = ev.reset.load(Ordering::Acquire);
+        self.pending &= !RESET;
+    }
+
     pub fn is_pending(&self) -> bool {
         self.pending != 0
     }

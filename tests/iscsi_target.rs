@@ -570,7 +570,7 @@ fn initiator_works_against_tgt() {
     }
     s.logout().unwrap();
     // The perf queue (READ CAPACITY, depth) works against tgt too.
-    let mut q = palisade::cli::perf::iscsi::connect("127.0.0.1", port, iqn, 1, "iqn.test:perf", None, 1, 16, false, false).unwrap();
+    let mut q = palisade::cli::perf::iscsi::connect("127.0.0.1", port, iqn, 1, "iqn.test:perf", None, 1, 1, 16, false, false).unwrap();
     assert_eq!(q[0].num_blocks(), (16 << 20) / 512);
     for tag in 0..16u32 {
         q[0].submit(tag, false, tag as u64 * 8, 8, &[]).unwrap();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use md5::{Digest, Md5};
 
 use super::pdu::{parse_text, Bhs, F_CONTINUE, F_TRANSIT};
+pub use super::session::Negotiated;
 use super::session::Session;
 use super::target::{ChapPolicy, Node, Target};
 
@@ -24,45 +25,6 @@ pub mod status {
     pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (2, 10);
     pub const INVALID_DURING_LOGIN: (u8, u8) = (2, 11);
     pub const OUT_OF_RESOURCES: (u8, u8) = (3, 2);
-}
-
-/// Parameters in force after login (RFC 7143 §13 names).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Negotiated {
-    pub header_digest: bool,
-    pub data_digest: bool,
-    pub initial_r2t: bool,
-    pub immediate_data: bool,
-    /// What the initiator accepts per PDU (its MaxRecvDataSegmentLength): limits our Data-In.
-    pub max_xmit_dsl: u32,
-    /// What we declared we accept per PDU.
-    pub max_recv_dsl: u32,
-    pub max_burst: u32,
-    pub first_burst: u32,
-    pub max_outstanding_r2t: u32,
-    pub time2wait: u32,
-    pub time2retain: u32,
-    pub max_connections: u32,
-}
-
-impl Negotiated {
-    /// RFC 7143 defaults, with our declared receive size.
-    pub fn defaults(max_recv_dsl: u32) -> Self {
-        Negotiated {
-            header_digest: false,
-            data_digest: false,
-            initial_r2t: true,
-            immediate_data: true,
-            max_xmit_dsl: 8192,
-            max_recv_dsl,
-            max_burst: 262_144,
-            first_burst: 65_536,
-            max_outstanding_r2t: 1,
-            time2wait: 2,
-            time2retain: 20,
-            max_connections: 1,
-        }
-    }
 }
 
 /// What we accept per data segment (declared to initiators).

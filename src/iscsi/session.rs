@@ -6,8 +6,46 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::login::Negotiated;
 use crate::reactor::HandlerRef;
+
+/// Parameters in force after login (RFC 7143 §13 names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub initial_r2t: bool,
+    pub immediate_data: bool,
+    /// What the initiator accepts per PDU (its MaxRecvDataSegmentLength): limits our Data-In.
+    pub max_xmit_dsl: u32,
+    /// What we declared we accept per PDU.
+    pub max_recv_dsl: u32,
+    pub max_burst: u32,
+    pub first_burst: u32,
+    pub max_outstanding_r2t: u32,
+    pub time2wait: u32,
+    pub time2retain: u32,
+    pub max_connections: u32,
+}
+
+impl Negotiated {
+    /// RFC 7143 defaults, with our declared receive size.
+    pub fn defaults(max_recv_dsl: u32) -> Self {
+        Negotiated {
+            header_digest: false,
+            data_digest: false,
+            initial_r2t: true,
+            immediate_data: true,
+            max_xmit_dsl: 8192,
+            max_recv_dsl,
+            max_burst: 262_144,
+            first_burst: 65_536,
+            max_outstanding_r2t: 1,
+            time2wait: 2,
+            time2retain: 20,
+            max_connections: 1,
+        }
+    }
+}
 
 /// One connection of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,9 @@
-//! One iSCSI connection (and, with MaxConnections=1, its session) on a reactor: login, then the
-//! full feature phase — SCSI commands through [`ScsiPort`], Data-Out gathering with immediate,
-//! unsolicited and R2T-solicited data, Data-In with status in the last PDU, CmdSN window, NOP
-//! pings, task management, Text (SendTargets), Logout, Reject.
+//! One iSCSI connection on a reactor: login, then the full feature phase — SCSI commands through
+//! [`ScsiPort`], Data-Out gathering with immediate, unsolicited and R2T-solicited data, Data-In
+//! with status in the last PDU, CmdSN window, NOP pings, task management, Text (SendTargets),
+//! Logout, Reject. A session may have several connections on several reactors (MC/S, see
+//! [`super::session`]): they share ExpCmdSN, and a command received ahead of it waits in its task
+//! slot until the connections holding the commands before it have started them.
 //!
 //! The I/O path does not allocate per command: task slots are preallocated, data buffers come from
 //! the IoBuf pool, the receive and transmit buffers are reused, and all output of one loop
@@ -265,7 +267,8 @@ impl Conn {
     /// ExpCmdSN as this connection reports it.
     fn exp_cmd_sn(&self) -> u32 {
         let exp = self.exp.load(Ordering::Acquire);
-        if pdu::sn_lt(exp, self.acked) {
+        // Ahead by one only while this connection runs the command with CmdSN `exp`.
+        if self.acked == exp.wrapping_add(1) {
             self.acked
         } else {
             exp
@@ -675,6 +678,7 @@ impl Conn {
             // The leading login request's CmdSN is the first one of the session.
             None => self.exp.store(h.u32_at(at::W24), Ordering::Release),
         }
+        self.acked = self.exp.load(Ordering::Acquire);
         if !matches!(step, Step::Fail(_)) && text.len() > login::LOGIN_MAX_DSL {
             // Longer than the initiator takes in one PDU: this piece with C=1 and T=0 (RFC 7143
             // §11.13.2); each empty request gets the next, the last one carries the real flags.

@@ -288,6 +288,7 @@ fn mcs_io_path_does_not_allocate() {
     assert!(ios > 10_000, "{v}");
     // Two logins and their setup commands allocate a few hundred times; one per I/O would be ios.
     let per_io = (after - before) as f64 / ios as f64;
+    eprintln!("MC/S session: {} target allocations for {ios} I/Os ({per_io:.5} per I/O)", after - before);
     assert!(per_io < 0.01, "{} allocations for {ios} I/Os", after - before);
     t.stop();
 }

@@ -211,7 +211,7 @@ fn connection_limit_and_unknown_sessions_are_refused() {
     o.max_connections = 4;
     let a = Session::connect("127.0.0.1", port, &o, 8).unwrap();
     assert_eq!(a.params.max_connections, 2);
-    let _b = a.add_connection("127.0.0.1", port, &o, 8, 1).unwrap();
+    let b = a.add_connection("127.0.0.1", port, &o, 8, 1).unwrap();
     let e = login_error(a.add_connection("127.0.0.1", port, &o, 8, 2));
     assert!(e.contains("02/06"), "{e}");
     // Another ISID with this TSIH, or a TSIH no session has: SESSION DOES NOT EXIST.
@@ -225,6 +225,13 @@ fn connection_limit_and_unknown_sessions_are_refused() {
     let e = login_error(Session::connect("127.0.0.1", port, &stray, 8));
     assert!(e.contains("02/0a"), "{e}");
     assert_eq!(t.rpc("iscsi_get_connections", Value::Null).as_array().unwrap().len(), 2);
+    // A login with a CID in use reinstates that connection (RFC 7143 §6.3.4): the old one ends.
+    let mut old = b;
+    let mut again = a.add_connection("127.0.0.1", port, &o, 8, 1).unwrap();
+    ok(&mut again, &read10(0, 1), &[], 512);
+    assert!(old.logout_request(0, 0).is_err(), "the reinstated connection still answers");
+    let v = t.rpc("iscsi_get_connections", Value::Null);
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
     t.stop();
 
     // With max_connections_per_session 1 a second connection is refused.

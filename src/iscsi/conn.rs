@@ -1675,10 +1675,16 @@ impl Handler for Conn {
 
     /// Requests held for their CmdSN: start those whose turn another connection brought.
     fn on_poll(&mut self, core: &mut Core, me: HandlerRef) -> usize {
-        if self.held.is_empty() || self.phase != Phase::FullFeature {
+        if self.phase != Phase::FullFeature {
             return 0;
         }
-        self.run_held(core, me)
+        let n = if self.held.is_empty() { 0 } else { self.run_held(core, me) };
+        if self.held.is_empty() {
+            // Nothing waits for its CmdSN: let an adaptive reactor sleep again.
+            self.polled = false;
+            core.unpoll(me);
+        }
+        n
     }
 
     fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {

@@ -115,14 +115,21 @@ impl Core {
     pub fn complete(&mut self, owner: HandlerRef, ev: IoEvent) {
         self.completions.push_back((owner, ev));
     }
-    /// Ask for `on_flush` at the end of this loop iteration.
-    /// Have `on_poll` called on every loop iteration for as long as the handler lives.
+    /// Have `on_poll` called on every loop iteration until [`Core::unpoll`] or the handler ends.
     pub fn want_poll(&mut self, me: HandlerRef) {
         if !self.polled.contains(&me) {
             self.polled.push(me);
         }
     }
 
+    /// Stop calling `on_poll` (a handler with nothing to poll lets an adaptive reactor sleep).
+    pub fn unpoll(&mut self, me: HandlerRef) {
+        if let Some(i) = self.polled.iter().position(|h| *h == me) {
+            self.polled.swap_remove(i);
+        }
+    }
+
+    /// Ask for `on_flush` at the end of this loop iteration.
     pub fn want_flush(&mut self, me: HandlerRef) {
         if self.flush.last() != Some(&me) {
             self.flush.push(me);
@@ -308,7 +315,10 @@ impl Reactor {
                 continue;
             }
             self.call(me.slot as usize, |h, core, me| n += h.on_poll(core, me));
-            i += 1;
+            // An `unpoll` from on_poll moved another handler into this place.
+            if self.core.polled.get(i) == Some(&me) {
+                i += 1;
+            }
         }
         n
     }

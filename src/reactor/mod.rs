@@ -15,6 +15,7 @@ pub mod buf;
 pub mod listener;
 pub mod outq;
 pub mod rxbuf;
+pub mod rxloop;
 
 use std::any::Any;
 use std::collections::VecDeque;

@@ -96,8 +96,26 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
         },
         "connections": {
             "iscsi": {"open": c.app.iscsi.open_connections().0, "in_login": c.app.iscsi.open_connections().1},
+        },
+        // Palisade: data segments received in place (reactor::rxloop), since start.
+        "rx_in_place": {
+            "iscsi": rx_json(&crate::iscsi::conn::RX_STATS, None),
+            "nvmf_tcp": rx_json(&crate::nvmf::tcp::conn::RX_STATS, Some(&crate::nvmf::tcp::conn::CAPSULES_IN_PLACE)),
         }
     }))
+}
+
+fn rx_json(s: &crate::reactor::rxloop::RxStats, capsules: Option<&std::sync::atomic::AtomicU64>) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut v = json!({
+        "landings": s.landings.load(Relaxed),
+        "bytes_in_place": s.in_place.load(Relaxed),
+        "bytes_copied": s.copied.load(Relaxed),
+    });
+    if let Some(c) = capsules {
+        v["capsules"] = json!(c.load(Relaxed));
+    }
+    v
 }
 
 fn budget_json(b: &crate::reactor::budget::Budget) -> Value {

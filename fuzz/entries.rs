@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value;
 
 use palisade::iscsi::login::{chap_response, decode_binary, hex, Login, LoginCtx, SessionType, Step};
-use palisade::iscsi::pdu::{self, op, parse_frame, parse_text, BHS_LEN};
+use palisade::iscsi::pdu::{self, op, parse_frame, parse_header, parse_text, BHS_LEN};
 use palisade::iscsi::target::{AuthGroup, ChapPolicy, InitiatorGroup, Node, PgIg, Secret};
 use palisade::nvme::spec::{Cqe, Sqe};
 
@@ -23,6 +23,7 @@ use palisade::nvme::spec::{Cqe, Sqe};
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("nvmf_pdu", nvmf_pdu),
     ("iscsi_pdu", iscsi_pdu),
+    ("iscsi_header", iscsi_header),
     ("iscsi_login", iscsi_login),
     ("scsi_cdb", scsi_cdb),
     ("nvme_cmd", nvme_cmd),
@@ -96,6 +97,66 @@ pub fn iscsi_pdu(data: &[u8]) {
         assert_eq!(&out[g.data.0..g.data.1], seg);
         assert_eq!(&out[g.ahs.0..g.ahs.1], ahs);
         buf = &buf[f.total..];
+    }
+}
+
+/// Input: as `iscsi_pdu` (byte 0: digest flags; a stream of PDUs). Drives the header-first
+/// framing the read loop uses for SCSI Command and Data-Out (`parse_header`, the data segment then
+/// lands in the task's buffer) on every PDU of the stream and on every prefix cut of it:
+/// asserts the header it returns lies inside the buffer, and that it agrees with `parse_frame`
+/// on the same bytes (same BHS, AHS, data range and total once the whole PDU is present; both
+/// waiting, or both refusing, when it is not).
+pub fn iscsi_header(data: &[u8]) {
+    let hd = data.first().is_some_and(|b| b & 1 != 0);
+    let dd = data.first().is_some_and(|b| b & 2 != 0);
+    let max = if data.first().is_some_and(|b| b & 4 != 0) { 8192 } else { 1 << 20 };
+    let mut buf = data.get(1..).unwrap_or(&[]);
+    for _ in 0..64 {
+        // A partial PDU, as a read may leave it (the cut comes from the stream's own bytes).
+        let cut = buf.get(BHS_LEN).map_or(buf.len(), |&c| (BHS_LEN / 2 + c as usize * 4).min(buf.len()));
+        header_agrees(&buf[..cut], hd, dd, max);
+        let Some(total) = header_agrees(buf, hd, dd, max) else { break };
+        if total == 0 || total > buf.len() {
+            break;
+        }
+        buf = &buf[total..];
+    }
+}
+
+/// Check `parse_header` against `parse_frame` on `buf`; the PDU's total length if it is whole.
+fn header_agrees(buf: &[u8], hd: bool, dd: bool, max: usize) -> Option<usize> {
+    let h = parse_header(buf, hd, dd, max);
+    let f = parse_frame(buf, hd, dd, max);
+    let h = match h {
+        Err(_) => {
+            assert!(f.is_err(), "parse_header refuses what parse_frame accepts");
+            return None;
+        }
+        Ok(None) => {
+            assert!(matches!(f, Ok(None)), "parse_header waits where parse_frame does not");
+            return None;
+        }
+        Ok(Some(h)) => h,
+    };
+    assert!(h.ahs.0 == BHS_LEN && h.ahs.0 <= h.ahs.1 && h.ahs.1 <= h.data_start, "header parts out of order");
+    assert!(h.data_start <= buf.len(), "header outside the buffer");
+    assert_eq!(h.data_start, h.ahs.1 + if hd { 4 } else { 0 });
+    assert!(h.data_len <= max && h.trailer <= 7, "segment beyond the limits");
+    let pad = pdu::pad4(h.data_len) - h.data_len;
+    assert_eq!(h.trailer, pad + if dd && h.data_len > 0 { 4 } else { 0 });
+    let total = h.data_start + h.data_len + h.trailer;
+    match f {
+        Ok(Some(g)) | Err((pdu::PduError::DataDigest, Some(g))) => {
+            assert!(buf.len() >= total, "parse_frame framed a PDU that is not all here");
+            assert!(g.bhs == h.bhs && g.ahs == h.ahs, "header framing disagrees");
+            assert_eq!((g.data, g.total), ((h.data_start, h.data_start + h.data_len), total));
+            Some(total)
+        }
+        Ok(None) => {
+            assert!(buf.len() < total, "parse_frame waits for a PDU that is all here");
+            None
+        }
+        Err((e, _)) => panic!("parse_frame refuses ({e}) a header parse_header accepts"),
     }
 }
 

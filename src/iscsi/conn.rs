@@ -26,7 +26,8 @@ use super::target::{ConnInfo, ConnSlot, Target};
 use super::tasks::{DataOutError, Task, TaskTable};
 use super::tmf;
 use crate::reactor::budget::ConnBudget;
-use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
+use crate::reactor::rxloop::{self, Landing, RxLoop, RxProto, RxStats};
+use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
 use crate::scsi::cdb::Residual;
 use crate::scsi::{decode_lun, status, DataDir, ScsiCommand, ScsiPort, ScsiResponse, TaskAttr};
 use crate::reservation::Nexus;
@@ -67,22 +68,12 @@ const MAX_WRITE_EDTL: u32 = 32 << 20;
 /// long make the next read such a peek.
 const PEEK_AFTER: usize = 16 << 10;
 
-/// The data segment of a SCSI Command (immediate data) or Data-Out PDU whose header was handled:
-/// its bytes land at `off` of the task's buffer as they arrive (from the receive buffer for what
-/// one read already pulled in, straight from the socket for the rest); the digest is computed
-/// over them as they land; the padding and digest follow.
-struct Landing {
-    /// None: the bytes are dropped (a refused command, Data-Out for a task no longer here).
-    dest: Option<Dest>,
-    len: usize,
-    got: usize,
-    /// Padding plus data digest bytes, gathered in `tail`.
-    trailer: usize,
-    tgot: usize,
-    tail: [u8; 8],
-    crc: u32,
-}
+/// iSCSI receive counters (`framework_get_reactors`).
+pub static RX_STATS: RxStats = RxStats::new();
 
+/// Where the data segment of a SCSI Command (immediate data) or Data-Out PDU whose header was
+/// handled lands: at `off` of the task's buffer, as it arrives (`reactor::rxloop`: from the
+/// receive buffer for what one read already pulled in, straight from the socket for the rest).
 #[derive(Clone, Copy)]
 struct Dest {
     slot: usize,
@@ -146,13 +137,9 @@ pub struct Conn {
     port: Option<ScsiPort>,
     target_name: String,
     initiator_name: String,
-    rx: RxBuf,
-    /// A data segment being received in place.
-    landing: Option<Landing>,
-    /// The next read is a header peek (see [`PEEK_AFTER`]).
-    peek: bool,
+    /// Receive buffer and in-place landing of data segments (None: dropped).
+    rxl: RxLoop<Option<Dest>>,
     out: OutQueue,
-    read_blocked: bool,
     stat_sn: u32,
     /// The session's ExpCmdSN (its own until login completes, then shared by the session's
     /// connections).
@@ -231,11 +218,8 @@ impl Conn {
             port: None,
             target_name: String::new(),
             initiator_name: String::new(),
-            rx: RxBuf::new(LOGIN_RX_CAP),
-            landing: None,
-            peek: false,
+            rxl: RxLoop::new(LOGIN_RX_CAP, PEEK_AFTER, &RX_STATS),
             out: OutQueue::with_capacity(512 * 1024),
-            read_blocked: false,
             stat_sn: 1,
             exp: Arc::new(AtomicU32::new(0)),
             queue_depth: 64,
@@ -311,111 +295,12 @@ impl Conn {
 
     // ---- receive path ------------------------------------------------------------------------
 
-    fn read_and_process(&mut self, core: &mut Core, me: HandlerRef) {
-        use std::io::Read;
-        loop {
-            if self.phase == Phase::Closing {
-                return;
-            }
-            if self.out.backlog() > TX_HIGH_WATER {
-                self.read_blocked = true;
-                return;
-            }
-            self.read_blocked = false;
-            if self.phase == Phase::FullFeature && self.rx.capacity() < RX_CAP && !self.rx.set_capacity(RX_CAP) {
-                return self.fatal(core, me, "cannot map a receive buffer");
-            }
-            let spare = self.rx.spare();
-            if spare.is_empty() {
-                let why = if self.rx.is_mapped() { "PDU larger than the receive buffer" } else { "cannot map a receive buffer" };
-                return self.fatal(core, me, why);
-            }
-            // A payload being landed goes straight into the task's buffer; what follows it into
-            // the receive buffer, in the same call.
-            let direct: &mut [u8] = match self.landing.as_ref() {
-                Some(l) if l.got < l.len => match l.dest {
-                    Some(d) => self.tasks.buffer_at(d.slot, d.handle, d.off + l.got, l.len - l.got).unwrap_or(&mut []),
-                    None => &mut [],
-                },
-                _ => &mut [],
-            };
-            let dlen = direct.len();
-            // A peek takes the rest of this PDU (padding, digest) and the next basic header.
-            let peek = self.landing.as_ref().map_or(0, |l| l.trailer - l.tgot) + pdu::BHS_LEN + if self.params.header_digest { 4 } else { 0 };
-            let rx_room = if self.peek || dlen >= PEEK_AFTER { spare.len().min(peek) } else { spare.len() };
-            let got = if dlen > 0 {
-                let mut iov = [std::io::IoSliceMut::new(direct), std::io::IoSliceMut::new(&mut spare[..rx_room])];
-                self.sock.read_vectored(&mut iov)
-            } else {
-                self.sock.read(&mut spare[..rx_room])
-            };
-            match got {
-                Ok(0) => return self.fatal(core, me, "peer closed"),
-                Ok(n) => {
-                    let landed = n.min(dlen);
-                    self.peek = false;
-                    if landed > 0 {
-                        self.landed_direct(landed);
-                    }
-                    self.rx.filled(n - landed);
-                    self.last_rx = core.now;
-                    self.process(core, me);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.fatal(core, me, &format!("read: {e}")),
-            }
-        }
-    }
-
-    fn process(&mut self, core: &mut Core, me: HandlerRef) {
-        let mut rx = std::mem::take(&mut self.rx);
-        while self.phase != Phase::Closing {
-            if self.landing.is_some() {
-                if !self.land_from(core, me, &mut rx) {
-                    break;
-                }
-                continue;
-            }
-            let (hd, dd) = hd_dd(&self.params);
-            let buf = rx.data();
-            if self.phase == Phase::FullFeature && buf.len() >= pdu::BHS_LEN && matches!(buf[0] & 0x3f, op::SCSI_CMD | op::DATA_OUT) {
-                // Header first; the data segment is landed in place after it.
-                let hdr = match pdu::parse_header(buf, hd, dd, self.params.max_recv_dsl as usize) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fatal(core, me, &e.to_string());
-                        break;
-                    }
-                };
-                let ahs = &buf[hdr.ahs.0..hdr.ahs.1];
-                let dest = if hdr.bhs.opcode() == op::SCSI_CMD {
-                    self.on_scsi_cmd(core, me, &hdr.bhs, ahs, hdr.data_len)
-                } else {
-                    self.on_data_out(core, me, &hdr.bhs, hdr.data_len)
-                };
-                rx.consume(hdr.data_start);
-                self.landing = Some(Landing { dest, len: hdr.data_len, got: 0, trailer: hdr.trailer, tgot: 0, tail: [0; 8], crc: 0 });
-                continue;
-            }
-            let frame = match pdu::parse_frame(buf, hd, dd, self.params.max_recv_dsl as usize) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err((e, _)) => {
-                    self.fatal(core, me, &e.to_string());
-                    break;
-                }
-            };
-            let data = &buf[frame.data.0..frame.data.1];
-            let ahs = &buf[frame.ahs.0..frame.ahs.1];
-            self.dispatch(core, me, &frame.bhs, ahs, data);
-            rx.consume(frame.total);
-        }
-        self.rx = rx;
-        if self.out.pending() {
-            core.want_flush(me);
-        }
+    /// `to_end`: see [`RxLoop::run`].
+    fn read_and_process(&mut self, core: &mut Core, me: HandlerRef, to_end: bool) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sock);
+        let mut rl = std::mem::take(&mut self.rxl);
+        rl.run(core, fd, &mut Rx { c: self, me }, to_end);
+        self.rxl = rl;
     }
 
     fn dispatch(&mut self, core: &mut Core, me: HandlerRef, h: &Bhs, _ahs: &[u8], data: &[u8]) {
@@ -436,67 +321,6 @@ impl Conn {
             op::SNACK => self.reject(h, reject::CMD_NOT_SUPPORTED),
             _ => self.reject(h, reject::CMD_NOT_SUPPORTED),
         }
-    }
-
-    /// `n` payload bytes were read straight into the landing's place.
-    fn landed_direct(&mut self, n: usize) {
-        let Some(l) = self.landing.as_mut() else { return };
-        if self.params.data_digest {
-            if let Some(d) = l.dest {
-                if let Some(b) = self.tasks.buffer_at(d.slot, d.handle, d.off + l.got, n) {
-                    l.crc = crc32c::crc32c_append(l.crc, b);
-                }
-            }
-        }
-        l.got += n;
-    }
-
-    /// Land what the receive buffer holds of the current data segment. True when the whole
-    /// PDU (payload, padding, digest) is in and was handled.
-    fn land_from(&mut self, core: &mut Core, me: HandlerRef, rx: &mut RxBuf) -> bool {
-        let Some(l) = self.landing.as_mut() else { return true };
-        if l.got < l.len {
-            let n = (l.len - l.got).min(rx.len());
-            let bytes = &rx.data()[..n];
-            if let Some(d) = l.dest {
-                // Only this part is copied: one read pulled it in with the header.
-                if let Some(b) = self.tasks.buffer_at(d.slot, d.handle, d.off + l.got, n) {
-                    b.copy_from_slice(bytes);
-                }
-            }
-            if self.params.data_digest {
-                l.crc = crc32c::crc32c_append(l.crc, bytes);
-            }
-            l.got += n;
-            rx.consume(n);
-        }
-        if l.got == l.len && l.tgot < l.trailer {
-            let n = (l.trailer - l.tgot).min(rx.len());
-            l.tail[l.tgot..l.tgot + n].copy_from_slice(&rx.data()[..n]);
-            l.tgot += n;
-            rx.consume(n);
-        }
-        if l.got < l.len || l.tgot < l.trailer {
-            return false;
-        }
-        let l = self.landing.take().expect("checked");
-        // After a large payload, expect another: read its header alone so its payload lands in place.
-        self.peek = l.len >= PEEK_AFTER;
-        if self.params.data_digest && l.len > 0 {
-            let pad = pdu::pad4(l.len) - l.len;
-            let crc = crc32c::crc32c_append(l.crc, &l.tail[..pad]);
-            let got = u32::from_le_bytes(l.tail[pad..pad + 4].try_into().unwrap_or([0; 4]));
-            if crc != got {
-                self.fatal(core, me, "data digest mismatch");
-                return true;
-            }
-        }
-        if let Some(d) = l.dest {
-            if self.tasks.find_submitted(d.handle).is_none() && self.tasks.is_live(d.slot, d.handle) {
-                self.data_landed(core, me, d, l.len as u32);
-            }
-        }
-        true
     }
 
     /// A task's data segment is in its buffer: count it and move the task on; a command's
@@ -612,7 +436,7 @@ impl Conn {
             n += 1;
             if e.slot != NO_SLOT && self.tasks.is_live(e.slot, e.handle) {
                 self.tasks.get_mut(e.slot).held = false;
-                let landing = self.landing.as_ref().and_then(|l| l.dest).is_some_and(|d| d.slot == e.slot && d.handle == e.handle && matches!(d.after, After::Command));
+                let landing = self.rxl.landing_key().flatten().is_some_and(|d| d.slot == e.slot && d.handle == e.handle && matches!(d.after, After::Command));
                 if landing {
                     // Its immediate data is still arriving: `data_landed` starts it and moves on.
                     self.owed = Some(exp);
@@ -1614,8 +1438,8 @@ impl Conn {
         }
         if self.phase == Phase::Closing {
             core.close(me);
-        } else if self.read_blocked {
-            self.read_and_process(core, me);
+        } else if self.rxl.read_blocked() {
+            self.read_and_process(core, me, true);
         }
     }
 }
@@ -1623,7 +1447,7 @@ impl Conn {
 impl Handler for Conn {
     fn on_ready(&mut self, core: &mut Core, me: HandlerRef, ev: &mio::event::Event) {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.read_and_process(core, me);
+            self.read_and_process(core, me, ev.is_read_closed() || ev.is_error());
         }
         if ev.is_writable() && self.out.pending() {
             core.want_flush(me);
@@ -1688,7 +1512,7 @@ impl Handler for Conn {
     }
 
     fn on_tick(&mut self, core: &mut Core, me: HandlerRef) {
-        if self.landing.is_none() && self.phase == Phase::FullFeature {
+        if !self.rxl.landing() && self.phase == Phase::FullFeature {
             // A command whose immediate data never completed (its task was aborted meanwhile).
             self.settle_owed(core, me);
         }
@@ -1698,7 +1522,7 @@ impl Handler for Conn {
             }
             Phase::FullFeature => {
                 if core.now.duration_since(self.last_rx) > RX_IDLE_RELEASE {
-                    self.rx.release_if_empty();
+                    self.rxl.rx().release_if_empty();
                 }
                 if let Some((_, sent)) = self.ping {
                     if core.now.duration_since(sent) > self.nop_timeout {
@@ -1747,6 +1571,107 @@ impl Handler for Conn {
         }
         if self.registered {
             self.target.unregister_conn(self.id);
+        }
+    }
+}
+
+/// The connection as the shared read loop sees it.
+struct Rx<'a> {
+    c: &'a mut Conn,
+    me: HandlerRef,
+}
+
+impl RxProto for Rx<'_> {
+    type Key = Option<Dest>;
+
+    fn frame(&mut self, core: &mut Core, buf: &[u8]) -> rxloop::Step<Option<Dest>> {
+        let (c, me) = (&mut *self.c, self.me);
+        let (hd, dd) = hd_dd(&c.params);
+        let max = c.params.max_recv_dsl as usize;
+        if c.phase == Phase::FullFeature && buf.len() >= pdu::BHS_LEN && matches!(buf[0] & 0x3f, op::SCSI_CMD | op::DATA_OUT) {
+            // Header first; the data segment is landed in place after it.
+            let hdr = match pdu::parse_header(buf, hd, dd, max) {
+                Ok(Some(h)) => h,
+                Ok(None) => return rxloop::Step::More,
+                Err(e) => {
+                    c.fatal(core, me, &e.to_string());
+                    return rxloop::Step::Stop;
+                }
+            };
+            let ahs = &buf[hdr.ahs.0..hdr.ahs.1];
+            let dest = if hdr.bhs.opcode() == op::SCSI_CMD {
+                c.on_scsi_cmd(core, me, &hdr.bhs, ahs, hdr.data_len)
+            } else {
+                c.on_data_out(core, me, &hdr.bhs, hdr.data_len)
+            };
+            let pad = pdu::pad4(hdr.data_len) - hdr.data_len;
+            return rxloop::Step::Land(hdr.data_start, Landing::new(dest, hdr.data_len, pad, dd && hdr.data_len > 0));
+        }
+        let frame = match pdu::parse_frame(buf, hd, dd, max) {
+            Ok(Some(f)) => f,
+            Ok(None) => return rxloop::Step::More,
+            Err((e, _)) => {
+                c.fatal(core, me, &e.to_string());
+                return rxloop::Step::Stop;
+            }
+        };
+        let data = &buf[frame.data.0..frame.data.1];
+        let ahs = &buf[frame.ahs.0..frame.ahs.1];
+        c.dispatch(core, me, &frame.bhs, ahs, data);
+        rxloop::Step::Done(frame.total)
+    }
+
+    fn landing_buf(&mut self, key: Option<Dest>, off: usize, len: usize) -> Option<&mut [u8]> {
+        let d = key?;
+        self.c.tasks.buffer_at(d.slot, d.handle, d.off + off, len)
+    }
+
+    fn landed(&mut self, core: &mut Core, key: Option<Dest>, len: usize, digest_ok: bool) {
+        if !digest_ok {
+            return self.c.fatal(core, self.me, "data digest mismatch");
+        }
+        if let Some(d) = key {
+            if self.c.tasks.find_submitted(d.handle).is_none() && self.c.tasks.is_live(d.slot, d.handle) {
+                self.c.data_landed(core, self.me, d, len as u32);
+            }
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.c.phase == Phase::Closing
+    }
+
+    fn tx_blocked(&self) -> bool {
+        self.c.out.backlog() > TX_HIGH_WATER
+    }
+
+    fn rx_capacity(&self) -> usize {
+        if self.c.phase == Phase::FullFeature { RX_CAP } else { LOGIN_RX_CAP }
+    }
+
+    fn peek_len(&self) -> usize {
+        pdu::BHS_LEN + if self.c.params.header_digest { 4 } else { 0 }
+    }
+
+    fn received(&mut self, now: Instant) {
+        self.c.last_rx = now;
+    }
+
+    fn gone(&mut self, core: &mut Core, err: Option<std::io::Error>) {
+        match err {
+            None => self.c.fatal(core, self.me, "peer closed"),
+            Some(e) => self.c.fatal(core, self.me, &format!("read: {e}")),
+        }
+    }
+
+    fn no_room(&mut self, core: &mut Core, mapped: bool) {
+        let why = if mapped { "PDU larger than the receive buffer" } else { "cannot map a receive buffer" };
+        self.c.fatal(core, self.me, why);
+    }
+
+    fn processed(&mut self, core: &mut Core) {
+        if self.c.out.pending() {
+            core.want_flush(self.me);
         }
     }
 }

@@ -59,6 +59,8 @@ pub(super) struct Slot {
     /// Data-buffer bytes this command needs from the connection's budget, and holds now.
     want: u32,
     reserved: u32,
+    /// In-capsule data landing after the capsule: admitted to the budget once it is all in.
+    admit_on_data: bool,
 }
 
 impl Slot {
@@ -77,6 +79,7 @@ impl Slot {
             bytes: 0,
             want: 0,
             reserved: 0,
+            admit_on_data: false,
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct QPair {
     pub(super) ns_cache: Arc<Vec<Arc<Namespace>>>,
     ns_gen: u64,
     scratch: Vec<u8>,
+    /// The slot the last [`CmdData::Later`] capsule's data lands in.
+    landing: Option<u16>,
 }
 
 impl QPair {
@@ -141,6 +146,7 @@ impl QPair {
             ns_cache: Arc::new(Vec::new()),
             ns_gen: u64::MAX,
             scratch: Vec::new(),
+            landing: None,
         }
     }
 
@@ -170,6 +176,7 @@ impl QPair {
     /// A command capsule arrived with `data` (in-capsule bytes, or a buffer the transport
     /// already filled). Errors are the transport's to report (the host broke flow control).
     pub fn on_capsule<T: Transport>(&mut self, core: &mut Core, tx: &mut T, sqe: Sqe, data: CmdData<'_>) -> Result<(), QpError> {
+        self.landing = None;
         // More commands than the SQ holds: the host broke flow control.
         let idx = self.free.pop().ok_or(QpError::SqOverflow)? as usize;
         self.sqhd = (self.sqhd + 1) % self.sq_entries.max(1);
@@ -186,6 +193,7 @@ impl QPair {
             s.bytes = 0;
             s.want = 0;
             s.reserved = 0;
+            s.admit_on_data = false;
         }
         let fabrics_cmd = sqe.opcode() == aop::FABRICS;
         let dir = if fabrics_cmd { nio::direction(sqe.fctype()) } else { nio::direction(sqe.opcode()) };
@@ -218,6 +226,17 @@ impl QPair {
                                 Some(b)
                             }
                             CmdData::Buf(b) if len <= icd && off == 0 && b.len() >= len as usize => Some(b),
+                            CmdData::Later(n) if len <= icd && off == 0 && n == len => {
+                                // The bytes are on the wire already and must be taken off it, so
+                                // the buffer is allocated before budget admission (bounded, like a
+                                // copied slice, by the in-capsule size and the queue depth).
+                                let s = &mut self.slots[idx];
+                                s.buf = Some(IoBuf::for_overwrite(len as usize));
+                                s.state = SlotState::AwaitData;
+                                s.admit_on_data = true;
+                                self.landing = Some(idx as u16);
+                                return Ok(());
+                            }
                             _ => None,
                         };
                         let Some(b) = b else {
@@ -265,6 +284,13 @@ impl QPair {
         Ok(())
     }
 
+    /// After [`QPair::on_capsule`] with [`CmdData::Later`]: the transfer tag the in-capsule data
+    /// lands under (with `data_buf` / `data_done`), or None if the command was answered already
+    /// (its data is to be dropped).
+    pub fn take_landing(&mut self) -> Option<u16> {
+        self.landing.take()
+    }
+
     /// Where the host's data for transfer tag `ttag` (command `cid`), bytes `off..off + len`,
     /// goes: the command's own pooled buffer, so the transport receives it in place.
     pub fn data_dest(&mut self, ttag: u16, cid: u16, off: u32, len: u32) -> Result<&mut [u8], QpError> {
@@ -296,6 +322,9 @@ impl QPair {
         s.got += len;
         if s.got == s.len {
             s.state = SlotState::Exec;
+            if std::mem::take(&mut s.admit_on_data) && !self.admit(idx) {
+                return; // parked with its data: `unpark` executes it
+            }
             self.execute(core, tx, idx);
         }
     }

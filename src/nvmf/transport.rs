@@ -57,6 +57,10 @@ pub enum CmdData<'a> {
     /// A buffer the transport already filled, or host memory lent for the whole command (the
     /// loop transport): for a write it is the data, for a read the destination.
     Buf(IoBuf),
+    /// In-capsule data of this many bytes still on its way: the transport lands it in the
+    /// command's buffer ([`QPair::take_landing`](super::qpair::QPair::take_landing) names it) and
+    /// reports it with `data_done`, as for requested data.
+    Later(u32),
 }
 
 /// A transport-level error in what the host sent; the transport reports it its own way (TCP:

@@ -12,9 +12,11 @@
 pub mod alloc;
 pub mod budget;
 pub mod buf;
+pub mod counter;
 pub mod listener;
 pub mod outq;
 pub mod rxbuf;
+pub mod rxloop;
 
 use std::any::Any;
 use std::collections::VecDeque;

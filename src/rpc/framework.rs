@@ -96,8 +96,25 @@ async fn framework_get_reactors(c: Call) -> RpcResult {
         },
         "connections": {
             "iscsi": {"open": c.app.iscsi.open_connections().0, "in_login": c.app.iscsi.open_connections().1},
+        },
+        // Palisade: data segments received in place (reactor::rxloop), since start.
+        "rx_in_place": {
+            "iscsi": rx_json(&crate::iscsi::conn::RX_STATS, None),
+            "nvmf_tcp": rx_json(&crate::nvmf::tcp::conn::RX_STATS, Some(&crate::nvmf::tcp::conn::CAPSULES_IN_PLACE)),
         }
     }))
+}
+
+fn rx_json(s: &crate::reactor::rxloop::RxStats, capsules: Option<&crate::reactor::counter::CoreCounter>) -> Value {
+    let mut v = json!({
+        "landings": s.landings.sum(),
+        "bytes_in_place": s.in_place.sum(),
+        "bytes_copied": s.copied.sum(),
+    });
+    if let Some(c) = capsules {
+        v["capsules"] = json!(c.sum());
+    }
+    v
 }
 
 fn budget_json(b: &crate::reactor::budget::Budget) -> Value {

@@ -10,6 +10,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,13 @@ use mio::net::TcpStream;
 
 use crate::reactor::outq::OutQueue;
 use super::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp, Layout, PduError};
-use crate::nvme::spec::{Cqe, Sqe};
+use crate::nvme::spec::{sgl, Cqe, Sqe};
 use crate::nvmf::qpair::QPair;
 use crate::nvmf::transport::{CmdData, QpError, Transport};
 use crate::nvmf::{ListenAddr, Target};
-use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent, RxBuf};
+use crate::reactor::counter::CoreCounter;
+use crate::reactor::rxloop::{Landing, RxLoop, RxProto, RxStats, Step};
+use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
 
 const RBUF_MIN: usize = 256 << 10;
 const IDLE_SHRINK: Duration = Duration::from_secs(2);
@@ -31,7 +34,8 @@ const TX_HIGH_WATER: usize = 2 << 20;
 const TX_LOW_WATER: usize = 512 << 10;
 /// How long a closing connection may take to drain its termination request.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// An H2CData payload with at least this much still to come is read in place.
+/// An H2CData payload or in-capsule data with at least this much still to come is read in place;
+/// after a landed payload this long, the next read is a header peek.
 const DIRECT_MIN: usize = 8192;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,17 +119,18 @@ impl Transport for TcpTx {
     }
 }
 
-/// An H2CData payload being read in place: `at..end` of the command's buffer still to come,
-/// then the data digest.
-struct Direct {
-    ttag: u16,
-    len: u32,
-    at: usize,
-    end: usize,
-    crc: Option<u32>,
-    tail: [u8; pdu::DIGEST_LEN],
-    tail_got: usize,
+/// What a landed payload belongs to: transfer `ttag`'s buffer from byte `base` (H2CData: its
+/// offset; in-capsule data: 0), or nothing (the command was answered already: bytes dropped).
+#[derive(Clone, Copy, Debug)]
+pub struct Land {
+    ttag: Option<u16>,
+    base: usize,
 }
+
+/// NVMe/TCP receive counters (`framework_get_reactors`).
+pub static RX_STATS: RxStats = RxStats::new();
+/// Command capsules whose in-capsule data was landed in the command's buffer.
+pub static CAPSULES_IN_PLACE: CoreCounter = CoreCounter::new();
 
 fn qp_err(e: QpError) -> PduError {
     match e {
@@ -142,12 +147,11 @@ pub struct Conn {
     q: QPair,
     phase: Phase,
     max_plen: usize,
-    /// Receive buffer (two of the largest PDUs), mapped only while the connection is busy.
-    rx: RxBuf,
-    direct: Option<Direct>,
+    /// Receive buffer (two of the largest PDUs, mapped only while the connection is busy) and
+    /// in-place landing of H2CData and in-capsule data.
+    rxl: RxLoop<Land>,
+    rsize: usize,
     last_rx: Instant,
-    /// Stopped reading: too much output is waiting for the host to read it.
-    read_blocked: bool,
 }
 
 impl Conn {
@@ -178,10 +182,9 @@ impl Conn {
             q: QPair::new(t, opts, me, listen, peer.to_string(), core.now),
             phase: Phase::AwaitIcReq,
             max_plen,
-            rx: RxBuf::new(rsize),
-            direct: None,
+            rxl: RxLoop::new(rsize, DIRECT_MIN, &RX_STATS),
+            rsize,
             last_rx: core.now,
-            read_blocked: false,
         }))
     }
 
@@ -207,177 +210,39 @@ impl Conn {
         self.begin_close(core);
     }
 
-    fn read_socket(&mut self, core: &mut Core) {
-        loop {
-            if self.tx.closing() {
-                return;
-            }
-            if self.direct.is_some() {
-                match self.read_direct(core) {
-                    Some(true) => continue,
-                    Some(false) => return,
-                    None => return,
-                }
-            }
-            if self.tx.out.backlog() > TX_HIGH_WATER {
-                self.read_blocked = true;
-                return;
-            }
-            let spare = self.rx.spare();
-            if spare.is_empty() {
-                // Cannot happen (the buffer holds two of the largest PDUs we accept) unless the
-                // mapping failed: end this connection, not the target.
-                self.fatal(core, PduError::BadPlen(0), &[]);
-                return;
-            }
-            let space = spare.len();
-            match self.sock.read(spare) {
-                Ok(0) => return self.gone(core),
-                Ok(n) => {
-                    self.rx.filled(n);
-                    self.last_rx = core.now;
-                    self.process(core);
-                    // A short read drained the socket: skip the EAGAIN read (new data raises a
-                    // new edge-triggered event).
-                    if (n < space && self.direct.is_none()) || self.read_blocked {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.gone(core),
-            }
-        }
+    /// `to_end`: see [`RxLoop::run`].
+    fn read_socket(&mut self, core: &mut Core, to_end: bool) {
+        let fd = self.sock.as_raw_fd();
+        let mut rl = std::mem::take(&mut self.rxl);
+        rl.run(core, fd, self, to_end);
+        self.rxl = rl;
     }
 
-    /// Read the rest of an in-place payload (then its digest) from the socket. Some(true): done,
-    /// go on with the next PDU; Some(false): the socket is drained; None: the connection ended.
-    fn read_direct(&mut self, core: &mut Core) -> Option<bool> {
-        loop {
-            let d = self.direct.as_mut()?;
-            let r = if d.at < d.end {
-                let Some(b) = self.q.data_buf(d.ttag) else {
-                    self.fatal(core, PduError::Sequence, &[]);
-                    return None;
-                };
-                let dst = &mut b[d.at..d.end];
-                match self.sock.read(dst) {
-                    Ok(n) if n > 0 => {
-                        if let Some(c) = d.crc.as_mut() {
-                            *c = crc32c::crc32c_append(*c, &dst[..n]);
-                        }
-                        d.at += n;
-                        Ok(n)
-                    }
-                    r => r,
-                }
-            } else {
-                let want = if d.crc.is_some() { pdu::DIGEST_LEN } else { 0 };
-                if d.tail_got < want {
-                    match self.sock.read(&mut d.tail[d.tail_got..want]) {
-                        Ok(n) if n > 0 => {
-                            d.tail_got += n;
-                            Ok(n)
-                        }
-                        r => r,
-                    }
-                } else {
-                    Ok(1)
-                }
-            };
-            match r {
-                Ok(0) => {
-                    self.gone(core);
-                    return None;
-                }
-                Ok(_) => {
-                    self.last_rx = core.now;
-                    if self.direct_complete(core) {
-                        return if self.tx.closing() { None } else { Some(true) };
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(false),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.gone(core);
-                    return None;
-                }
-            }
-        }
+    /// Start landing an H2CData payload in place: `p` holds its header and the first bytes of its
+    /// data; the loop copies those and reads the rest into the command's buffer.
+    fn begin_h2c(&mut self, l: &Layout, p: &[u8]) -> Result<Landing<Land>, PduError> {
+        l.check_header_digest(p)?;
+        let h = self.h2c_header(l, p)?;
+        self.q.data_dest(h.ttag, h.cccid, h.offset, h.length).map_err(qp_err)?;
+        let key = Land { ttag: Some(h.ttag), base: h.offset as usize };
+        Ok(Landing::new(key, h.length as usize, 0, l.has_ddgst))
     }
 
-    /// If the in-place payload and its digest are all in, check the digest and hand the data to
-    /// the queue pair. True if the transfer is over (done or failed).
-    fn direct_complete(&mut self, core: &mut Core) -> bool {
-        let Some(d) = self.direct.as_ref() else { return true };
-        let want = if d.crc.is_some() { pdu::DIGEST_LEN } else { 0 };
-        if d.at < d.end || d.tail_got < want {
-            return false;
+    /// Start landing a command capsule's in-capsule data in place, when its SGL names exactly that
+    /// data (offset 0, whole length); otherwise None: the capsule waits whole in the buffer.
+    fn begin_capsule(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<Option<Landing<Land>>, PduError> {
+        l.check_header_digest(p)?;
+        let sqe = Sqe::from_slice(&p[8..72]).ok_or(PduError::BadPlen(l.ch.plen))?;
+        let g = sqe.sgl();
+        if g.id != sgl::DATA_BLOCK_OFFSET || g.address != 0 || g.length as usize != l.data_len {
+            return Ok(None);
         }
-        let d = self.direct.take().unwrap();
-        if let Some(c) = d.crc {
-            if u32::from_le_bytes(d.tail) != c {
-                self.fatal(core, PduError::DataDigest, &[]);
-                return true;
-            }
+        self.q.on_capsule(core, &mut self.tx, sqe, CmdData::Later(g.length)).map_err(qp_err)?;
+        let ttag = self.q.take_landing();
+        if ttag.is_some() {
+            CAPSULES_IN_PLACE.add(core.id, 1);
         }
-        self.q.data_done(core, &mut self.tx, d.ttag, d.len);
-        true
-    }
-
-    /// Handle every complete PDU in the receive buffer; start an in-place receive for an H2CData
-    /// PDU whose header is in but whose payload mostly is not.
-    fn process(&mut self, core: &mut Core) {
-        let mut rx = std::mem::take(&mut self.rx);
-        while !self.tx.closing() && self.direct.is_none() && rx.len() >= pdu::CH_LEN {
-            if self.tx.out.backlog() > TX_HIGH_WATER {
-                // The rest waits in the buffer (and the socket) until the host reads.
-                self.read_blocked = true;
-                break;
-            }
-            let buf = rx.data();
-            let Some(ch) = CommonHeader::parse(buf) else { break };
-            let (dg, max) = match self.phase {
-                Phase::AwaitIcReq => (Digests::default(), 128),
-                _ => (self.tx.dg, self.max_plen),
-            };
-            let l = match pdu::frame(ch, dg, max) {
-                Ok(l) => l,
-                Err(e) => {
-                    self.fatal(core, e, &buf[..buf.len().min(pdu::MAX_HLEN)]);
-                    break;
-                }
-            };
-            let have = buf.len();
-            if have < l.total {
-                let in_place = self.phase == Phase::Ready
-                    && l.ch.pdu_type == ty::H2C_DATA
-                    && have >= l.data_off
-                    && l.total - have >= DIRECT_MIN;
-                if in_place {
-                    if let Err(e) = self.begin_direct(&l, buf) {
-                        self.fatal(core, e, &buf[..l.hlen]);
-                        break;
-                    }
-                    rx.consume(have);
-                    self.direct_complete(core);
-                }
-                break;
-            }
-            let p = &buf[..l.total];
-            if let Err(e) = l.check_digests(p) {
-                self.fatal(core, e, &p[..l.hlen]);
-                break;
-            }
-            let r = self.handle(core, &l, p);
-            if let Err(e) = r {
-                self.fatal(core, e, &p[..l.hlen]);
-                break;
-            }
-            rx.consume(l.total);
-        }
-        self.rx = rx;
-        self.q.unpark(core, &mut self.tx);
+        Ok(Some(Landing::new(Land { ttag, base: 0 }, l.data_len, 0, l.has_ddgst)))
     }
 
     fn handle(&mut self, core: &mut Core, l: &Layout, p: &[u8]) -> Result<(), PduError> {
@@ -428,39 +293,16 @@ impl Conn {
         Ok(h)
     }
 
-    /// Start receiving H2CData payload in place: `p` holds its header (digest checked here) and
-    /// the first bytes of its data, copied now; the rest is read into the command's buffer.
-    fn begin_direct(&mut self, l: &Layout, p: &[u8]) -> Result<(), PduError> {
-        l.check_header_digest(p)?;
-        let h = self.h2c_header(l, p)?;
-        let dst = self.q.data_dest(h.ttag, h.cccid, h.offset, h.length).map_err(qp_err)?;
-        let present = &p[l.data_off..];
-        let k = present.len().min(dst.len());
-        dst[..k].copy_from_slice(&present[..k]);
-        let crc = l.has_ddgst.then(|| crc32c::crc32c(&dst[..k]));
-        let mut d = Direct { ttag: h.ttag, len: h.length, at: h.offset as usize + k, end: (h.offset + h.length) as usize, crc, tail: [0; 4], tail_got: 0 };
-        // Part of the digest may have come in the same read.
-        let extra = &present[k..];
-        d.tail_got = extra.len().min(pdu::DIGEST_LEN);
-        d.tail[..d.tail_got].copy_from_slice(&extra[..d.tail_got]);
-        self.direct = Some(d);
-        Ok(())
-    }
-
     /// Read again once the host has taken enough of our output.
     fn resume_reading(&mut self, core: &mut Core) {
-        if self.read_blocked && !self.tx.closing() && self.tx.out.backlog() <= TX_LOW_WATER {
-            self.read_blocked = false;
-            self.process(core);
-            if !self.read_blocked {
-                self.read_socket(core);
-            }
+        if self.rxl.read_blocked() && !self.tx.closing() && self.tx.out.backlog() <= TX_LOW_WATER {
+            self.read_socket(core, true);
         }
     }
 
     /// Idle: give back the receive buffer (unless it holds a partial PDU) and the send buffers.
-    fn shrink_idle(&mut self) {
-        self.rx.release_if_empty();
+    fn shrink_idle(&mut self, now: Instant) {
+        self.rxl.release_idle(now, self.last_rx, IDLE_SHRINK);
         self.tx.out.shrink();
         self.q.shrink_idle();
     }
@@ -496,7 +338,7 @@ impl Handler for Conn {
             self.flush(core);
         }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.read_socket(core);
+            self.read_socket(core, ev.is_read_closed() || ev.is_error());
         }
     }
 
@@ -511,8 +353,8 @@ impl Handler for Conn {
             }
             return;
         }
-        if core.now.duration_since(self.last_rx) > IDLE_SHRINK && self.direct.is_none() {
-            self.shrink_idle();
+        if core.now.duration_since(self.last_rx) > IDLE_SHRINK && !self.rxl.landing() {
+            self.shrink_idle(core.now);
         }
         if !self.q.on_tick(core, &mut self.tx) {
             core.close(me);
@@ -530,5 +372,103 @@ impl Handler for Conn {
     fn on_close(&mut self, core: &mut Core, _me: HandlerRef) {
         let _ = core.registry().deregister(&mut self.sock);
         self.q.on_close();
+    }
+}
+
+impl RxProto for Conn {
+    type Key = Land;
+
+    fn frame(&mut self, core: &mut Core, buf: &[u8]) -> Step<Land> {
+        let Some(ch) = CommonHeader::parse(buf) else { return Step::More };
+        let (dg, max) = match self.phase {
+            Phase::AwaitIcReq => (Digests::default(), 128),
+            _ => (self.tx.dg, self.max_plen),
+        };
+        let l = match pdu::frame(ch, dg, max) {
+            Ok(l) => l,
+            Err(e) => {
+                self.fatal(core, e, &buf[..buf.len().min(pdu::MAX_HLEN)]);
+                return Step::Stop;
+            }
+        };
+        let have = buf.len();
+        if have < l.total {
+            // Header (and padding) in, most of the data still to come: land it in place.
+            if self.phase == Phase::Ready && have >= l.data_off && l.total - have >= DIRECT_MIN {
+                let r = match l.ch.pdu_type {
+                    ty::H2C_DATA => self.begin_h2c(&l, buf).map(Some),
+                    ty::CAPSULE_CMD => self.begin_capsule(core, &l, buf),
+                    _ => Ok(None),
+                };
+                match r {
+                    Ok(Some(land)) => return Step::Land(l.data_off, land),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.fatal(core, e, &buf[..l.hlen]);
+                        return Step::Stop;
+                    }
+                }
+            }
+            return Step::More;
+        }
+        let p = &buf[..l.total];
+        let r = l.check_digests(p).and_then(|_| self.handle(core, &l, p));
+        if let Err(e) = r {
+            self.fatal(core, e, &p[..l.hlen]);
+            return Step::Stop;
+        }
+        Step::Done(l.total)
+    }
+
+    fn landing_buf(&mut self, key: Land, off: usize, len: usize) -> Option<&mut [u8]> {
+        let b = self.q.data_buf(key.ttag?)?;
+        b.get_mut(key.base.checked_add(off)?..key.base.checked_add(off)?.checked_add(len)?)
+    }
+
+    fn landed(&mut self, core: &mut Core, key: Land, len: usize, digest_ok: bool) {
+        if !digest_ok {
+            return self.fatal(core, PduError::DataDigest, &[]);
+        }
+        let Some(ttag) = key.ttag else { return };
+        // A command aborted or answered meanwhile takes nothing more.
+        if self.q.data_buf(ttag).is_none() {
+            return;
+        }
+        self.q.data_done(core, &mut self.tx, ttag, len as u32);
+    }
+
+    fn closing(&self) -> bool {
+        self.tx.closing()
+    }
+
+    fn tx_blocked(&self) -> bool {
+        self.tx.out.backlog() > TX_HIGH_WATER
+    }
+
+    fn rx_capacity(&self) -> usize {
+        self.rsize
+    }
+
+    fn peek_len(&self) -> usize {
+        // The longest header worth reading alone: a command capsule (CH + SQE) and its digest.
+        72 + if self.tx.dg.header { pdu::DIGEST_LEN } else { 0 }
+    }
+
+    fn received(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    fn gone(&mut self, core: &mut Core, _err: Option<std::io::Error>) {
+        Conn::gone(self, core);
+    }
+
+    fn no_room(&mut self, core: &mut Core, _mapped: bool) {
+        // Cannot happen (the buffer holds two of the largest PDUs we accept) unless the mapping
+        // failed: end this connection, not the target.
+        self.fatal(core, PduError::BadPlen(0), &[]);
+    }
+
+    fn processed(&mut self, core: &mut Core) {
+        self.q.unpark(core, &mut self.tx);
     }
 }

@@ -11,6 +11,8 @@
 # Env: BIN       Palisade binary (default target/release/palisade, built with cargo --release)
 #      REACTORS  1 (default: palisade -m 0x1) or 2 (palisade -m 0x3; the client then shares
 #                core 1 with Palisade's second reactor; SPDK stays on -m 0x1)
+#      QPAIRS    I/O queue pairs the client opens (spdk_nvme_perf -P; default 1). With 2, each of
+#                Palisade's 2 reactors gets one (connections go round robin), so both work.
 #      POLL      Palisade poll mode, busy (default) or adaptive
 #      HUGE      auto (default: use hugepages, reserving them if needed and possible, else fall
 #                back to --no-huge) or no (always --no-huge)
@@ -26,6 +28,7 @@ SPDK="$(cd "$SPDK" && pwd)"
 SECS="${2:-15}"
 ROUNDS="${3:-3}"
 REACTORS="${REACTORS:-1}"
+QPAIRS="${QPAIRS:-1}"
 POLL="${POLL:-busy}"
 HUGE="${HUGE:-auto}"
 PRE=()
@@ -153,11 +156,44 @@ start_target() { # $1 = palisade | spdk
 CLK=$(getconf CLK_TCK)
 target_cpu() { awk -v clk="$CLK" '{printf "%.2f\n", ($14 + $15) / clk}' "/proc/$TPID/stat"; }
 now() { date +%s.%N; }
+TARGET="" # palisade | spdk: which RPC client asks for busy time
+# Per reactor "busy idle cpu" in seconds, space-separated, reactors separated by commas: busy and
+# idle are framework_get_reactors' counters (loop iterations that found work / found none, wall
+# time; the same counters in both targets), cpu the reactor thread's utime+stime. See measure().
+target_busy() {
+  local sock="$TMP/$TARGET.sock"
+  if [ "$TARGET" = palisade ]; then
+    "$BIN" rpc -s "$sock" framework_get_reactors
+  else
+    python3 "$RPC" -s "$sock" -t 5 framework_get_reactors
+  fi | python3 -c '
+import json, os, sys
+d = json.load(sys.stdin)
+pid, hz, clk = '"$TPID"', d["tick_rate"], os.sysconf("SC_CLK_TCK")
+def cpu(tid):
+    try:
+        f = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / clk
+    except OSError:
+        return 0.0
+# Reactor threads: Palisade reports its tids; SPDK names them reactor_<lcore>.
+names = {}
+for t in os.listdir(f"/proc/{pid}/task"):
+    try:
+        names[open(f"/proc/{pid}/task/{t}/comm").read().strip()] = t
+    except OSError:
+        pass
+out = []
+for r in d["reactors"]:
+    tid = r.get("tid") or names.get("reactor_%d" % r["lcore"], 0)
+    out.append("%.6f %.6f %.4f" % (r["busy"] / hz, r["idle"] / hz, cpu(tid)))
+print(",".join(out))'
+}
 
 PERF_LOG="$TMP/perf.log"
 perf_start() { # $1 = seconds, rest = perf workload args
   local secs="$1"; shift
-  "${PRE[@]}" taskset -c 1 "$PERF" -c 0x2 "${PERF_MEM[@]}" "$@" -t "$secs" \
+  "${PRE[@]}" taskset -c 1 "$PERF" -c 0x2 "${PERF_MEM[@]}" -P "$QPAIRS" "$@" -t "$secs" \
     -r "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$NQN" >"$PERF_LOG" 2>&1 &
   CPID=$!
 }
@@ -175,23 +211,35 @@ perf_wait() { # $1 = seconds the run was given
 }
 # Warm-up: connect, fill pools and caches; nothing recorded.
 warm_up() { perf_start "$WARM" "$@"; perf_wait "$WARM"; }
-# One measured run; sets RESULT to "IOPS MiB/s avg_us cores" where cores is the target's CPU
-# (utime+stime) over a window inside the run (from WARM s after perf started to 1 s before its
-# -t ends), so perf's start-up and teardown, while a busy poller burns CPU for nothing, do not
-# count.
+# One measured run; sets RESULT to "IOPS MiB/s avg_us cores work" where cores is the target's CPU
+# (utime+stime) and work its reactors' CPU spent on work per second, both over a window inside the run
+# (from WARM s after perf started to 1 s before its -t ends), so perf's start-up and teardown, while
+# a busy poller burns CPU for nothing, do not count.
 measure() { # $1 = seconds, rest = perf workload args
-  local secs="$1" c0 t0 c1 t1
+  local secs="$1" c0 t0 c1 t1 b0 b1
   perf_start "$@"
-  sleep "$WARM"; c0=$(target_cpu); t0=$(now)
-  sleep $((secs - WARM - 1)); c1=$(target_cpu); t1=$(now)
+  sleep "$WARM"; b0=$(target_busy); c0=$(target_cpu); t0=$(now)
+  sleep $((secs - WARM - 1)); c1=$(target_cpu); t1=$(now); b1=$(target_busy)
   perf_wait "$secs"
-  RESULT=$(python3 - "$PERF_LOG" "$c0" "$c1" "$t0" "$t1" <<'PY'
+  RESULT=$(python3 - "$PERF_LOG" "$c0" "$c1" "$t0" "$t1" "$b0" "$b1" <<'PY'
 import sys
-log, c0, c1, t0, t1 = sys.argv[1:6]
+log, c0, c1, t0, t1, b0, b1 = sys.argv[1:8]
 line = next(l for l in open(log) if l.startswith("Total"))
 f = line.split(":", 1)[1].split()
 cores = (float(c1) - float(c0)) / (float(t1) - float(t0))
-print(f[0], f[1], f[2], f"{cores:.3f}")
+# Work of each reactor: its thread's CPU time times the share of its loop time spent in
+# iterations that found work. Busy time alone is wall time and also counts the moments another
+# process held the core in the middle of a busy iteration; CPU time alone counts the spinning of
+# a busy poller. Preemption stretches busy and idle iterations alike, so the share survives it.
+work = 0.0
+for r0, r1 in zip(b0.split(","), b1.split(",")):
+    bu0, id0, cp0 = map(float, r0.split())
+    bu1, id1, cp1 = map(float, r1.split())
+    loop = (bu1 - bu0) + (id1 - id0)
+    if loop > 0:
+        work += (cp1 - cp0) * (bu1 - bu0) / loop
+busy = work / (float(t1) - float(t0))
+print(f[0], f[1], f[2], f"{cores:.3f}", f"{busy:.3f}")
 PY
 )
 }
@@ -200,10 +248,11 @@ CASES=("4 KiB randread QD32|-q 32 -o 4096 -w randread"
        "4 KiB randwrite QD32|-q 32 -o 4096 -w randwrite"
        "128 KiB seq read QD32|-q 32 -o 131072 -w read")
 LOAD0=$(cut -d' ' -f1 /proc/loadavg)
-RES="$TMP/results.tsv" # round target case iops mibs avg cores
+RES="$TMP/results.tsv" # round target case iops mibs avg cores busy
 : >"$RES"
 for r in $(seq "$ROUNDS"); do
   for t in palisade spdk; do
+    TARGET=$t
     start_target "$t"
     for i in "${!CASES[@]}"; do
       IFS='|' read -r name args <<<"${CASES[$i]}"
@@ -228,17 +277,19 @@ print("v%s.%02d%s%s" % (g("MAJOR"), int(g("MINOR")), patch, g("SUFFIX").strip('"
 PY
 )
 PAL_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-python3 - "$RES" "$OUT" "$STAMP" "$SECS" "$ROUNDS" "$REACTORS" "$PMASK" "$POLL" "$SPDK_VER" "$PAL_REV" "$MEMNOTE" "$BIN" "$SPDK" "$LOAD0" "${NICE:-}" <<'PY'
+python3 - "$RES" "$OUT" "$STAMP" "$SECS" "$ROUNDS" "$REACTORS" "$PMASK" "$POLL" "$SPDK_VER" "$PAL_REV" "$MEMNOTE" "$BIN" "$SPDK" "$LOAD0" "${NICE:-}" "$QPAIRS" <<'PY'
 import statistics, subprocess, sys
-res, out, stamp, secs, rounds, reactors, pmask, poll, spdkv, rev, memnote, binp, spdkdir, load0, nice = sys.argv[1:16]
+res, out, stamp, secs, rounds, reactors, pmask, poll, spdkv, rev, memnote, binp, spdkdir, load0, nice, qpairs = sys.argv[1:17]
 cases = ["4 KiB randread QD32", "4 KiB randwrite QD32", "128 KiB seq read QD32"]
 d = {}
 for line in open(res):
-    r, t, i, iops, mibs, avg, cores = line.split()
-    d[(int(r), t, int(i))] = dict(iops=float(iops), mibs=float(mibs), avg=float(avg), cores=float(cores))
+    r, t, i, iops, mibs, avg, cores, busy = line.split()
+    d[(int(r), t, int(i))] = dict(iops=float(iops), mibs=float(mibs), avg=float(avg), cores=float(cores), busy=float(busy))
 R = sorted({k[0] for k in d})
 def cpu_per_m(x):  # target CPU seconds per million I/Os
     return x["cores"] / x["iops"] * 1e6
+def busy_per_m(x):  # target reactors' work CPU seconds per million I/Os
+    return x["busy"] / x["iops"] * 1e6
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"], capture_output=True, text=True).stdout.strip()
 L = []
 L.append(f"# Palisade vs SPDK nvmf_tgt, both driven by spdk_nvme_perf, {stamp}")
@@ -250,15 +301,18 @@ L.append(f"Palisade (tree `{rev}`, binary `{binp}`): `palisade serve -m {pmask} 
 L.append(f"SPDK {spdkv} (`{spdkdir}`): `nvmf_tgt -m 0x1`. Both: 1 GiB RAM bdev, 512 B blocks, NVMe/TCP on 127.0.0.1, no digests, same JSON config.")
 if nice:
     L.append(f"Targets and client under `nice -n {nice}`.")
-L.append(f"Client: `taskset -c 1 spdk_nvme_perf -c 0x2 -q 32 -o SIZE -w RW -t {secs}` on core 1; {memnote}.")
+L.append(f"Client: `taskset -c 1 spdk_nvme_perf -c 0x2 -P {qpairs} -q 32 -o SIZE -w RW -t {secs}` on core 1; {memnote}.")
 L.append(f"{rounds} rounds, each Palisade then SPDK, each target started fresh; every case has a 2 s warm-up run first.")
 L.append("Target CPU: utime+stime of the target process over a window inside the measured run, as cores busy;")
 L.append("CPU s per 1M I/O = cores / IOPS × 10^6 (a busy poller uses one core per reactor whatever the load).")
+L.append("Work s per 1M I/O: per reactor, its thread's CPU time × the share of its loop time spent in iterations")
+L.append("that found work (framework_get_reactors busy / (busy + idle)), summed over reactors, over the same")
+L.append("window, per million I/Os: the CPU the work took, not the spinning of an idle poller.")
 L.append("")
 L.append("## Summary (medians over rounds; ratio = median of the per-round Palisade/SPDK IOPS ratios)")
 L.append("")
-L.append("| case | Palisade IOPS | Palisade MiB/s | SPDK IOPS | SPDK MiB/s | ratio P/S | per-round ratios | Palisade CPU s/1M I/O | SPDK CPU s/1M I/O |")
-L.append("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+L.append("| case | Palisade IOPS | Palisade MiB/s | SPDK IOPS | SPDK MiB/s | ratio P/S | per-round ratios | Palisade CPU s/1M I/O | SPDK CPU s/1M I/O | Palisade work s/1M I/O | SPDK work s/1M I/O |")
+L.append("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
 for i, name in enumerate(cases):
     P = [d[(r, "palisade", i)] for r in R if (r, "palisade", i) in d]
     S = [d[(r, "spdk", i)] for r in R if (r, "spdk", i) in d]
@@ -268,12 +322,13 @@ for i, name in enumerate(cases):
     L.append(f"| {name} | {med([x['iops'] for x in P]):.0f} | {med([x['mibs'] for x in P]):.1f} | "
              f"{med([x['iops'] for x in S]):.0f} | {med([x['mibs'] for x in S]):.1f} | "
              f"**{med(ratios):.3f}** | {', '.join(f'{x:.3f}' for x in ratios)} | "
-             f"{med([cpu_per_m(x) for x in P]):.2f} | {med([cpu_per_m(x) for x in S]):.2f} |")
+             f"{med([cpu_per_m(x) for x in P]):.2f} | {med([cpu_per_m(x) for x in S]):.2f} | "
+             f"{med([busy_per_m(x) for x in P]):.2f} | {med([busy_per_m(x) for x in S]):.2f} |")
 L.append("")
 L.append("## Every run")
 L.append("")
-L.append("| round | case | target | IOPS | MiB/s | avg µs | target cores | CPU s/1M I/O | ratio P/S |")
-L.append("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+L.append("| round | case | target | IOPS | MiB/s | avg µs | target cores | CPU s/1M I/O | work cores | work s/1M I/O | ratio P/S |")
+L.append("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for r in R:
     for i, name in enumerate(cases):
         for t in ("palisade", "spdk"):
@@ -283,7 +338,7 @@ for r in R:
             ratio = ""
             if t == "spdk" and (r, "palisade", i) in d:
                 ratio = f"{d[(r, 'palisade', i)]['iops'] / x['iops']:.3f}"
-            L.append(f"| {r} | {name} | {t} | {x['iops']:.0f} | {x['mibs']:.1f} | {x['avg']:.1f} | {x['cores']:.2f} | {cpu_per_m(x):.2f} | {ratio} |")
+            L.append(f"| {r} | {name} | {t} | {x['iops']:.0f} | {x['mibs']:.1f} | {x['avg']:.1f} | {x['cores']:.2f} | {cpu_per_m(x):.2f} | {x['busy']:.2f} | {busy_per_m(x):.2f} | {ratio} |")
 open(out, "w").write("\n".join(L) + "\n")
 PY
 cat "$OUT"

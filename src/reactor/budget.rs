@@ -64,7 +64,10 @@ impl Budget {
             }
             match self.used.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => {
-                    self.high.fetch_max(next, Ordering::Relaxed);
+                    // Shared by every reactor: no locked write unless the mark actually rises.
+                    if next > self.high.load(Ordering::Relaxed) {
+                        self.high.fetch_max(next, Ordering::Relaxed);
+                    }
                     return true;
                 }
                 Err(c) => cur = c,

@@ -12,6 +12,7 @@ pub mod range_lock;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bdev::{Bdev, BdevError, BdevRegistry, IoRequest};
@@ -46,6 +47,9 @@ pub struct Volume {
     pub locks: Arc<range_lock::RangeLock>,
     /// The layout guard, when a layout volume lives on this bdev (read lock-free per I/O).
     guard: arc_swap::ArcSwapOption<crate::layout::guard::Guard>,
+    /// Whether `guard` holds one: a plain load per I/O instead of the guard's reference-taking
+    /// load (set after the guard is stored, cleared before it is removed).
+    guarded: AtomicBool,
     /// The persistent-reservation engine shared by every export of this bdev.
     pr: Arc<Reservations>,
     /// Tracks modifying I/O so PREEMPT AND ABORT can wait for what was already admitted.
@@ -81,7 +85,7 @@ impl Volume {
         let gate = pr_gate::Gate::new();
         let pr = Arc::new(pr);
         pr.set_fence(Arc::new(pr_gate::VolumeFence(gate.clone())));
-        Ok(Volume { bdev, locks: Default::default(), guard: Default::default(), pr, gate })
+        Ok(Volume { bdev, locks: Default::default(), guard: Default::default(), guarded: AtomicBool::new(false), pr, gate })
     }
 
     pub fn bdev(&self) -> &Arc<dyn Bdev> {
@@ -129,8 +133,10 @@ impl Volume {
             return Err((req, Denied::ReservationConflict));
         }
         let down = Downstream { gate: &self.gate, bdev: &self.bdev, locks };
-        if let Some(g) = &*self.guard.load() {
-            return guard_hook::submit(core, &down, g, &snap, who, req);
+        if self.guarded.load(Ordering::SeqCst) {
+            if let Some(g) = &*self.guard.load() {
+                return guard_hook::submit(core, &down, g, &snap, who, req);
+            }
         }
         down.send(core, req);
         Ok(())
@@ -139,7 +145,13 @@ impl Volume {
     /// Attach or detach the layout guard (the interposer must be installed on every reactor,
     /// see [`guard_hook::install`]).
     pub fn set_guard(&self, g: Option<Arc<crate::layout::guard::Guard>>) {
-        self.guard.store(g);
+        if g.is_some() {
+            self.guard.store(g);
+            self.guarded.store(true, Ordering::SeqCst);
+        } else {
+            self.guarded.store(false, Ordering::SeqCst);
+            self.guard.store(None);
+        }
     }
 
     /// Whether a completed write may still need a flush to be durable: the bdev has a volatile

@@ -376,6 +376,20 @@ fn put_ch(out: &mut Vec<u8>, pdu_type: u8, fl: u8, hlen: u8, pdo: u8, plen: u32)
     start
 }
 
+/// The 8-byte common header (3.6.1).
+fn ch_bytes(pdu_type: u8, fl: u8, hlen: u8, pdo: u8, plen: u32) -> [u8; 8] {
+    let l = plen.to_le_bytes();
+    [pdu_type, fl, hlen, pdo, l[0], l[1], l[2], l[3]]
+}
+
+/// Append a complete PDU header and its digest if negotiated.
+fn put_header(out: &mut Vec<u8>, hdr: &[u8], hdgst: bool) {
+    out.extend_from_slice(hdr);
+    if hdgst {
+        out.extend_from_slice(&crc32c::crc32c(hdr).to_le_bytes());
+    }
+}
+
 fn finish_header(out: &mut Vec<u8>, start: usize, hdgst: bool) {
     if hdgst {
         let crc = crc32c::crc32c(&out[start..]);
@@ -422,23 +436,28 @@ pub fn encode_capsule_cmd(out: &mut Vec<u8>, dg: Digests, cpda: u8, sqe: &[u8; 6
 /// CapsuleResp (3.6.2.7): the CQE.
 pub fn encode_capsule_resp(out: &mut Vec<u8>, dg: Digests, cqe: &[u8; 16]) {
     let h = if dg.header { flags::HDGSTF } else { 0 };
-    let s = put_ch(out, ty::CAPSULE_RESP, h, 24, 0, 24 + if dg.header { 4 } else { 0 });
-    out.extend_from_slice(cqe);
-    finish_header(out, s, dg.header);
+    // Built whole and appended once: one per command on the completion path.
+    let mut p = [0u8; 24];
+    p[..8].copy_from_slice(&ch_bytes(ty::CAPSULE_RESP, h, 24, 0, 24 + if dg.header { 4 } else { 0 }));
+    p[8..].copy_from_slice(cqe);
+    put_header(out, &p, dg.header);
 }
 
 /// Header of a C2HData or H2CData PDU whose `len` data bytes the caller appends next, followed by
 /// [`put_data_digest`]. `extra_flags` carries LAST_PDU / SUCCESS.
 pub fn encode_data_header(out: &mut Vec<u8>, pdu_type: u8, dg: Digests, pda: u8, h: DataHeader, extra_flags: u8) {
     let (fl, pdo, plen, pad) = data_geometry(24, dg, h.length as usize, pda);
-    let s = put_ch(out, pdu_type, fl | extra_flags, 24, pdo, plen);
-    out.extend_from_slice(&h.cccid.to_le_bytes());
-    out.extend_from_slice(&h.ttag.to_le_bytes());
-    out.extend_from_slice(&h.offset.to_le_bytes());
-    out.extend_from_slice(&h.length.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    finish_header(out, s, dg.header);
-    out.resize(out.len() + pad, 0);
+    // Built whole and appended once: one per read on the completion path.
+    let mut p = [0u8; 24];
+    p[..8].copy_from_slice(&ch_bytes(pdu_type, fl | extra_flags, 24, pdo, plen));
+    p[8..10].copy_from_slice(&h.cccid.to_le_bytes());
+    p[10..12].copy_from_slice(&h.ttag.to_le_bytes());
+    p[12..16].copy_from_slice(&h.offset.to_le_bytes());
+    p[16..20].copy_from_slice(&h.length.to_le_bytes());
+    put_header(out, &p, dg.header);
+    if pad > 0 {
+        out.resize(out.len() + pad, 0);
+    }
 }
 
 /// R2T (3.6.2.10).
@@ -533,6 +552,18 @@ mod tests {
         let l = layout_of(&v, Digests::default()).unwrap();
         assert_eq!(l.data_len, 8);
         assert_eq!(DataHeader::decode(&v).unwrap(), h);
+        // With both digests and a data alignment (HPDA 3: data at a multiple of 16 bytes).
+        let mut v = vec![0xee; 3];
+        encode_data_header(&mut v, ty::C2H_DATA, BOTH, 3, h, flags::LAST_PDU);
+        let data = [7u8; 8];
+        v.extend_from_slice(&data);
+        put_data_digest(&mut v, BOTH, &data);
+        let p = &v[3..];
+        let l = layout_of(p, BOTH).unwrap();
+        assert_eq!((l.data_off, l.data_len, l.total), (32, 8, 44));
+        l.check_digests(p).unwrap();
+        assert_eq!(l.data(p), &data);
+        assert_eq!(DataHeader::decode(p).unwrap(), h);
         let mut r = Vec::new();
         encode_capsule_resp(&mut r, BOTH, &[0; 16]);
         let l = layout_of(&r, BOTH).unwrap();

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Target};
+use common::Target;
 use palisade::nvme::spec::{admin, cns, sc, sgl, Sgl, Sqe, Status};
 use palisade::nvmf::host::{rw_sqe, Controller, HostError, HostOpts, Queue};
 use palisade::nvmf::tcp::pdu::{self, ty, Digests};
@@ -39,19 +39,13 @@ impl Setup {
 /// Target with a 32 MiB RAM bdev as nsid 1 of NQN, any host allowed.
 fn setup(transport: serde_json::Value) -> Setup {
     let t = Target::start(&["-m", "0x1"]);
-    let port = free_port();
     t.rpc("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 512}));
     let mut tp = json!({"trtype": "TCP"});
     for (k, v) in transport.as_object().unwrap() {
         tp[k] = v.clone();
     }
     t.rpc("nvmf_create_transport", tp);
-    t.rpc("nvmf_create_subsystem", json!({"nqn": NQN, "serial_number": "SN-HOSTILE", "allow_any_host": true}));
-    t.rpc("nvmf_subsystem_add_ns", json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}));
-    t.rpc(
-        "nvmf_subsystem_add_listener",
-        json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
-    );
+    let port = t.export_nvmf(NQN, "SN-HOSTILE", "Malloc0");
     Setup { t, port }
 }
 

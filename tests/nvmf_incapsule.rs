@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{free_port, Target};
+use common::Target;
 use palisade::nvme::spec::{sgl, Sgl};
 use palisade::nvmf::fabrics::{build_connect_sqe, ConnectData};
 use palisade::nvmf::host::{rw_sqe, Controller, HostOpts};
@@ -44,15 +44,9 @@ impl Setup {
 
 fn setup() -> Setup {
     let t = Target::start(&["-m", "0x1"]);
-    let port = free_port();
     t.rpc("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 512}));
     t.rpc("nvmf_create_transport", json!({"trtype": "TCP", "in_capsule_data_size": ICD}));
-    t.rpc("nvmf_create_subsystem", json!({"nqn": NQN, "serial_number": "SN-ICD", "allow_any_host": true}));
-    t.rpc("nvmf_subsystem_add_ns", json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}));
-    t.rpc(
-        "nvmf_subsystem_add_listener",
-        json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
-    );
+    let port = t.export_nvmf(NQN, "SN-ICD", "Malloc0");
     Setup { t, port }
 }
 

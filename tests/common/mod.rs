@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -94,6 +94,19 @@ impl Target {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Export `bdev` as namespace 1 of a new subsystem `nqn` (any host) on an NVMe/TCP listener
+    /// at 127.0.0.1 and a free port (the TCP transport must exist); returns the port.
+    pub fn export_nvmf(&self, nqn: &str, serial: &str, bdev: &str) -> u16 {
+        let port = free_port();
+        self.rpc("nvmf_create_subsystem", json!({"nqn": nqn, "serial_number": serial, "allow_any_host": true}));
+        self.rpc("nvmf_subsystem_add_ns", json!({"nqn": nqn, "namespace": {"bdev_name": bdev}}));
+        self.rpc(
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+        );
+        port
     }
 
     /// Send a signal and wait (bounded) for the exit status.

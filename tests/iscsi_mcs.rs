@@ -203,6 +203,35 @@ fn task_management_reaches_every_connection_of_the_session() {
     t.stop();
 }
 
+/// Sense key and ASC of a CHECK CONDITION completion, None for GOOD.
+fn check(c: &Completion) -> Option<(u8, u8)> {
+    (c.status == 2).then(|| (c.sense.get(2).map_or(0, |k| k & 0xf), c.sense.get(12).copied().unwrap_or(0)))
+}
+
+#[test]
+fn a_unit_attention_reaches_the_session_once_not_once_per_connection() {
+    let (t, port) = start(2);
+    let mut conns = Session::connect_mcs("127.0.0.1", port, &opts(), 8, 2).unwrap();
+    let mut b = conns.pop().unwrap();
+    let mut a = conns.pop().unwrap();
+    // The power-on condition of the new nexus: reported once, whichever connection asks first.
+    let first = [a.command(0, &read10(0, 1), &[], 512, T).unwrap().0, b.command(0, &read10(0, 1), &[], 512, T).unwrap().0];
+    assert_eq!(first.iter().filter(|c| check(c) == Some((6, 0x29))).count(), 1, "{first:?}");
+    // Another nexus (its own session) resets the LUN: 29/03 is this nexus' once, on one connection.
+    let mut o = opts();
+    o.isid = [0x80, 0, 0, 0, 0x99, 1];
+    let mut other = Session::connect("127.0.0.1", port, &o, 8).unwrap();
+    ok(&mut other, &read10(0, 1), &[], 512);
+    assert_eq!(other.task_management(5, 0, None, T, &mut |_, _| {}).unwrap(), 0);
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        let s = if i % 2 == 0 { &mut b } else { &mut a };
+        seen.push(check(&s.command(0, &read10(0, 1), &[], 512, T).unwrap().0));
+    }
+    assert_eq!(seen, vec![Some((6, 0x29)), None, None, None], "unit attentions seen by B, A, B, A");
+    t.stop();
+}
+
 #[test]
 fn connection_limit_and_unknown_sessions_are_refused() {
     let (t, port) = start(2);

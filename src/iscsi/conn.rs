@@ -566,8 +566,9 @@ impl Conn {
                         rel_port_id: self.pg_tag as u16,
                     };
                     let mut port = ScsiPort::new(initiator, node.luns.clone());
+                    let reported = session.nexus_reported(port.nexus_reported());
                     if lg.joining.is_some() {
-                        port.join_existing_nexus();
+                        port.join_existing_nexus(reported);
                     }
                     self.port = Some(port);
                 } else {

@@ -4,9 +4,10 @@
 //! (ExpCmdSN, on the I/O path) and a short lock taken only at login, logout and close.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::reactor::HandlerRef;
+use crate::scsi::ua::NexusReported;
 
 /// Parameters in force after login (RFC 7143 §13 names).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub struct Session {
     /// Task slots per connection: the CmdSN window (MaxCmdSN - ExpCmdSN + 1) never exceeds it.
     pub queue_depth: u32,
     members: Mutex<Vec<Member>>,
+    /// The unit attentions reported to the session's I_T nexus, set by the leading connection:
+    /// each reaches the initiator once, not once per connection.
+    reported: OnceLock<Arc<NexusReported>>,
 }
 
 /// Why a connection cannot join a session.
@@ -95,7 +99,13 @@ impl Session {
             exp_cmd_sn: Arc::new(AtomicU32::new(first_cmd_sn)),
             queue_depth,
             members: Mutex::new(Vec::new()),
+            reported: OnceLock::new(),
         })
+    }
+
+    /// The nexus' unit attention record: the leading connection's, or `mine` if it is first.
+    pub fn nexus_reported(&self, mine: Arc<NexusReported>) -> Arc<NexusReported> {
+        self.reported.get_or_init(|| mine).clone()
     }
 
     pub fn exp_cmd_sn(&self) -> u32 {

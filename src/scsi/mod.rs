@@ -62,7 +62,7 @@ pub use sense::{sense_key, status, Sense};
 pub use sense::{INVALID_OPCODE, LBA_OUT_OF_RANGE, LUN_NOT_SUPPORTED, MEDIUM_ERROR_UNRECOVERED, WRITE_PROTECTED};
 
 use task::Task;
-use ua::NexusUa;
+use ua::{NexusReported, NexusUa};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataDir {
@@ -195,6 +195,9 @@ pub struct ScsiPort {
     done: VecDeque<ScsiResponse>,
     /// Unit attention state per LUN (index into `luns`).
     ua: Vec<NexusUa>,
+    /// What the nexus has been told, shared by its ports (iSCSI MC/S), and each LUN's index there.
+    reported: Arc<NexusReported>,
+    reported_idx: Vec<Option<usize>>,
     /// Per LUN: the reservation snapshot sequence at which no reservation unit attention was
     /// pending for this nexus (so events queued for other nexuses cost no engine lock here).
     pr_seen: Vec<u64>,
@@ -218,7 +221,9 @@ const MAX_COPY_RECORDS: usize = 16;
 
 impl ScsiPort {
     pub fn new(initiator: Initiator, luns: Arc<LunMap>) -> Self {
-        let ua = luns.luns.iter().map(|l| NexusUa::new(&l.events, l.volume.num_blocks())).collect();
+        let ua: Vec<NexusUa> = luns.luns.iter().map(|l| NexusUa::new(&l.events, l.volume.num_blocks())).collect();
+        let reported = Arc::new(NexusReported::new(luns.luns.iter().map(|l| l.id).zip(ua.iter())));
+        let reported_idx = (0..luns.luns.len()).map(Some).collect();
         // The reservation engines learn this target port (REGISTER AND MOVE names it by its
         // relative port identifier).
         for l in &luns.luns {
@@ -231,6 +236,8 @@ impl ScsiPort {
             tasks: Slab::with_capacity(128),
             done: VecDeque::with_capacity(128),
             ua,
+            reported,
+            reported_idx,
             pr_seen,
             copies: VecDeque::new(),
             abort_reports: Vec::new(),
@@ -240,11 +247,19 @@ impl ScsiPort {
     /// I_T nexus loss (logout, connection loss, session reinstatement): SPC-2 reservations of
     /// this nexus end; persistent reservations and registrations stay (SPC-4 5.13.1).
     /// This port is one more connection of an I_T nexus that already exists (iSCSI MC/S): no
-    /// power-on unit attention of its own.
-    pub fn join_existing_nexus(&mut self) {
+    /// power-on unit attention of its own, and every later one once per nexus (`reported` is the
+    /// nexus' record, from [`ScsiPort::nexus_reported`] of its first port).
+    pub fn join_existing_nexus(&mut self, reported: Arc<NexusReported>) {
         for u in &mut self.ua {
             u.join_existing();
         }
+        self.reported_idx = self.luns.luns.iter().map(|l| reported.index(l.id)).collect();
+        self.reported = reported;
+    }
+
+    /// The nexus-wide record of reported unit attentions, for further ports of this nexus.
+    pub fn nexus_reported(&self) -> Arc<NexusReported> {
+        self.reported.clone()
     }
 
     /// Another connection of this nexus reset LUN `lun` (None: every LUN) and reports the unit
@@ -268,7 +283,8 @@ impl ScsiPort {
     /// PREEMPTED, RESERVATIONS PREEMPTED, RESERVATIONS RELEASED) oldest first, then the other
     /// conditions of the SCSI core (capacity, mode parameters changed). Each is reported once.
     fn next_ua(&mut self, idx: usize, lun: &Lun) -> Option<Sense> {
-        if let Some(s) = self.ua[idx].take_reset() {
+        let shared = self.reported_idx[idx].map(|i| (&*self.reported, i));
+        if let Some(s) = self.ua[idx].take_reset(shared) {
             return Some(s);
         }
         let pr = lun.volume.reservations();
@@ -283,7 +299,7 @@ impl ScsiPort {
                 }
             }
         }
-        self.ua[idx].take()
+        self.ua[idx].take(shared)
     }
 
     /// What the transport needs from a command's CDB before its data moves: how its Data-Out
@@ -426,7 +442,8 @@ impl ScsiPort {
         if mode::apply(&lun.mode, change) {
             // Other nexuses get MODE PARAMETERS CHANGED (SPC-4 6.9); this one does not.
             let before = lun.events.mode.fetch_add(1, Ordering::AcqRel);
-            self.ua[idx].own_mode_change(before);
+            let shared = self.reported_idx[idx].map(|i| (&*self.reported, i));
+            self.ua[idx].own_mode_change(before, shared);
         }
         Ok(())
     }

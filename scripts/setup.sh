@@ -4,7 +4,9 @@
 # cargo is missing, and SPDK's own RPC client (PyPI `spdk`, pinned) in .venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PKGS=(build-essential curl ca-certificates python3 python3-venv libiscsi-bin tgt fio)
+# protobuf-compiler: the etcd-client crate generates its gRPC code at build time; etcd-server: the
+# real etcd the cluster tests start on 127.0.0.1.
+PKGS=(build-essential curl ca-certificates python3 python3-venv libiscsi-bin tgt fio protobuf-compiler etcd-server)
 # qemu-utils and qemu-block-extra must be one version (the latter depends on the former with `=`).
 # An image may ship qemu-utils from a suite its apt sources do not list (bookworm-backports), so a
 # plain install of qemu-block-extra fails; they are handled as a pair below.
@@ -54,6 +56,12 @@ for p in "${PKGS[@]}" "${QEMU_PAIR[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || { echo "package $p failed to install" >&2; exit 1; }
 done
 qemu_ok || { echo "qemu-utils and qemu-block-extra are at different versions" >&2; exit 1; }
+# Debian's etcd-server package starts an etcd service on 127.0.0.1:2379 where systemd runs; the
+# cluster tests start their own etcd on random ports.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  echo "stopping the etcd service (tests run their own etcd)" >&2
+  $SUDO systemctl stop etcd || true
+fi
 # Debian's tgt package starts a tgtd service on 0.0.0.0:3260 where systemd runs; the tests start
 # their own tgtd on their own ports and the default config listens on 127.0.0.1:3260.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then

@@ -6,6 +6,7 @@
 
 pub mod bdev;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod iscsi;
 pub mod layout;

@@ -1,7 +1,7 @@
 //! The dependency picture of DESIGN.md, checked on the source: every `crate::` path and every
 //! `super::` path a module names is resolved to the module it points at, and
 //! - no layer imports one above it (cli → rpc/config → iscsi, nvmf → scsi, nvme → volume →
-//!   layout, reservation → bdev → reactor);
+//!   layout, reservation → bdev → cluster → reactor);
 //! - the NVMe-oF core (`nvmf/` without its transports) names no transport: `nvmf/tcp` and
 //!   `nvmf/loop` → `nvmf` core → `nvme/` → `volume/`; transports do not name each other;
 //! - wire formats (`iscsi/pdu.rs`, `nvmf/tcp/pdu.rs`, `nvme/spec.rs`) depend on nothing above
@@ -20,6 +20,7 @@ fn rank(top: &str) -> Option<u32> {
         "volume" => 5,
         "layout" | "reservation" => 4,
         "bdev" => 3,
+        "cluster" => 2,
         "reactor" => 1,
         _ => return None,
     })

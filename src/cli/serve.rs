@@ -44,6 +44,17 @@ pub struct ServeArgs {
     /// every instance (and every test) has its own.
     #[arg(long = "state-dir")]
     state_dir: Option<PathBuf>,
+    /// Cluster mode: etcd client URL(s), comma-separated (e.g. http://127.0.0.1:2379). Needs
+    /// --node-id. Volumes marked clustered (`volume_set_cluster`) keep their reservations in etcd.
+    #[arg(long = "cluster", requires = "node_id")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (unique; a restarted node keeps its name).
+    #[arg(long = "node-id", requires = "cluster")]
+    node_id: Option<String>,
+    /// Cluster lease TTL in seconds: a node cut off from etcd stops serving clustered volumes
+    /// within 2/3 of it.
+    #[arg(long = "lease-ttl", default_value_t = 6)]
+    lease_ttl: u64,
     /// Log level: ERROR, WARNING, NOTICE, INFO, DEBUG.
     #[arg(short = 'L', long = "log-level", default_value = "NOTICE")]
     log_level: String,
@@ -183,6 +194,13 @@ async fn serve(app: Arc<App>, a: ServeArgs, config: Option<(Config, String)>, tc
         Ok(s) => s,
         Err(e) => return fail(format!("cannot handle SIGINT: {e}")),
     };
+    if let (Some(eps), Some(node)) = (&a.cluster, &a.node_id) {
+        let mut cfg = crate::cluster::Config::new(eps, node);
+        cfg.lease_ttl = a.lease_ttl;
+        if let Err(e) = rpc::cluster::connect(&app, cfg).await {
+            return fail(e.message);
+        }
+    }
     // Startup-state entries first (as SPDK's loader does), then init, then the rest.
     if let Some((cfg, path)) = &config {
         if let Err(e) = apply_pass(&app, cfg.entries(), path).await {

@@ -90,6 +90,8 @@ pub fn denied_status(d: Denied) -> Status {
         // The layout guard refused a write outside the client's grants: Access Denied (NVMe Base
         // 2.0, Media and Data Integrity Errors, 86h).
         Denied::WriteProtected => Status { sct: 2, sc: 0x86 },
+        // Path Related Status: Asymmetric Access Inaccessible (NVMe Base 2.0, 03h/02h).
+        Denied::PathInaccessible => Status { sct: 3, sc: 0x02 },
     }
 }
 

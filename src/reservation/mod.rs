@@ -11,6 +11,7 @@
 //!
 //! This module knows nothing of volumes, SCSI or NVMe (they import it).
 
+pub mod cluster;
 mod describe;
 mod events;
 pub mod nexus;
@@ -82,6 +83,8 @@ pub struct Reservations {
     pending_events: AtomicUsize,
     store: Mutex<Option<Store>>,
     fence: OnceLock<Arc<dyn Fence>>,
+    /// Set when the volume is clustered: the state lives in etcd (`cluster.rs`).
+    cluster: OnceLock<Arc<cluster::ClusterPr>>,
 }
 
 /// One background thread for every volume's fsyncs: the reactors never block on the disk.
@@ -133,6 +136,7 @@ impl Reservations {
             pending_events: AtomicUsize::new(0),
             store: Mutex::new(store),
             fence: OnceLock::new(),
+            cluster: OnceLock::new(),
         })
     }
 
@@ -231,6 +235,12 @@ impl Reservations {
                 return Started::Now(Err(e), done);
             }
         };
+        if self.cluster.get().is_some() {
+            g.busy = true;
+            drop(g);
+            self.clone().run_clustered(who.to_owned(), action, done);
+            return Started::Deferred;
+        }
         let mut next = g.state.clone();
         let applied = match next.apply(who, &action) {
             Ok(a) => a,

@@ -2,6 +2,7 @@
 //! method reaches the layers below through.
 
 pub mod bdev;
+pub mod cluster;
 pub mod error;
 pub mod framework;
 pub mod iscsi;
@@ -49,6 +50,10 @@ pub struct App {
     pub mgmt: tokio::sync::Mutex<()>,
     /// Layout volumes, recall subscribers and the fencer.
     pub layout: layout::LayoutApp,
+    /// Cluster mode (`serve --cluster`, `cluster_connect`): set once.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Target port groups (ALUA / ANA): this node's, and the other nodes' in cluster mode.
+    pub port_groups: Arc<crate::cluster::PortGroups>,
 }
 
 impl App {
@@ -56,6 +61,8 @@ impl App {
         let bdevs = Arc::new(BdevRegistry::default());
         let mut registry = Registry::default();
         framework::register(&mut registry);
+        // Before bdev and the exports: a config joins the cluster before volumes open.
+        cluster::register(&mut registry);
         bdev::register(&mut registry);
         nvmf::register(&mut registry);
         iscsi::register(&mut registry);
@@ -83,6 +90,8 @@ impl App {
             log_setter,
             mgmt: tokio::sync::Mutex::new(()),
             layout: Default::default(),
+            cluster: Default::default(),
+            port_groups: crate::cluster::PortGroups::new(),
         })
     }
 
@@ -185,6 +194,10 @@ impl App {
     /// Stop the data plane: reactors close every connection and channel, then state is synced.
     pub fn stop(&self) {
         self.reactors.stop();
+        // No I/O is admitted or in flight any more: the other nodes need not wait for us.
+        if let Some(c) = self.cluster.get() {
+            c.leave();
+        }
         for b in self.bdevs.list() {
             if let Err(e) = b.sync() {
                 tracing::error!(bdev = %b.info().name, "sync at shutdown failed: {e}");
@@ -209,6 +222,7 @@ pub fn decode_params(method: &str, params: &Option<Value>) -> Option<Result<(), 
         .or_else(|| layout::decode_params(method, params))
         .or_else(|| nvmf::decode_params(method, params))
         .or_else(|| reservation::decode_params(method, params))
+        .or_else(|| cluster::decode_params(method, params))
 }
 
 /// A connection for calls that come from inside the process (config loading).

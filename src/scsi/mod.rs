@@ -567,6 +567,7 @@ fn denied(why: Denied) -> ScsiResponseKind {
         Denied::OutOfRange => ScsiResponseKind::Check(LBA_OUT_OF_RANGE),
         Denied::ReservationConflict => ScsiResponseKind::Status(status::RESERVATION_CONFLICT),
         Denied::WriteProtected => ScsiResponseKind::Check(WRITE_PROTECTED),
+        Denied::PathInaccessible => ScsiResponseKind::Check(sense::TARGET_PORT_UNAVAILABLE),
     }
 }
 

@@ -83,6 +83,8 @@ pub const LUN_NOT_SUPPORTED: Sense = Sense::new(ILLEGAL_REQUEST, 0x25, 0x00);
 pub const PARAM_LIST_LENGTH_ERROR: Sense = Sense::new(ILLEGAL_REQUEST, 0x1a, 0x00);
 pub const SAVING_PARAMS_UNSUPPORTED: Sense = Sense::new(ILLEGAL_REQUEST, 0x39, 0x00);
 pub const INVALID_FIELD_IN_CDB: Sense = Sense::new(ILLEGAL_REQUEST, 0x24, 0x00);
+/// LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (SPC-4 5.16.2.4.5).
+pub const TARGET_PORT_UNAVAILABLE: Sense = Sense::new(NOT_READY, 0x04, 0x0C);
 pub const WRITE_PROTECTED: Sense = Sense::new(DATA_PROTECT, 0x27, 0x00);
 pub const MEDIUM_ERROR_UNRECOVERED: Sense = Sense::new(MEDIUM_ERROR, 0x11, 0x00);
 pub const WRITE_ERROR: Sense = Sense::new(MEDIUM_ERROR, 0x0c, 0x00);

@@ -39,6 +39,10 @@ pub enum Denied {
     ReservationConflict,
     /// The layout guard refused a write outside the client's grants.
     WriteProtected,
+    /// A clustered volume on a node that cannot confirm its cluster view (fails closed): the
+    /// path is unavailable (SCSI NOT READY 04/0C, NVMe Asymmetric Access Inaccessible); the host
+    /// retries through another node.
+    PathInaccessible,
 }
 
 pub struct Volume {
@@ -54,6 +58,8 @@ pub struct Volume {
     pr: Arc<Reservations>,
     /// Tracks modifying I/O so PREEMPT AND ABORT can wait for what was already admitted.
     gate: Arc<pr_gate::Gate>,
+    /// Set when the volume is clustered: I/O is admitted only while the node is writable.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Health>>,
 }
 
 /// Where a request goes once every check has passed: the reservation gate's in-flight tracking
@@ -85,7 +91,15 @@ impl Volume {
         let gate = pr_gate::Gate::new();
         let pr = Arc::new(pr);
         pr.set_fence(Arc::new(pr_gate::VolumeFence(gate.clone())));
-        Ok(Volume { bdev, locks: Default::default(), guard: Default::default(), guarded: AtomicBool::new(false), pr, gate })
+        Ok(Volume {
+            bdev,
+            locks: Default::default(),
+            guard: Default::default(),
+            guarded: AtomicBool::new(false),
+            pr,
+            gate,
+            cluster: Default::default(),
+        })
     }
 
     pub fn bdev(&self) -> &Arc<dyn Bdev> {
@@ -127,6 +141,11 @@ impl Volume {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
+        }
+        if let Some(h) = self.cluster.get() {
+            if !h.writable() {
+                return Err((req, Denied::PathInaccessible));
+            }
         }
         let snap = self.pr.snapshot();
         if !snap.check(pr_gate::nexus_ref(who), pr_gate::io_class(req.op, who)) {
@@ -181,6 +200,18 @@ impl Volume {
         pr_gate::VolumeFence(self.gate.clone()).drain(done);
     }
 
+    /// Make this volume clustered: reservations move to etcd, and I/O is admitted only while the
+    /// node's cluster view is confirmed. Blocks on etcd (management threads only).
+    pub fn attach_cluster(&self, c: &Arc<crate::cluster::Cluster>) -> Result<(), BdevError> {
+        self.pr.attach_cluster(c.clone(), &self.uuid()).map_err(|e| BdevError::Invalid(e.to_string()))?;
+        let _ = self.cluster.set(c.health().clone());
+        Ok(())
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
     /// The volume's reservation engine (PR commands, unit attentions, management).
     pub fn reservations(&self) -> &Arc<Reservations> {
         &self.pr
@@ -194,11 +225,80 @@ pub struct VolumeRegistry {
     /// Where reservation state of APTPL/PTPL volumes lives (`<dir>/<bdev uuid>.pr.json`); None
     /// keeps reservations in memory only.
     state_dir: Mutex<Option<PathBuf>>,
+    /// Cluster mode: volumes whose bdev UUID is marked clustered in etcd are attached at open.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+}
+
+/// etcd key marking a bdev UUID clustered (`volume_set_cluster`).
+fn mark_key(c: &crate::cluster::Cluster, uuid: &uuid::Uuid) -> String {
+    c.key(&format!("clustered/{uuid}"))
 }
 
 impl VolumeRegistry {
     pub fn new(bdevs: Arc<BdevRegistry>) -> Self {
-        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None) }
+        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None), cluster: Default::default() }
+    }
+
+    /// Join a cluster: open volumes marked clustered attach now, later ones at open, and a mark
+    /// set through any node attaches this node's volume of that UUID.
+    pub fn set_cluster(self: &Arc<Self>, c: Arc<crate::cluster::Cluster>) {
+        if self.cluster.set(c.clone()).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let prefix = c.key("clustered/");
+        c.watch_prefix(
+            &prefix,
+            Box::new(move |ch| {
+                let Some(me) = me.upgrade() else { return };
+                let keys: Vec<String> = match ch {
+                    crate::cluster::Change::Reset { kvs, .. } => kvs.iter().filter_map(|kv| kv.key_str().ok().map(str::to_string)).collect(),
+                    crate::cluster::Change::Put(kv) => kv.key_str().ok().map(str::to_string).into_iter().collect(),
+                    crate::cluster::Change::Delete { .. } => Vec::new(),
+                };
+                let uuids: Vec<uuid::Uuid> = keys.iter().filter_map(|k| k.rsplit('/').next()?.parse().ok()).collect();
+                if uuids.is_empty() {
+                    return;
+                }
+                // Attaching blocks on etcd: not on the cluster runtime.
+                std::thread::spawn(move || {
+                    for v in me.list() {
+                        if uuids.contains(&v.uuid()) && !v.is_clustered() {
+                            if let Err(e) = me.attach(&v) {
+                                tracing::error!("cluster: volume {} not attached: {e}", v.name());
+                            }
+                        }
+                    }
+                });
+            }),
+        );
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    fn attach(&self, v: &Arc<Volume>) -> Result<(), BdevError> {
+        let Some(c) = self.cluster.get() else { return Ok(()) };
+        v.attach_cluster(c)?;
+        tracing::info!("cluster: volume {} ({}) is clustered", v.name(), v.uuid());
+        Ok(())
+    }
+
+    /// `volume_set_cluster`: mark the bdev's UUID clustered in etcd (every node attaches its
+    /// volume of that UUID) and attach this node's volume now.
+    pub fn mark_clustered(&self, v: &Arc<Volume>) -> Result<(), BdevError> {
+        let c = self.cluster.get().ok_or_else(|| BdevError::Invalid("not in cluster mode (serve --cluster URL --node-id NAME)".into()))?;
+        let t = etcd_client::Txn::new().and_then([etcd_client::TxnOp::put(mark_key(c, &v.uuid()), v.name(), None)]);
+        c.etcd.txn(t).map_err(|e| BdevError::Invalid(e.to_string()))?;
+        self.attach(v)
+    }
+
+    /// Is `uuid` marked clustered in etcd? (Errors count as yes: a node that cannot tell must not
+    /// serve the volume as local.)
+    fn marked(&self, uuid: &uuid::Uuid) -> Result<bool, BdevError> {
+        let Some(c) = self.cluster.get() else { return Ok(false) };
+        c.etcd.get(&mark_key(c, uuid)).map(|(v, _)| v.is_some()).map_err(|e| BdevError::Invalid(format!("cluster: cannot tell whether {uuid} is clustered: {e}")))
     }
 
     /// Set the reservation state directory (before volumes are opened).
@@ -222,9 +322,17 @@ impl VolumeRegistry {
         if !m.contains_key(&name) {
             // A corrupt reservation state file refuses the export, naming the file.
             let dir = self.state_dir();
-            match Volume::with_state(bdev, dir.as_deref()) {
+            let uuid = bdev.info().uuid;
+            let made = Volume::with_state(bdev, dir.as_deref()).and_then(|v| {
+                let v = Arc::new(v);
+                if self.marked(&uuid)? {
+                    self.attach(&v)?;
+                }
+                Ok(v)
+            });
+            match made {
                 Ok(v) => {
-                    m.insert(name.clone(), (Arc::new(v), 0));
+                    m.insert(name.clone(), (v, 0));
                 }
                 Err(e) => {
                     drop(m);

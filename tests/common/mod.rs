@@ -3,6 +3,7 @@
 //! own test files, not here.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod hostile;
 
 use std::path::{Path, PathBuf};

@@ -113,7 +113,10 @@ impl Reservations {
             cache: Mutex::new(Record::default()),
             cursor: Mutex::new(None),
         });
-        let _ = self.cluster.set(cp.clone());
+        if self.cluster.set(cp.clone()).is_err() {
+            // Attached concurrently (the RPC and the mark's watch): wait for that attach.
+            return self.wait_loaded(self.cluster.get().expect("set"));
+        }
         let me = Arc::downgrade(self);
         cluster.watch_prefix(
             &key,
@@ -133,8 +136,12 @@ impl Reservations {
                 std::thread::spawn(move || me.local_fence(rev, ack));
             }),
         );
-        // Serve nothing until this engine holds what etcd holds (the node's health also waits
-        // for the watch; this makes attach itself synchronous for the caller).
+        self.wait_loaded(&cp)
+    }
+
+    /// Serve nothing until this engine holds what etcd holds (the node's health also waits for
+    /// the watch; this makes attach itself synchronous for the caller).
+    fn wait_loaded(&self, cp: &ClusterPr) -> Result<(), PrError> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while cp.rev.load(Ordering::Acquire) == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

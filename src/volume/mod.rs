@@ -184,6 +184,9 @@ impl Volume {
     /// CACHE, PR OUT, NVMe admin commands on a namespace...), by conflict-table class.
     #[inline]
     pub fn check(&self, who: &Initiator, class: CommandClass) -> Result<(), Denied> {
+        if self.cluster.get().is_some_and(|h| !h.writable()) {
+            return Err(Denied::PathInaccessible);
+        }
         if self.pr.snapshot().check(pr_gate::nexus_ref(who), class) {
             Ok(())
         } else {

@@ -90,7 +90,16 @@ pub async fn connect(app: &Arc<App>, cfg: crate::cluster::Config) -> Result<(), 
         return Err(RpcError::errno(libc::EEXIST, "already in a cluster"));
     }
     app.volumes.set_cluster(c);
+    publish_ports(app).await;
     Ok(())
+}
+
+/// Tell the other nodes this node's iSCSI relative target port ids (portal group tags), for their
+/// REPORT TARGET PORT GROUPS.
+pub async fn publish_ports(app: &Arc<App>) {
+    let Some(c) = app.cluster.get().cloned() else { return };
+    let tags: Vec<u16> = app.iscsi.state.lock().unwrap().portal_groups.keys().map(|t| *t as u16).collect();
+    let _ = tokio::task::spawn_blocking(move || c.set_iscsi_ports(tags)).await;
 }
 
 async fn cluster_connect(c: Call) -> RpcResult {

@@ -236,6 +236,29 @@ fn reservations_conflict_across_nodes_on_both_protocols() {
     }
     // A reservation through B (iSCSI) conflicts with A's holder.
     assert_eq!(prout(&mut sb, RESERVE, WE, CLIENT_KEY, 0, false).status, RESERVATION_CONFLICT);
+    // One logical unit through every node: identical NGUID / EUI-64 and VPD 83h designators.
+    let ida = ha._c.admin.identify(palisade::nvme::spec::cns::NAMESPACE, 1).unwrap();
+    let idb = hb._c.admin.identify(palisade::nvme::spec::cns::NAMESPACE, 1).unwrap();
+    assert_eq!(ida[104..128], idb[104..128], "NGUID and EUI-64 differ between nodes");
+    assert_ne!(ida[104..120], [0u8; 16]);
+    let naa = |s: &mut Session| {
+        let (c, d) = s.command(0, &[0x12, 0x01, 0x83, 0x01, 0x00, 0], &[], 256, T).unwrap();
+        assert_eq!(c.status, GOOD);
+        // The logical unit's designators (association 0), not the target port's.
+        let mut out = Vec::new();
+        let mut off = 4;
+        while off + 4 <= d.len() {
+            let len = d[off + 3] as usize;
+            if (d[off + 1] >> 4) & 3 == 0 {
+                out.extend_from_slice(&d[off..(off + 4 + len).min(d.len())]);
+            }
+            off += 4 + len;
+        }
+        out
+    };
+    let (da, db) = (naa(&mut sa), naa(&mut sb));
+    assert!(!da.is_empty());
+    assert_eq!(da, db, "logical unit designators differ between nodes");
 }
 
 /// The Linux pNFS SCSI sequence across nodes: the metadata server registers (APTPL) and takes

@@ -315,6 +315,7 @@ async fn iscsi_create_portal_group(c: Call) -> RpcResult {
     }
     let listeners = if p.wait { Vec::new() } else { start_listeners(&c.app, p.tag, &portals)? };
     c.app.iscsi.state.lock().unwrap().portal_groups.insert(p.tag, PortalGroup { tag: p.tag, portals, private: p.private, listeners });
+    c.app.iscsi.portal_groups_changed();
     ok()
 }
 
@@ -342,6 +343,7 @@ async fn iscsi_delete_portal_group(c: Call) -> RpcResult {
     let pg = c.app.iscsi.state.lock().unwrap().portal_groups.remove(&p.tag);
     let pg = pg.ok_or_else(|| RpcError::errno(libc::ENOENT, format!("portal group {} not found", p.tag)))?;
     stop_listeners(&c.app, pg.listeners);
+    c.app.iscsi.portal_groups_changed();
     ok()
 }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bdev::{Bdev, BdevError, BdevRegistry, IoRequest};
+use crate::cluster::{AccessState, PortGroups};
 use crate::reactor::Core;
 use crate::reservation::{CommandClass, Reservations};
 
@@ -39,6 +40,9 @@ pub enum Denied {
     ReservationConflict,
     /// The layout guard refused a write outside the client's grants.
     WriteProtected,
+    /// The path is not accessible: this node's target port group is in this (not active) access
+    /// state (SPC-4 5.16.2.4 / NVMe ANA); the initiator should use another path.
+    PathInaccessible(AccessState),
 }
 
 pub struct Volume {
@@ -54,6 +58,8 @@ pub struct Volume {
     pr: Arc<Reservations>,
     /// Tracks modifying I/O so PREEMPT AND ABORT can wait for what was already admitted.
     gate: Arc<pr_gate::Gate>,
+    /// This node's target port groups: media access needs the local group to be active.
+    groups: Arc<PortGroups>,
 }
 
 /// Where a request goes once every check has passed: the reservation gate's in-flight tracking
@@ -80,12 +86,17 @@ impl Volume {
 
     /// A volume whose APTPL/PTPL reservation state lives under `state_dir`.
     pub fn with_state(bdev: Arc<dyn Bdev>, state_dir: Option<&std::path::Path>) -> Result<Volume, BdevError> {
+        Volume::open(bdev, state_dir, PortGroups::new())
+    }
+
+    /// A volume whose media access follows this node's port group state in `groups`.
+    pub fn open(bdev: Arc<dyn Bdev>, state_dir: Option<&std::path::Path>, groups: Arc<PortGroups>) -> Result<Volume, BdevError> {
         let store = state_dir.map(|d| crate::reservation::Store::in_dir(d, &bdev.info().uuid));
         let pr = Reservations::new(store).map_err(|e| BdevError::Invalid(e.to_string()))?;
         let gate = pr_gate::Gate::new();
         let pr = Arc::new(pr);
         pr.set_fence(Arc::new(pr_gate::VolumeFence(gate.clone())));
-        Ok(Volume { bdev, locks: Default::default(), guard: Default::default(), guarded: AtomicBool::new(false), pr, gate })
+        Ok(Volume { bdev, locks: Default::default(), guard: Default::default(), guarded: AtomicBool::new(false), pr, gate, groups })
     }
 
     pub fn bdev(&self) -> &Arc<dyn Bdev> {
@@ -104,9 +115,26 @@ impl Volume {
         self.bdev.info().uuid
     }
 
+    /// The target port groups this volume's access follows (shared by every volume of the node).
+    pub fn port_groups(&self) -> &Arc<PortGroups> {
+        &self.groups
+    }
+
+    /// Whether media access is allowed through this node's ports now (one atomic load).
+    #[inline]
+    pub fn path_access(&self) -> Result<(), Denied> {
+        let s = self.groups.local_state();
+        if s.is_active() {
+            Ok(())
+        } else {
+            Err(Denied::PathInaccessible(s))
+        }
+    }
+
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
-    /// reason, so the front-end can answer in its protocol's terms. Checks, in order: range,
-    /// reservation conflict table, layout guard; then [`Downstream`].
+    /// reason, so the front-end can answer in its protocol's terms. Checks, in order: path access
+    /// (this node's port group state), range, reservation conflict table, layout guard; then
+    /// [`Downstream`].
     pub fn submit(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         self.checked(core, who, req, Some(&self.locks))
     }
@@ -124,6 +152,9 @@ impl Volume {
         req: IoRequest,
         locks: Option<&Arc<range_lock::RangeLock>>,
     ) -> Result<(), (IoRequest, Denied)> {
+        if let Err(d) = self.path_access() {
+            return Err((req, d));
+        }
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
@@ -194,11 +225,22 @@ pub struct VolumeRegistry {
     /// Where reservation state of APTPL/PTPL volumes lives (`<dir>/<bdev uuid>.pr.json`); None
     /// keeps reservations in memory only.
     state_dir: Mutex<Option<PathBuf>>,
+    /// This node's target port groups, given to every volume.
+    groups: Arc<PortGroups>,
 }
 
 impl VolumeRegistry {
     pub fn new(bdevs: Arc<BdevRegistry>) -> Self {
-        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None) }
+        VolumeRegistry::with_port_groups(bdevs, PortGroups::new())
+    }
+
+    /// A registry whose volumes follow the access state of `groups` (the application's one).
+    pub fn with_port_groups(bdevs: Arc<BdevRegistry>, groups: Arc<PortGroups>) -> Self {
+        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None), groups }
+    }
+
+    pub fn port_groups(&self) -> &Arc<PortGroups> {
+        &self.groups
     }
 
     /// Set the reservation state directory (before volumes are opened).
@@ -222,7 +264,7 @@ impl VolumeRegistry {
         if !m.contains_key(&name) {
             // A corrupt reservation state file refuses the export, naming the file.
             let dir = self.state_dir();
-            match Volume::with_state(bdev, dir.as_deref()) {
+            match Volume::open(bdev, dir.as_deref(), self.groups.clone()) {
                 Ok(v) => {
                     m.insert(name.clone(), (Arc::new(v), 0));
                 }

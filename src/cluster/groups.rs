@@ -3,8 +3,8 @@
 //! (id 1) holding every port of this process; in cluster mode the membership in etcd fills in one
 //! group per live node, and this node's group turns Unavailable while it fails closed.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -20,6 +20,11 @@ pub enum AccessState {
 }
 
 impl AccessState {
+    /// Whether media access (reads, writes) is allowed in this state (SPC-4 5.16.2.4: only the
+    /// active states serve every command).
+    pub fn is_active(self) -> bool {
+        matches!(self, AccessState::Optimized | AccessState::NonOptimized)
+    }
     pub fn from_u8(v: u8) -> Option<AccessState> {
         Some(match v {
             0x0 => AccessState::Optimized,
@@ -43,11 +48,19 @@ pub struct PortGroup {
     pub iscsi_ports: Vec<u16>,
 }
 
+/// Called with the new local state whenever it changes (NVMe raises ANA change notices).
+pub type StateWatcher = Box<dyn Fn(AccessState) + Send + Sync>;
+
 /// The groups as this node sees them; read lock-free by the command sets.
 pub struct PortGroups {
     local_id: std::sync::atomic::AtomicU16,
     local_state: AtomicU8,
+    /// Bumped on every change of the local state (the NVMe ANA log's change count).
+    changes: AtomicU64,
+    /// The iSCSI relative target port identifiers (portal group tags) of this process.
+    local_iscsi_ports: ArcSwap<Vec<u16>>,
     remote: ArcSwap<Vec<PortGroup>>,
+    watchers: Mutex<Vec<StateWatcher>>,
 }
 
 impl Default for PortGroups {
@@ -55,7 +68,10 @@ impl Default for PortGroups {
         PortGroups {
             local_id: std::sync::atomic::AtomicU16::new(1),
             local_state: AtomicU8::new(AccessState::Optimized as u8),
+            changes: AtomicU64::new(0),
+            local_iscsi_ports: ArcSwap::from_pointee(Vec::new()),
             remote: ArcSwap::from_pointee(Vec::new()),
+            watchers: Mutex::new(Vec::new()),
         }
     }
 }
@@ -75,8 +91,44 @@ impl PortGroups {
     pub fn local_state(&self) -> AccessState {
         AccessState::from_u8(self.local_state.load(Ordering::Acquire)).unwrap_or(AccessState::Unavailable)
     }
+    /// Set this node's access state; watchers hear of a change (not of a repeated value).
     pub fn set_local_state(&self, s: AccessState) {
-        self.local_state.store(s as u8, Ordering::Release)
+        let old = self.local_state.swap(s as u8, Ordering::AcqRel);
+        if old != s as u8 {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            for w in self.watchers.lock().unwrap().iter() {
+                w(s);
+            }
+        }
+    }
+    /// How many times the local state has changed.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+    /// Run `w` on every later change of the local state (from the thread that sets it).
+    pub fn watch(&self, w: StateWatcher) {
+        self.watchers.lock().unwrap().push(w);
+    }
+    /// This process's iSCSI relative target port identifiers (portal group tags).
+    pub fn local_iscsi_ports(&self) -> Arc<Vec<u16>> {
+        self.local_iscsi_ports.load_full()
+    }
+    pub fn set_local_iscsi_ports(&self, mut ports: Vec<u16>) {
+        ports.sort_unstable();
+        ports.dedup();
+        self.local_iscsi_ports.store(Arc::new(ports))
+    }
+    /// Every group, the local one first (with `local_iscsi_ports`), then the remote ones.
+    pub fn all(&self) -> Vec<PortGroup> {
+        let id = self.local_id();
+        let mut v = vec![PortGroup {
+            id,
+            node: String::new(),
+            state: self.local_state(),
+            iscsi_ports: (*self.local_iscsi_ports()).clone(),
+        }];
+        v.extend(self.remote().iter().filter(|g| g.id != id).cloned());
+        v
     }
     /// The other nodes' groups (cluster mode; empty in local mode).
     pub fn remote(&self) -> Arc<Vec<PortGroup>> {
@@ -84,5 +136,33 @@ impl PortGroups {
     }
     pub fn set_remote(&self, groups: Vec<PortGroup>) {
         self.remote.store(Arc::new(groups))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn local_state_changes_are_counted_and_watched() {
+        let g = PortGroups::new();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s2 = seen.clone();
+        g.watch(Box::new(move |_| {
+            s2.fetch_add(1, Ordering::SeqCst);
+        }));
+        g.set_local_state(AccessState::Optimized); // no change
+        assert_eq!((g.changes(), seen.load(Ordering::SeqCst)), (0, 0));
+        g.set_local_state(AccessState::Unavailable);
+        assert_eq!(g.local_state(), AccessState::Unavailable);
+        assert_eq!((g.changes(), seen.load(Ordering::SeqCst)), (1, 1));
+        assert!(!g.local_state().is_active());
+        g.set_local_iscsi_ports(vec![3, 1, 3]);
+        g.set_remote(vec![PortGroup { id: 2, node: "b".into(), state: AccessState::Optimized, iscsi_ports: vec![9] }]);
+        let all = g.all();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].id, all[0].state, all[0].iscsi_ports.clone()), (1, AccessState::Unavailable, vec![1, 3]));
+        assert_eq!(all[1].id, 2);
     }
 }

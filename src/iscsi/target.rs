@@ -287,6 +287,8 @@ pub struct Target {
     prelogin: AtomicUsize,
     /// Command data all connections hold (see `Options::data_budget_bytes`).
     pub data_budget: Arc<Budget>,
+    /// This node's target port groups: the portal group tags are its relative target ports.
+    pub port_groups: Arc<crate::cluster::PortGroups>,
 }
 
 /// A connection's place in the target's connection budget, given back when it drops.
@@ -331,6 +333,7 @@ impl Default for Target {
             open: AtomicUsize::new(0),
             prelogin: AtomicUsize::new(0),
             data_budget: Budget::new(Options::default().data_budget_bytes()),
+            port_groups: crate::cluster::PortGroups::new(),
         }
     }
 }
@@ -338,6 +341,16 @@ impl Default for Target {
 impl Target {
     pub fn new() -> Arc<Target> {
         Arc::new(Target::default())
+    }
+    /// A target whose ports belong to `groups` (the application's port groups).
+    pub fn with_port_groups(groups: Arc<crate::cluster::PortGroups>) -> Arc<Target> {
+        Arc::new(Target { port_groups: groups, ..Target::default() })
+    }
+    /// Publish the portal group tags (relative target port ids) as this node's iSCSI ports;
+    /// call after portal groups change.
+    pub fn portal_groups_changed(&self) {
+        let tags = self.state.lock().unwrap().portal_groups.keys().map(|&t| t as u16).collect();
+        self.port_groups.set_local_iscsi_ports(tags);
     }
     pub fn opts(&self) -> Options {
         self.state.lock().unwrap().opts.clone()

@@ -1,6 +1,7 @@
 //! NVMe command set: wire structures (spec), and the NVM I/O command decoding that turns a command
-//! into volume I/O (io). Knows nothing of the transport (nvmf/ sits above).
+//! into volume I/O (io), Asymmetric Namespace Access (ana). Knows nothing of the transport (nvmf/ sits above).
 
+pub mod ana;
 pub mod io;
 pub mod spec;
 pub mod reservation;

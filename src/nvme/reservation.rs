@@ -90,8 +90,11 @@ pub fn denied_status(d: Denied) -> Status {
         // The layout guard refused a write outside the client's grants: Access Denied (NVMe Base
         // 2.0, Media and Data Integrity Errors, 86h).
         Denied::WriteProtected => Status { sct: 2, sc: 0x86 },
-        // Path Related Status: Asymmetric Access Inaccessible (NVMe Base 2.0, 03h/02h).
-        Denied::PathInaccessible => Status { sct: 3, sc: 0x02 },
+        // This node's port group is not active: the path related status of its ANA state.
+        Denied::PathInaccessible(s) => match super::ana::AnaState::from(s).io_status() {
+            Some(st) => Status { sct: st.sct, sc: st.sc },
+            None => Status::INTERNAL_ERROR,
+        },
     }
 }
 

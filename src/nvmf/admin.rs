@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::nvme::ana;
 use crate::nvme::reservation as nv;
 use crate::nvme::spec::{self, admin, cns, fid, lid, sc, Sqe, Status};
 use crate::nvmf::{discovery, Ctrlr, SubType, Target, TransportOpts};
@@ -74,6 +75,8 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
                 let oncs = u16::from_le_bytes([page[520], page[521]]) | nv::ONCS_RESERVATIONS;
                 page[520..522].copy_from_slice(&oncs.to_le_bytes());
                 page[96] |= 1;
+                // ANA reporting, always on (as Linux nvmet): one group per namespace at most.
+                ana::IdentifyAna { max_groups: info.max_namespaces }.encode(&mut page);
             }
         }
         cns::NAMESPACE if !discovery => {
@@ -92,6 +95,7 @@ fn identify(opts: &TransportOpts, c: &Arc<Ctrlr>, sqe: &Sqe, out: &mut Vec<u8>) 
                     };
                     spec::identify_namespace(&info, &mut page);
                     page[31] = nv::RESCAP;
+                    ana::set_ns_anagrpid(&mut page, n.anagrpid);
                 }
                 None if max_ns != 0 && nsid > max_ns => return done(Status::generic(sc::INVALID_NAMESPACE)),
                 None => {}
@@ -154,6 +158,14 @@ fn get_log_page(t: &Target, c: &Arc<Ctrlr>, sqe: &Sqe, max_out: usize, out: &mut
             st.changed_ns.clear();
             if !rae {
                 st.ns_notice_masked = false;
+            }
+        }
+        ana::LID_ANA if !discovery => {
+            let rgo = cdw10 & ana::LSP_RGO != 0;
+            super::ana::log(t.port_groups(), &c.ana, &c.sub.namespaces()).encode(rgo, &mut page);
+            // Reading the log acknowledges the ANA change notice unless RAE.
+            if !rae {
+                c.state.lock().unwrap().ana_notice_masked = false;
             }
         }
         lid::COMMANDS_EFFECTS if !discovery => {

@@ -101,7 +101,8 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
         }
         let cntlid = sub.alloc_cntlid().ok_or((Status::specific(sc::CONNECT_CONTROLLER_BUSY), 0))?;
         let max_io = if sub.subtype == SubType::Discovery { 0 } else { opts.max_io_qpairs_per_ctrlr as u16 };
-        let c = Arc::new(Ctrlr::new(cntlid, sub.clone(), d.hostnqn, d.hostid, kato, max_io));
+        let ana = sub.listener_ana(listen).unwrap_or_default();
+        let c = Arc::new(Ctrlr::new(cntlid, sub.clone(), d.hostnqn, d.hostid, kato, max_io).on_listener(ana));
         c.touch_keepalive();
         c.state.lock().unwrap().qpairs.push(QpairInfo { qid: 0, reactor, listen: listen.clone(), peer: peer.to_string() });
         sub.ctrlrs.lock().unwrap().push(c.clone());

@@ -6,6 +6,7 @@ use super::qpair::{Job, QPair};
 use super::transport::Transport;
 use super::SubType;
 use crate::bdev::{IoOp, IoRequest};
+use crate::nvme::ana::AnaState;
 use crate::nvme::io::{self as nio, IoKind};
 use crate::nvme::reservation as nv;
 use crate::nvme::spec::{io as iop, sc, Sqe, Status};
@@ -14,7 +15,11 @@ use crate::volume::Denied;
 
 /// The volume's refusal in NVMe terms (one mapping, in the command set).
 pub(super) fn denied_status(d: Denied) -> Status {
-    nv_status(nv::denied_status(d))
+    match d {
+        // Path errors are retried on another path: no DNR.
+        Denied::PathInaccessible(s) => AnaState::from(s).io_status().unwrap_or(Status::generic(sc::INTERNAL_ERROR)),
+        d => nv_status(nv::denied_status(d)),
+    }
 }
 
 /// The transport status of a reservation-layer status.
@@ -38,6 +43,9 @@ impl QPair {
         if sqe.opcode() == iop::FLUSH && sqe.nsid() == 0xffff_ffff {
             // Flush every namespace.
             self.refresh_ns();
+            if let Some(st) = self.path_status_any() {
+                return self.respond(core, tx, idx, st, 0, 0);
+            }
             for i in 0..self.ns_cache.len() {
                 self.submit(core, idx, i, IoOp::Flush, 0, 0, None, false);
             }
@@ -46,6 +54,10 @@ impl QPair {
         let Some(ni) = self.ns_index(sqe.nsid()) else {
             return self.respond(core, tx, idx, Status::generic(sc::INVALID_NAMESPACE), 0, 0);
         };
+        // ANA (Base 2.0 8.1.3): no I/O command runs on an inaccessible path.
+        if let Some(st) = self.ctrlr.as_ref().and_then(|c| super::ana::io_status(c, &self.ns_cache[ni])) {
+            return self.respond(core, tx, idx, st, 0, 0);
+        }
         if is_resv_opcode(sqe.opcode()) {
             return self.reservation(core, tx, idx, sqe, ni);
         }
@@ -120,6 +132,12 @@ impl QPair {
             }
         }
         self.maybe_finish(core, tx, idx);
+    }
+
+    /// The path status of the first namespace this controller cannot reach now, if any.
+    fn path_status_any(&self) -> Option<Status> {
+        let c = self.ctrlr.as_ref()?;
+        self.ns_cache.iter().find_map(|n| super::ana::io_status(c, n))
     }
 
     /// Submit one volume operation for slot `idx` on namespace `ns_cache[ni]`. The namespace is

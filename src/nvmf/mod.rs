@@ -3,6 +3,7 @@
 //! used by `palisade perf` and the tests.
 
 pub mod admin;
+pub mod ana;
 pub mod discovery;
 pub mod fabrics;
 pub mod host;
@@ -241,7 +242,17 @@ impl Target {
             true,
         );
         t.subsystems.write().unwrap().insert(disc.nqn.clone(), Arc::new(disc));
-        Arc::new(t)
+        let t = Arc::new(t);
+        // A change of this node's port group state is an ANA change on every controller.
+        let weak = Arc::downgrade(&t);
+        t.port_groups().watch(Box::new(move |_| {
+            if let Some(t) = weak.upgrade() {
+                for s in t.subsystems() {
+                    s.ana_changed(None);
+                }
+            }
+        }));
+        t
     }
 
     fn bump(&self) {
@@ -321,6 +332,15 @@ impl Target {
     }
 
     pub fn add_ns(&self, s: &Arc<Subsystem>, bdev_name: &str, nsid: Option<u32>, nguid: Option<[u8; 16]>, eui64: Option<[u8; 8]>, uuid: Option<uuid::Uuid>) -> Result<u32, NvmfError> {
+        self.add_ns_in_group(s, bdev_name, nsid, nguid, eui64, uuid, None)
+    }
+
+    /// [`Target::add_ns`] with the namespace's ANA group chosen (None: its nsid).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_ns_in_group(&self, s: &Arc<Subsystem>, bdev_name: &str, nsid: Option<u32>, nguid: Option<[u8; 16]>, eui64: Option<[u8; 8]>, uuid: Option<uuid::Uuid>, anagrpid: Option<u32>) -> Result<u32, NvmfError> {
+        if anagrpid == Some(0) || anagrpid.is_some_and(|g| s.params.max_namespaces != 0 && g > s.params.max_namespaces) {
+            return Err(NvmfError::Invalid(format!("anagrpid {} is out of range (1..max_namespaces)", anagrpid.unwrap_or(0))));
+        }
         let nsid = match nsid {
             Some(0) | None => s.free_nsid().ok_or_else(|| NvmfError::Invalid("no free namespace id".into()))?,
             Some(id) => {
@@ -341,6 +361,7 @@ impl Target {
             nguid: nguid.unwrap_or_else(|| crate::volume::identity::nguid(&u)),
             eui64: eui64.unwrap_or_else(|| crate::volume::identity::eui64(&u)),
             uuid: uuid.unwrap_or(u),
+            anagrpid: anagrpid.unwrap_or(nsid),
             explicit: (nguid.is_some(), eui64.is_some(), uuid.is_some()),
             volume,
         };
@@ -373,9 +394,24 @@ impl Target {
             ls.push(ListenerEntry { addr: addr.clone(), handler: h });
         }
         drop(ls);
+        s.listener_ana.lock().unwrap().push((addr.clone(), ana::ListenerAna::new()));
         s.listeners.lock().unwrap().push(addr);
         self.bump();
         Ok(())
+    }
+
+    /// Set the ANA state of listener `addr` of `s` for group `grp` (every group if None); the
+    /// controllers connected through it get an ANA change notice.
+    pub fn set_ana_state(&self, s: &Arc<Subsystem>, addr: &ListenAddr, grp: Option<u32>, st: crate::nvme::ana::AnaState) -> Result<(), NvmfError> {
+        let ana = s.listener_ana(addr).ok_or_else(|| NvmfError::NoListener(addr.traddr.clone(), addr.trsvcid.clone()))?;
+        ana.set(grp, st);
+        s.ana_changed(Some(&ana));
+        Ok(())
+    }
+
+    /// This node's target port groups (shared with the volumes and the iSCSI target).
+    pub fn port_groups(&self) -> &Arc<crate::cluster::PortGroups> {
+        self.volumes.port_groups()
     }
 
     pub fn remove_listener(&self, s: &Arc<Subsystem>, addr: &ListenAddr) -> Result<(), NvmfError> {
@@ -383,6 +419,7 @@ impl Target {
             let mut l = s.listeners.lock().unwrap();
             let i = l.iter().position(|x| x.same(addr)).ok_or_else(|| NvmfError::NoListener(addr.traddr.clone(), addr.trsvcid.clone()))?;
             l.remove(i);
+            s.listener_ana.lock().unwrap().retain(|(a, _)| !a.same(addr));
         }
         // As SPDK does, hosts connected through the removed address lose those controllers.
         for c in s.ctrlrs.lock().unwrap().iter() {

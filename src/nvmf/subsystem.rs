@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use super::ana::ListenerAna;
 use crate::nvme::spec;
 use crate::reactor::HandlerRef;
 use crate::volume::{Initiator, Volume};
@@ -45,6 +46,8 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
     pub uuid: uuid::Uuid,
+    /// ANA group (Identify Namespace ANAGRPID): the nsid unless chosen (see `nvme::ana`).
+    pub anagrpid: u32,
     /// What the RPC was given (save_config writes back only what the user chose).
     pub explicit: (bool, bool, bool),
 }
@@ -67,6 +70,8 @@ pub struct Subsystem {
     pub allow_any_host: AtomicBool,
     pub hosts: Mutex<Vec<String>>,
     pub listeners: Mutex<Vec<ListenAddr>>,
+    /// ANA state per listener (entries follow `listeners`).
+    pub listener_ana: Mutex<Vec<(ListenAddr, Arc<ListenerAna>)>>,
     ns: ArcSwap<Vec<Arc<Namespace>>>,
     ns_gen: AtomicU64,
     pub ctrlrs: Mutex<Vec<Arc<Ctrlr>>>,
@@ -83,6 +88,7 @@ impl Subsystem {
             allow_any_host: AtomicBool::new(allow_any_host),
             hosts: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
+            listener_ana: Mutex::new(Vec::new()),
             ns: ArcSwap::from_pointee(Vec::new()),
             ns_gen: AtomicU64::new(0),
             ctrlrs: Mutex::new(Vec::new()),
@@ -97,6 +103,21 @@ impl Subsystem {
 
     pub fn listens_on(&self, a: &ListenAddr) -> bool {
         self.listeners.lock().unwrap().iter().any(|l| l.same(a))
+    }
+
+    /// The ANA state of listener `a` (None if the subsystem does not listen there).
+    pub fn listener_ana(&self, a: &ListenAddr) -> Option<Arc<ListenerAna>> {
+        self.listener_ana.lock().unwrap().iter().find(|(l, _)| l.same(a)).map(|(_, s)| s.clone())
+    }
+
+    /// Tell the controllers connected through `ana` (every controller if None) that ANA state
+    /// changed.
+    pub fn ana_changed(&self, ana: Option<&Arc<ListenerAna>>) {
+        for c in self.ctrlrs.lock().unwrap().iter() {
+            if ana.is_none_or(|a| Arc::ptr_eq(a, &c.ana)) {
+                c.ana_changed();
+            }
+        }
     }
 
     pub fn namespaces(&self) -> Arc<Vec<Arc<Namespace>>> {
@@ -189,6 +210,8 @@ pub struct CtrlrState {
     pub ns_notice_masked: bool,
     /// Reservation Log Page Available raised and not yet acknowledged by reading log page 80h.
     pub resv_notice_masked: bool,
+    /// ANA change notice raised and not yet acknowledged by reading the ANA log page (0Ch).
+    pub ana_notice_masked: bool,
     pub changed_ns: Vec<u32>,
     pub qpairs: Vec<QpairInfo>,
 }
@@ -200,6 +223,8 @@ pub struct Ctrlr {
     pub hostnqn: String,
     pub hostid: [u8; 16],
     pub initiator: Initiator,
+    /// ANA state of the listener this controller was connected through.
+    pub ana: Arc<ListenerAna>,
     pub created: Instant,
     /// Where the admin queue pair lives (AEN messages go there).
     pub admin: Mutex<Option<HandlerRef>>,
@@ -222,6 +247,7 @@ impl Ctrlr {
             sub,
             hostnqn,
             hostid,
+            ana: ListenerAna::new(),
             created: Instant::now(),
             admin: Mutex::new(None),
             state: Mutex::new(CtrlrState {
@@ -234,6 +260,7 @@ impl Ctrlr {
                 pending_events: Vec::new(),
                 ns_notice_masked: false,
                 resv_notice_masked: false,
+                ana_notice_masked: false,
                 changed_ns: Vec::new(),
                 qpairs: Vec::new(),
             }),
@@ -241,6 +268,33 @@ impl Ctrlr {
             max_io_qpairs,
             last_keepalive_ms: AtomicU64::new(0),
             aen_kick: Mutex::new(None),
+        }
+    }
+
+    /// The controller serves the paths of listener `ana` (set at Connect, before it is shared).
+    pub fn on_listener(mut self, ana: Arc<ListenerAna>) -> Ctrlr {
+        self.ana = ana;
+        self
+    }
+
+    /// ANA state changed: raise "Asymmetric Namespace Access Change" if enabled and unmasked
+    /// (Base 2.0 5.2, Figure 150; masked until the host reads the ANA log page).
+    pub fn ana_changed(&self) {
+        use crate::nvme::ana;
+        let raise = {
+            let mut st = self.state.lock().unwrap();
+            if st.async_event_config & ana::AEC_ANA_CHANGE != 0 && !st.ana_notice_masked {
+                st.ana_notice_masked = true;
+                st.pending_events.push(spec::aer_dw0(spec::AER_TYPE_NOTICE, ana::AER_INFO_ANA_CHANGE, ana::LID_ANA));
+                true
+            } else {
+                false
+            }
+        };
+        if raise {
+            if let Some(k) = self.aen_kick.lock().unwrap().as_ref() {
+                k();
+            }
         }
     }
 

@@ -316,6 +316,7 @@ async fn iscsi_create_portal_group(c: Call) -> RpcResult {
     let listeners = if p.wait { Vec::new() } else { start_listeners(&c.app, p.tag, &portals)? };
     c.app.iscsi.state.lock().unwrap().portal_groups.insert(p.tag, PortalGroup { tag: p.tag, portals, private: p.private, listeners });
     super::cluster::publish_ports(&c.app).await;
+    c.app.iscsi.portal_groups_changed();
     ok()
 }
 
@@ -344,6 +345,7 @@ async fn iscsi_delete_portal_group(c: Call) -> RpcResult {
     let pg = pg.ok_or_else(|| RpcError::errno(libc::ENOENT, format!("portal group {} not found", p.tag)))?;
     stop_listeners(&c.app, pg.listeners);
     super::cluster::publish_ports(&c.app).await;
+    c.app.iscsi.portal_groups_changed();
     ok()
 }
 

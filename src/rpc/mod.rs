@@ -31,6 +31,9 @@ pub struct App {
     pub reactors: ReactorSet,
     pub bdevs: Arc<BdevRegistry>,
     pub volumes: Arc<VolumeRegistry>,
+    /// This node's target port groups (ALUA / ANA): the volumes, the iSCSI and the NVMe-oF
+    /// targets share it; the cluster layer sets the local state and the other nodes' groups.
+    pub port_groups: Arc<crate::cluster::PortGroups>,
     /// The NVMe-oF target (transport, subsystems, listeners).
     pub nvmf: Arc<crate::nvmf::Target>,
     /// iSCSI target state: options, groups, nodes, sessions.
@@ -52,8 +55,6 @@ pub struct App {
     pub layout: layout::LayoutApp,
     /// Cluster mode (`serve --cluster`, `cluster_connect`): set once.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
-    /// Target port groups (ALUA / ANA): this node's, and the other nodes' in cluster mode.
-    pub port_groups: Arc<crate::cluster::PortGroups>,
 }
 
 impl App {
@@ -69,7 +70,8 @@ impl App {
         layout::register(&mut registry);
         reservation::register(&mut registry);
         let state = if wait_for_rpc { STARTUP } else { RUNTIME };
-        let volumes = Arc::new(VolumeRegistry::new(bdevs.clone()));
+        let port_groups = crate::cluster::PortGroups::new();
+        let volumes = Arc::new(VolumeRegistry::with_port_groups(bdevs.clone(), port_groups.clone()));
         let nvmf = crate::nvmf::Target::new(reactors.clone(), volumes.clone());
         crate::nvmf::tcp::register(&nvmf);
         crate::nvmf::r#loop::register(&nvmf);
@@ -78,7 +80,8 @@ impl App {
             nvmf,
             volumes,
             bdevs,
-            iscsi: crate::iscsi::Target::new(),
+            iscsi: crate::iscsi::Target::with_port_groups(port_groups.clone()),
+            port_groups,
             registry,
             state: AtomicU8::new(state),
             init_done: tokio::sync::watch::channel(!wait_for_rpc).0,
@@ -91,7 +94,6 @@ impl App {
             mgmt: tokio::sync::Mutex::new(()),
             layout: Default::default(),
             cluster: Default::default(),
-            port_groups: crate::cluster::PortGroups::new(),
         })
     }
 

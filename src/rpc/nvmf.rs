@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::registry::{Call, Registry, Subsystem, RUNTIME};
 use super::{ok, App, RpcError, RpcResult};
 use crate::config::Entry;
+use crate::nvme::ana::AnaState;
 use crate::nvme::spec::DISCOVERY_NQN;
 use crate::nvmf::{self, ListenAddr, NvmfError, SubType, SubsystemParams, TransportOpts};
 use crate::volume::identity::hex;
@@ -28,6 +29,7 @@ pub fn register(r: &mut Registry) {
     r.add("nvmf_subsystem_get_controllers", RUNTIME, nvmf_subsystem_get_controllers);
     r.add("nvmf_subsystem_get_qpairs", RUNTIME, nvmf_subsystem_get_qpairs);
     r.add("nvmf_subsystem_get_listeners", RUNTIME, nvmf_subsystem_get_listeners);
+    r.add("nvmf_subsystem_listener_set_ana_state", RUNTIME, nvmf_subsystem_listener_set_ana_state);
     r.add_subsystem(Subsystem { name: "nvmf", depends_on: &["bdev"], config: nvmf_config });
 }
 
@@ -265,10 +267,24 @@ fn listen_addr(a: ListenAddress) -> Result<ListenAddr, RpcError> {
     Ok(ListenAddr { trtype: "TCP".into(), adrfam, traddr: a.traddr, trsvcid })
 }
 
+/// An ANA state by SPDK's name.
+fn ana_state(s: &str) -> Result<AnaState, RpcError> {
+    AnaState::from_name(s).ok_or_else(|| RpcError::invalid_params(format!("ana_state: {s:?} is not one of optimized, non_optimized, inaccessible, persistent_loss, change")))
+}
+
+/// An ANA group id: 1..=max_namespaces (any positive id when the subsystem has no limit).
+fn check_anagrpid(s: &nvmf::Subsystem, g: u32) -> Result<(), RpcError> {
+    if g == 0 || (s.params.max_namespaces != 0 && g > s.params.max_namespaces) {
+        return Err(RpcError::invalid_params(format!("anagrpid: {g} is out of range (1..{})", s.params.max_namespaces)));
+    }
+    Ok(())
+}
+
 async fn listener(c: Call, add: bool) -> RpcResult {
     let p: ListenerParams = c.params()?;
     check_tgt(&p.tgt_name)?;
-    let _ = (&p.ana_state, p.anagrpid, &p.sock_impl, p.numa_id);
+    let _ = (&p.sock_impl, p.numa_id);
+    let ana = p.ana_state.as_deref().map(ana_state).transpose()?;
     if p.secure_channel == Some(true) {
         return Err(RpcError::invalid_params("secure_channel: TLS is not supported"));
     }
@@ -278,10 +294,47 @@ async fn listener(c: Call, add: bool) -> RpcResult {
     let s = sub_of(&c.app, &nqn)?;
     let t = c.app.nvmf.clone();
     if add {
-        t.add_listener(&s, addr)?;
+        if let Some(g) = p.anagrpid {
+            check_anagrpid(&s, g)?;
+        }
+        t.add_listener(&s, addr.clone())?;
+        if let Some(st) = ana {
+            // Set before any host can connect through the new listener: no notice to send.
+            t.set_ana_state(&s, &addr, p.anagrpid, st)?;
+        }
     } else {
         t.remove_listener(&s, &addr)?;
     }
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetAnaState {
+    nqn: String,
+    tgt_name: Option<String>,
+    listen_address: ListenAddress,
+    ana_state: String,
+    anagrpid: Option<u32>,
+}
+
+/// nvmf_subsystem_listener_set_ana_state: the state of one ANA group (every group without
+/// anagrpid) as the controllers connected through the listener see it; they get an ANA change
+/// notice. The node's own inaccessible states (failed closed) still win.
+async fn nvmf_subsystem_listener_set_ana_state(c: Call) -> RpcResult {
+    let p: SetAnaState = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let st = ana_state(&p.ana_state)?;
+    let addr = listen_addr(p.listen_address)?;
+    let _g = c.app.mgmt.lock().await;
+    let s = sub_of(&c.app, &p.nqn)?;
+    if s.subtype == SubType::Discovery {
+        return Err(RpcError::invalid_params("the discovery subsystem has no ANA groups"));
+    }
+    if let Some(g) = p.anagrpid {
+        check_anagrpid(&s, g)?;
+    }
+    c.app.nvmf.set_ana_state(&s, &addr, p.anagrpid, st)?;
     ok()
 }
 
@@ -324,7 +377,7 @@ async fn nvmf_subsystem_add_ns(c: Call) -> RpcResult {
     let p: AddNs = c.params()?;
     check_tgt(&p.tgt_name)?;
     let n = p.namespace;
-    let _ = (n.anagrpid, n.hide_metadata);
+    let _ = n.hide_metadata;
     if n.ptpl_file.as_deref().is_some_and(str::is_empty) {
         return Err(RpcError::invalid_params("namespace.ptpl_file: empty path"));
     }
@@ -343,7 +396,10 @@ async fn nvmf_subsystem_add_ns(c: Call) -> RpcResult {
     if s.subtype == SubType::Discovery {
         return Err(RpcError::invalid_params("the discovery subsystem has no namespaces"));
     }
-    let nsid = c.app.nvmf.add_ns(&s, &n.bdev_name, n.nsid, nguid, eui64, uuid)?;
+    if let Some(g) = n.anagrpid {
+        check_anagrpid(&s, g)?;
+    }
+    let nsid = c.app.nvmf.add_ns_in_group(&s, &n.bdev_name, n.nsid, nguid, eui64, uuid, n.anagrpid)?;
     if let Some(path) = n.ptpl_file {
         // SPDK's persist-through-power-loss file: the volume's reservation state lives there
         // (loaded now if the volume holds none yet). A bad file undoes the add.
@@ -545,13 +601,21 @@ async fn nvmf_subsystem_get_listeners(c: Call) -> RpcResult {
     let p: NqnOnly = c.params()?;
     check_tgt(&p.tgt_name)?;
     let s = sub_of(&c.app, &p.nqn)?;
-    let v: Vec<Value> = s
-        .listeners
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| json!({"address": addr_json(a), "ana_state": "optimized", "ana_states": [{"ana_group": 1, "ana_state": "optimized"}]}))
-        .collect();
+    // The states hosts see through each listener: one entry per ANA group of the namespaces
+    // (and per group a state was set for); "ana_state" is that of groups without their own.
+    let local = c.app.port_groups.local_state();
+    let grps: Vec<u32> = s.namespaces().iter().map(|n| n.anagrpid).collect();
+    let listeners: Vec<ListenAddr> = s.listeners.lock().unwrap().clone();
+    let mut v = Vec::new();
+    for a in listeners {
+        let ana = s.listener_ana(&a).unwrap_or_default();
+        let mut g = grps.clone();
+        g.extend(ana.configured_groups());
+        g.sort_unstable();
+        g.dedup();
+        let states: Vec<Value> = g.iter().map(|&id| json!({"ana_group": id, "ana_state": ana.effective(local, id).name()})).collect();
+        v.push(json!({"address": addr_json(&a), "ana_state": ana.effective(local, 0).name(), "ana_states": states}));
+    }
     Ok(json!(v))
 }
 
@@ -591,6 +655,9 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
         for n in s.namespaces().iter() {
             let mut ns = json!({"bdev_name": n.bdev_name, "nsid": n.nsid});
             let o = ns.as_object_mut().unwrap();
+            if n.anagrpid != n.nsid {
+                o.insert("anagrpid".into(), json!(n.anagrpid));
+            }
             // Defaults derive from the bdev UUID; write them only if the user chose them.
             if n.explicit.0 {
                 o.insert("nguid".into(), json!(hex(&n.nguid).to_uppercase()));
@@ -612,6 +679,16 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
         }
         for a in s.listeners.lock().unwrap().iter() {
             out.push(e("nvmf_subsystem_add_listener", json!({"nqn": s.nqn, "listen_address": addr_json(a)})));
+            // ANA states set on the listener (what follows the node is not configuration).
+            if let Some(ana) = s.listener_ana(a) {
+                for (grp, st) in ana.settings() {
+                    let mut p = json!({"nqn": s.nqn, "listen_address": addr_json(a), "ana_state": st.name()});
+                    if let Some(g) = grp {
+                        p["anagrpid"] = json!(g);
+                    }
+                    out.push(e("nvmf_subsystem_listener_set_ana_state", p));
+                }
+            }
         }
     }
     out
@@ -637,6 +714,7 @@ pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Resu
         "nvmf_subsystem_get_controllers" => decode::<NqnOnly>(p).map(drop),
         "nvmf_subsystem_get_qpairs" => decode::<NqnOnly>(p).map(drop),
         "nvmf_subsystem_get_listeners" => decode::<NqnOnly>(p).map(drop),
+        "nvmf_subsystem_listener_set_ana_state" => decode::<SetAnaState>(p).map(drop),
         _ => return None,
     })
 }

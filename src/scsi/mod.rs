@@ -6,7 +6,7 @@
 //! One `ScsiPort` per I_T nexus (an iSCSI session's connection); `Lun`s are shared by all nexuses
 //! that see them.
 //!
-//! Modules: `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
+//! Modules: `alua` (target port group states, REPORT TARGET PORT GROUPS), `sense` (status, sense data), `cdb` (field decoding), `spc` (primary commands),
 //! `sbc` (block commands), `mode` (mode pages), `vpd` (INQUIRY data), `opcodes` (supported
 //! command table), `ua` (unit attentions), `task` (in-flight task state), `complete` (the state
 //! machines completions advance), `xcopy` (EXTENDED COPY parameter lists and RECEIVE COPY RESULTS
@@ -32,6 +32,7 @@
 //!   the I_T nexus ends (logout, connection loss, reinstatement). Deferred PR OUT completions
 //!   reach the transport as messages: hand them to `pr::take_deferred` from `on_message`.
 
+pub mod alua;
 pub mod cdb;
 mod complete;
 mod copy;
@@ -339,6 +340,12 @@ impl ScsiPort {
                 return self.done.push_back(ScsiResponse::check(tag, s));
             }
         }
+        // Asymmetric access (SPC-4 5.16.2.4): a port group that is not active serves only the
+        // commands its state allows. Media access is refused again by the volume itself.
+        let path = lun.volume.port_groups().local_state();
+        if !path.is_active() && !alua::allowed(cmd.cdb(), path) {
+            return self.done.push_back(ScsiResponse::check(tag, alua::not_accessible(path)));
+        }
         // Reservation conflicts (SPC-4 5.13.1 Table 66, SBC-3 Table 13), decided by the volume
         // from the lock-free snapshot. Block I/O is checked again where it is submitted (the
         // fence relies on that check); this one also covers commands that move no data (a zero
@@ -380,7 +387,12 @@ impl ScsiPort {
         let c = &cmd.cdb;
         match c[0] {
             0x00 => Ok(None), // TEST UNIT READY: a volume is always ready
-            0x03 => Ok(Some(spc::request_sense(|| self.next_ua(idx, lun), cmd)?)),
+            0x03 => {
+                // Nothing pending: the unit's state, NOT READY while the port group is not active.
+                let path = lun.volume.port_groups().local_state();
+                let state = (!path.is_active()).then(|| alua::not_accessible(path));
+                Ok(Some(spc::request_sense(|| self.next_ua(idx, lun).or(state), cmd)?))
+            }
             0x12 => spc::inquiry(lun, &self.initiator, cmd).map(Some),
             0x15 | 0x55 => self.mode_select(idx, lun, cmd).map(|_| None),
             0x1a | 0x5a => spc::mode_sense(lun, cmd).map(Some),
@@ -393,6 +405,7 @@ impl ScsiPort {
             0xa0 => spc::report_luns(&self.luns, cmd),
             0xa3 if c[1] & 0x1f == 0x0c => opcodes::report(c).map(Some),
             0xa3 if c[1] & 0x1f == 0x0d => Ok(Some(opcodes::report_tmf(c))),
+            0xa3 if c[1] & 0x1f == alua::SA_REPORT_TARGET_PORT_GROUPS => spc::report_target_port_groups(lun, &self.initiator, cmd).map(Some),
             0x84 => self.receive_copy_results(idx, cmd).map(Some),
             0x9e | 0xa3 => Err(Sense::invalid_cdb_field(1, Some(4))),
             _ => Err(INVALID_OPCODE),
@@ -567,7 +580,7 @@ fn denied(why: Denied) -> ScsiResponseKind {
         Denied::OutOfRange => ScsiResponseKind::Check(LBA_OUT_OF_RANGE),
         Denied::ReservationConflict => ScsiResponseKind::Status(status::RESERVATION_CONFLICT),
         Denied::WriteProtected => ScsiResponseKind::Check(WRITE_PROTECTED),
-        Denied::PathInaccessible => ScsiResponseKind::Check(sense::TARGET_PORT_UNAVAILABLE),
+        Denied::PathInaccessible(s) => ScsiResponseKind::Check(alua::not_accessible(s)),
     }
 }
 

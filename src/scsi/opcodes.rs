@@ -65,6 +65,7 @@ pub static OPS: &[OpInfo] = &[
     op!(0x9e, Some(0x10), [0x10, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]), // READ CAPACITY(16)
     op!(0x9e, Some(0x12), [0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]), // GET LBA STATUS
     op!(0xa0, None, [0, F, 0, 0, 0, F, F, F, F, 0, 0]),         // REPORT LUNS
+    op!(0xa3, Some(0x0a), [0xea, 0, 0, 0, 0, F, F, F, F, 0, 0]),    // REPORT TARGET PORT GROUPS
     op!(0xa3, Some(0x0c), [0x0c, 0x87, F, F, F, F, F, F, F, 0, 0]), // REPORT SUPPORTED OPCODES
     op!(0xa3, Some(0x0d), [0x0d, 0x80, 0, 0, 0, F, F, F, F, 0, 0]), // REPORT SUPPORTED TMFs
     op!(0x56, None, [0, 0, 0, 0, 0, 0, 0, 0, 0]),               // RESERVE(10)

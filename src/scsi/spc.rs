@@ -1,10 +1,10 @@
 //! Primary commands answered from LUN state (SPC-4 6.x): REQUEST SENSE, INQUIRY,
-//! MODE SENSE, REPORT LUNS. Each returns its full parameter data truncated to the allocation
+//! MODE SENSE, REPORT LUNS, REPORT TARGET PORT GROUPS. Each returns its full parameter data truncated to the allocation
 //! length, or the sense data of the failure.
 
 use super::cdb::{alloc_len, be};
 use super::sense::{Sense, INVALID_FIELD_IN_CDB, NO_SENSE_DATA};
-use super::{mode, vpd, Lun, LunMap, ScsiCommand};
+use super::{alua, mode, vpd, Lun, LunMap, ScsiCommand};
 use crate::volume::Initiator;
 
 type Answer = Result<Option<Vec<u8>>, Sense>;
@@ -43,7 +43,9 @@ pub fn inquiry(lun: &Lun, who: &Initiator, cmd: &ScsiCommand) -> Result<Vec<u8>,
         if c[2] != 0 {
             return Err(Sense::invalid_cdb_field(2, None));
         }
-        return Ok(truncated(vpd::standard(0x00, &lun.product).to_vec(), alloc));
+        let mut d = vpd::standard(0x00, &lun.product);
+        d[5] |= vpd::TPGS_IMPLICIT;
+        return Ok(truncated(d.to_vec(), alloc));
     }
     let info = lun.volume.bdev().info();
     let target_port = match who {
@@ -59,11 +61,24 @@ pub fn inquiry(lun: &Lun, who: &Initiator, cmd: &ScsiCommand) -> Result<Vec<u8>,
         block_size: info.block_size,
         unmap_zeroes: info.unmap_zeroes,
         target_port,
+        port_group: lun.volume.port_groups().local_id(),
     };
     match vpd::vpd_page(c[2], &dev) {
         Some(p) => Ok(truncated(p, alloc)),
         None => Err(Sense::invalid_cdb_field(2, None)),
     }
+}
+
+/// REPORT TARGET PORT GROUPS (SPC-4 6.37): this node's group first, then the other nodes'.
+pub fn report_target_port_groups(lun: &Lun, who: &Initiator, cmd: &ScsiCommand) -> Result<Vec<u8>, Sense> {
+    let req = alua::RtpgCdb::decode(cmd.cdb())?;
+    let pg = lun.volume.port_groups();
+    let own = match who {
+        Initiator::Iscsi { rel_port_id, .. } => Some(*rel_port_id),
+        Initiator::Nvme { .. } => None,
+    };
+    let data = alua::RtpgData { extended: req.extended, groups: alua::descriptors(&pg.all(), own, pg.changes() > 0) };
+    Ok(truncated(data.encode(), req.alloc))
 }
 
 /// INQUIRY for a LUN that does not exist: peripheral qualifier 011b, type 1Fh (SPC-4 6.6.2).

@@ -42,6 +42,8 @@ pub struct DeviceInfo<'a> {
     /// SCSI target port name ("iqn...,t,0x0001") and relative target port id, if the nexus is
     /// an iSCSI one.
     pub target_port: Option<(&'a str, u16)>,
+    /// Target port group of the port (this node's group).
+    pub port_group: u16,
 }
 
 fn padded<const N: usize>(s: &str) -> [u8; N] {
@@ -51,6 +53,9 @@ fn padded<const N: usize>(s: &str) -> [u8; N] {
     }
     p
 }
+
+/// TPGS field of standard INQUIRY byte 5 (SPC-4 table 140): 01b, implicit ALUA only.
+pub const TPGS_IMPLICIT: u8 = 0x10;
 
 /// Standard INQUIRY data, 96 bytes with version descriptors (SPC-4 6.6.2, table 140).
 pub fn standard(peripheral: u8, product: &str) -> [u8; 96] {
@@ -105,6 +110,12 @@ fn name_string(s: &str) -> Vec<u8> {
 
 const PROTO_ISCSI: u8 = 0x5;
 
+/// Target port group designator body (SPC-4 table 470): reserved, then the group id.
+fn tpg_id(id: u16) -> [u8; 4] {
+    let b = id.to_be_bytes();
+    [0, 0, b[0], b[1]]
+}
+
 /// The VPD page `code`, or None if we do not have it.
 pub fn vpd_page(code: u8, dev: &DeviceInfo) -> Option<Vec<u8>> {
     Some(match code {
@@ -121,10 +132,14 @@ pub fn vpd_page(code: u8, dev: &DeviceInfo) -> Option<Vec<u8>> {
             if let Some((port, rel)) = dev.target_port {
                 // Relative target port (type 4) and target port name (SCSI name string, type 8).
                 designator(&mut b, Some(PROTO_ISCSI), 1, 1, 4, &[0, 0, (rel >> 8) as u8, rel as u8]);
+                // Target port group (type 5, SPC-4 7.8.6.7).
+                designator(&mut b, Some(PROTO_ISCSI), 1, 1, 5, &tpg_id(dev.port_group));
                 designator(&mut b, Some(PROTO_ISCSI), 3, 1, 8, &name_string(port));
                 // Target device name: the port name without its ",t,0x..." suffix.
                 let device = port.split(",t,").next().unwrap_or(port);
                 designator(&mut b, Some(PROTO_ISCSI), 3, 2, 8, &name_string(device));
+            } else {
+                designator(&mut b, None, 1, 1, 5, &tpg_id(dev.port_group));
             }
             page(0x83, &b)
         }
@@ -175,6 +190,7 @@ mod tests {
             block_size: 512,
             unmap_zeroes: true,
             target_port: Some(("iqn.2026-01.io.palisade:t1,t,0x0001", 1)),
+            port_group: 7,
         }
     }
 
@@ -203,7 +219,10 @@ mod tests {
             at += 4 + p[at + 3] as usize;
         }
         assert_eq!(at, p.len());
-        assert_eq!(types, vec![(0, 3), (0, 1), (1, 4), (1, 8), (2, 8)]);
+        assert_eq!(types, vec![(0, 3), (0, 1), (1, 4), (1, 5), (1, 8), (2, 8)]);
+        // Target port group designator: iSCSI, binary, PIV, target port association, type 5.
+        let at = p.windows(4).position(|w| w == [0x51, 0x95, 0, 4]).expect("type 5 designator");
+        assert_eq!(&p[at + 4..at + 8], &[0, 0, 0, 7]);
     }
 
     #[test]

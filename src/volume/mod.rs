@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bdev::{Bdev, BdevError, BdevRegistry, IoRequest};
+use crate::cluster::{AccessState, PortGroups};
 use crate::reactor::Core;
 use crate::reservation::{CommandClass, Reservations};
 
@@ -39,10 +40,9 @@ pub enum Denied {
     ReservationConflict,
     /// The layout guard refused a write outside the client's grants.
     WriteProtected,
-    /// A clustered volume on a node that cannot confirm its cluster view (fails closed): the
-    /// path is unavailable (SCSI NOT READY 04/0C, NVMe Asymmetric Access Inaccessible); the host
-    /// retries through another node.
-    PathInaccessible,
+    /// The path is not accessible: this node's target port group is in this (not active) access
+    /// state (SPC-4 5.16.2.4 / NVMe ANA); the initiator should use another path.
+    PathInaccessible(AccessState),
 }
 
 pub struct Volume {
@@ -60,6 +60,8 @@ pub struct Volume {
     gate: Arc<pr_gate::Gate>,
     /// Set when the volume is clustered: I/O is admitted only while the node is writable.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Health>>,
+    /// This node's target port groups: media access needs the local group to be active.
+    groups: Arc<PortGroups>,
 }
 
 /// Where a request goes once every check has passed: the reservation gate's in-flight tracking
@@ -86,6 +88,11 @@ impl Volume {
 
     /// A volume whose APTPL/PTPL reservation state lives under `state_dir`.
     pub fn with_state(bdev: Arc<dyn Bdev>, state_dir: Option<&std::path::Path>) -> Result<Volume, BdevError> {
+        Volume::open(bdev, state_dir, PortGroups::new())
+    }
+
+    /// A volume whose media access follows this node's port group state in `groups`.
+    pub fn open(bdev: Arc<dyn Bdev>, state_dir: Option<&std::path::Path>, groups: Arc<PortGroups>) -> Result<Volume, BdevError> {
         let store = state_dir.map(|d| crate::reservation::Store::in_dir(d, &bdev.info().uuid));
         let pr = Reservations::new(store).map_err(|e| BdevError::Invalid(e.to_string()))?;
         let gate = pr_gate::Gate::new();
@@ -98,6 +105,7 @@ impl Volume {
             guarded: AtomicBool::new(false),
             pr,
             gate,
+            groups,
             cluster: Default::default(),
         })
     }
@@ -118,9 +126,26 @@ impl Volume {
         self.bdev.info().uuid
     }
 
+    /// The target port groups this volume's access follows (shared by every volume of the node).
+    pub fn port_groups(&self) -> &Arc<PortGroups> {
+        &self.groups
+    }
+
+    /// Whether media access is allowed through this node's ports now (one atomic load).
+    #[inline]
+    pub fn path_access(&self) -> Result<(), Denied> {
+        let s = self.groups.local_state();
+        if s.is_active() {
+            Ok(())
+        } else {
+            Err(Denied::PathInaccessible(s))
+        }
+    }
+
     /// Check `req` for `who` and hand it to the bdev; a refused request is given back with the
-    /// reason, so the front-end can answer in its protocol's terms. Checks, in order: range,
-    /// reservation conflict table, layout guard; then [`Downstream`].
+    /// reason, so the front-end can answer in its protocol's terms. Checks, in order: path access
+    /// (this node's port group state), range, reservation conflict table, layout guard; then
+    /// [`Downstream`].
     pub fn submit(&self, core: &mut Core, who: &Initiator, req: IoRequest) -> Result<(), (IoRequest, Denied)> {
         self.checked(core, who, req, Some(&self.locks))
     }
@@ -138,13 +163,16 @@ impl Volume {
         req: IoRequest,
         locks: Option<&Arc<range_lock::RangeLock>>,
     ) -> Result<(), (IoRequest, Denied)> {
+        if let Err(d) = self.path_access() {
+            return Err((req, d));
+        }
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|e| e > self.num_blocks()) {
             return Err((req, Denied::OutOfRange));
         }
         if let Some(h) = self.cluster.get() {
             if !h.writable() {
-                return Err((req, Denied::PathInaccessible));
+                return Err((req, Denied::PathInaccessible(AccessState::Unavailable)));
             }
         }
         let snap = self.pr.snapshot();
@@ -185,7 +213,7 @@ impl Volume {
     #[inline]
     pub fn check(&self, who: &Initiator, class: CommandClass) -> Result<(), Denied> {
         if self.cluster.get().is_some_and(|h| !h.writable()) {
-            return Err(Denied::PathInaccessible);
+            return Err(Denied::PathInaccessible(AccessState::Unavailable));
         }
         if self.pr.snapshot().check(pr_gate::nexus_ref(who), class) {
             Ok(())
@@ -230,6 +258,8 @@ pub struct VolumeRegistry {
     state_dir: Mutex<Option<PathBuf>>,
     /// Cluster mode: volumes whose bdev UUID is marked clustered in etcd are attached at open.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// This node's target port groups, given to every volume.
+    groups: Arc<PortGroups>,
 }
 
 /// etcd key marking a bdev UUID clustered (`volume_set_cluster`).
@@ -239,7 +269,16 @@ fn mark_key(c: &crate::cluster::Cluster, uuid: &uuid::Uuid) -> String {
 
 impl VolumeRegistry {
     pub fn new(bdevs: Arc<BdevRegistry>) -> Self {
-        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None), cluster: Default::default() }
+        VolumeRegistry::with_port_groups(bdevs, PortGroups::new())
+    }
+
+    /// A registry whose volumes follow the access state of `groups` (the application's one).
+    pub fn with_port_groups(bdevs: Arc<BdevRegistry>, groups: Arc<PortGroups>) -> Self {
+        VolumeRegistry { bdevs, map: Mutex::new(HashMap::new()), state_dir: Mutex::new(None), cluster: Default::default(), groups }
+    }
+
+    pub fn port_groups(&self) -> &Arc<PortGroups> {
+        &self.groups
     }
 
     /// Join a cluster: open volumes marked clustered attach now, later ones at open, and a mark
@@ -326,7 +365,7 @@ impl VolumeRegistry {
             // A corrupt reservation state file refuses the export, naming the file.
             let dir = self.state_dir();
             let uuid = bdev.info().uuid;
-            let made = Volume::with_state(bdev, dir.as_deref()).and_then(|v| {
+            let made = Volume::open(bdev, dir.as_deref(), self.groups.clone()).and_then(|v| {
                 let v = Arc::new(v);
                 if self.marked(&uuid)? {
                     self.attach(&v)?;

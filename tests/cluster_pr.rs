@@ -429,3 +429,63 @@ fn a_killed_node_comes_back_with_the_cluster_state() {
     assert_eq!(full[0].0, MDS_KEY);
     let _ = a;
 }
+
+/// REPORT TARGET PORT GROUPS: (group id, state, relative target port ids) per descriptor.
+fn rtpg(s: &mut Session) -> Vec<(u16, u8, Vec<u16>)> {
+    let (c, d) = s.command(0, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[], 4096, T).unwrap();
+    assert_eq!(c.status, GOOD, "RTPG: {c:?}");
+    let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut off = 4;
+    while off + 8 <= 4 + len {
+        let e = &d[off..];
+        let n = e[7] as usize;
+        let ports = (0..n).map(|i| u16::from_be_bytes([e[8 + 4 * i + 2], e[8 + 4 * i + 3]])).collect();
+        out.push((u16::from_be_bytes([e[2], e[3]]), e[0] & 0x0f, ports));
+        off += 8 + 4 * n;
+    }
+    out
+}
+
+/// Each node's ports are one target port group: REPORT TARGET PORT GROUPS through either node
+/// lists both groups with their relative port ids; a node cut off from etcd reports its own
+/// group Unavailable (and the NVMe ANA log page says inaccessible), then Active/Optimized again.
+#[test]
+fn each_node_is_a_target_port_group() {
+    let (mut etcd, _dir, a, b) = two_nodes(16384);
+    let ga = status(&a)["tpg_id"].as_u64().unwrap() as u16;
+    let gb = status(&b)["tpg_id"].as_u64().unwrap() as u16;
+    assert_ne!(ga, gb);
+    let mut sa = login(a.iscsi, MDS, 1, 8);
+    let mut sb = login(b.iscsi, CLIENT, 2, 8);
+    let want = |first: u16| {
+        let mut v = vec![(ga, 0u8, vec![1u16]), (gb, 0u8, vec![2u16])];
+        v.sort_by_key(|g| g.0 != first);
+        v
+    };
+    // Membership reaches the other node through its watch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rtpg(&mut sa).len() < 2 || rtpg(&mut sb).len() < 2 {
+        assert!(Instant::now() < deadline, "groups never listed: {:?} / {:?}", rtpg(&mut sa), rtpg(&mut sb));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rtpg(&mut sa), want(ga), "through node A, its own group first");
+    assert_eq!(rtpg(&mut sb), want(gb), "through node B");
+    let mut hb = nvme_host(b.nvme, 2);
+    let ana = |h: &mut Host| {
+        let log = h._c.admin.get_log_page(0x0c, 4096, 0).unwrap();
+        // The first descriptor (at 16): ANAGRPID, NNSID, change count, then its state at 16.
+        assert_eq!(u32::from_le_bytes(log[20..24].try_into().unwrap()), 1, "one namespace in the group");
+        log[16 + 16] & 0x0f
+    };
+    assert_eq!(ana(&mut hb), 0x01, "ANA optimized");
+    etcd.stop();
+    std::thread::sleep(Duration::from_millis(3500));
+    let own = rtpg(&mut sb).into_iter().find(|g| g.0 == gb).unwrap();
+    assert_eq!(own.1, 0x03, "a node without etcd reports its group Unavailable");
+    assert_eq!(ana(&mut hb), 0x03, "ANA inaccessible");
+    etcd.start_again();
+    wait_clustered(&b);
+    assert_eq!(rtpg(&mut sb).into_iter().find(|g| g.0 == gb).unwrap().1, 0x00);
+    assert_eq!(ana(&mut hb), 0x01);
+}

@@ -189,7 +189,7 @@ impl Host {
     fn register(&mut self, nrkey: u64) -> Status {
         let mut d = 0u64.to_le_bytes().to_vec();
         d.extend_from_slice(&nrkey.to_le_bytes());
-        self.cmd(REGISTER_NVME, 0, &d)
+        self.cmd(REGISTER_NVME, 1 << 3, &d)
     }
     fn acquire(&mut self, rtype: u32, crkey: u64) -> Status {
         let mut d = crkey.to_le_bytes().to_vec();
@@ -488,4 +488,26 @@ fn each_node_is_a_target_port_group() {
     wait_clustered(&b);
     assert_eq!(rtpg(&mut sb).into_iter().find(|g| g.0 == gb).unwrap().1, 0x00);
     assert_eq!(ana(&mut hb), 0x01);
+}
+
+/// A PR OUT through one node right after a change through the other is judged on the newest
+/// state (no stale view): a client registers through B, and at once the holder preempts it
+/// through A; RESERVE through A conflicts on B as soon as it has returned.
+#[test]
+fn pr_out_is_judged_on_the_newest_state_across_nodes() {
+    let (_etcd, _dir, a, b) = two_nodes(16384);
+    let mut mds = nvme_host(a.nvme, 1);
+    let mut client = nvme_host(b.nvme, 2);
+    assert!(mds.register(MDS_KEY).is_ok());
+    assert!(mds.acquire(4, MDS_KEY).is_ok(), "EA-RO through A");
+    for i in 0..30u64 {
+        let key = 0x1000 + i;
+        assert!(client.register(key).is_ok(), "register #{i} through B");
+        // Acquire RACQA 010b, type 4, CRKEY = holder's, PRKEY = the client's key just registered.
+        let mut d = MDS_KEY.to_le_bytes().to_vec();
+        d.extend_from_slice(&key.to_le_bytes());
+        let st = mds.cmd(ACQUIRE_NVME, 2 | 4 << 8, &d);
+        assert!(st.is_ok(), "preempt and abort #{i} through A right after B's register: {st}");
+        assert_eq!(client.write(3), NVME_CONFLICT, "#{i}: the preempted client is refused on B at once");
+    }
 }

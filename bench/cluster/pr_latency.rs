@@ -52,9 +52,9 @@ fn main() {
     let mut mds = host(pa, &nqn, 1);
     let mut client = host(pb, &nqn, 2);
     const MDS_KEY: u64 = 0x0100_0000_0000_0000;
-    // Register (RREGA 000b, IEKEY so a leftover key does not matter) and EA-RO (type 6).
+    // Register (RREGA 000b, IEKEY so a leftover key does not matter) and EA-RO (NVMe type 4).
     assert!(mds.cmd(0x0d, 1 << 3, 0, MDS_KEY).is_ok(), "mds register");
-    let st = mds.cmd(0x11, 6 << 8, MDS_KEY, 0);
+    let st = mds.cmd(0x11, 4 << 8, MDS_KEY, 0);
     assert!(st.is_ok(), "mds acquire EA-RO: {st}");
     let (mut reg, mut fence) = (Histogram::<u64>::new(3).unwrap(), Histogram::<u64>::new(3).unwrap());
     for i in 0..iters {
@@ -65,7 +65,7 @@ fn main() {
         assert!(st.is_ok(), "client register: {st}");
         // Acquire RACQA 010b (preempt and abort), type EA-RO, CRKEY = ours, PRKEY = the victim's.
         let t = Instant::now();
-        let st = mds.cmd(0x11, 2 | 6 << 8, MDS_KEY, key);
+        let st = mds.cmd(0x11, 2 | 4 << 8, MDS_KEY, key);
         fence.record(t.elapsed().as_micros() as u64).unwrap();
         assert!(st.is_ok(), "preempt and abort: {st}");
     }

@@ -20,7 +20,8 @@ OUT="${OUT:-bench/cluster/results-$(date -u +%Y%m%dT%H%M%SZ).md}"
 [ -x "$BIN" ] && [ -x "$EX" ] || cargo build --release --bin palisade --example cluster_pr_latency
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+# Nodes first, etcd last (a node whose etcd goes first logs that it fails closed).
+cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; wait "${PIDS[i]}" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 EC=$(free_port); EP=$(free_port)
@@ -80,11 +81,11 @@ IOROWS=()
 for r in $(seq "$ROUNDS"); do
   for kind in local cluster; do
     if [ $kind = local ]; then j=$("$EX" --nqn "$LNQN" --a "$PL" --b "$PL" --iters "$ITERS"); else j=$("$EX" --nqn "$CNQN" --a "$PA" --b "$PB" --iters "$ITERS"); fi
-    python3 -c 'import json,sys; v=json.loads(sys.argv[3]); print(f"| {sys.argv[1]} | {sys.argv[2]} | {v[\"register_p50_us\"]} | {v[\"register_p99_us\"]} | {v[\"fence_p50_us\"]} | {v[\"fence_p99_us\"]} |")' "$r" "$kind" "$j" >>"$OUT"
+    python3 -c 'import json,sys; v=json.loads(sys.argv[3]); k=["register_p50_us","register_p99_us","fence_p50_us","fence_p99_us"]; print("| %s | %s | " % (sys.argv[1], sys.argv[2]) + " | ".join(str(v[x]) for x in k) + " |")' "$r" "$kind" "$j" >>"$OUT"
   done
   for rw in randread randwrite; do
     l=$(perf "$PU" "$UNQN" $rw); c=$(perf "$PA" "$CNQN" $rw)
-    IOROWS+=("$(python3 -c 'import json,sys; l=json.loads(sys.argv[3]); c=json.loads(sys.argv[4]); print(f"| {sys.argv[1]} | {sys.argv[2]} | {l[\"iops\"]:.0f} | {c[\"iops\"]:.0f} | {c[\"iops\"]/l[\"iops\"]:.3f} |")' "$r" "$rw" "$l" "$c")")
+    IOROWS+=("$(python3 -c 'import json,sys; l=json.loads(sys.argv[3])["iops"]; c=json.loads(sys.argv[4])["iops"]; print("| %s | %s | %.0f | %.0f | %.3f |" % (sys.argv[1], sys.argv[2], l, c, c / l))' "$r" "$rw" "$l" "$c")")
   done
 done
 {

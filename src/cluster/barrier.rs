@@ -66,7 +66,8 @@ impl Cluster {
                 return Err(ClusterError::BarrierTimeout(pending.join(",")));
             }
             std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(20));
+            // Acks come within a few etcd commits: keep asking often (two reads on loopback).
+            nap = (nap * 2).min(Duration::from_millis(2));
         }
     }
 

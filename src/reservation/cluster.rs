@@ -7,8 +7,11 @@
 //! from the failed transaction and applies the action again (so the action is judged against the
 //! state it is committed on, as with one engine). Every node's watch installs each new revision
 //! into its engine (snapshot for the per-I/O check, events for its nexuses), so the data path
-//! stays local and lock-free. PREEMPT AND ABORT then runs a cluster barrier (`cluster::barrier`):
-//! it completes once every live node has installed the new state and drained its writes.
+//! stays local and lock-free. An action that changed the state then runs a cluster barrier
+//! (`cluster::barrier`): it completes once every live node has installed the new state (so a
+//! RESERVE returned to the initiator already conflicts on every node) and, for PREEMPT AND ABORT,
+//! drained the victim's writes. An action judged without a write (an error, or nothing to change)
+//! is confirmed by a compare-only transaction: it was judged on the newest state.
 //!
 //! What stays per node: SPC-2 RESERVE(6), the relative-port table of REGISTER AND MOVE (a
 //! destination port on another node is not resolved), NVMe notification masks and log counts.
@@ -55,6 +58,13 @@ struct RecEvent {
 #[derive(Serialize, Deserialize)]
 struct FencePayload {
     rev: i64,
+    /// PREEMPT AND ABORT: also drain the writes admitted before (else: only install `rev`).
+    #[serde(default = "yes")]
+    drain: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A clustered engine's link to etcd.
@@ -131,9 +141,9 @@ impl Reservations {
             &cp.topic,
             Arc::new(move |payload: &[u8], ack| {
                 let Some(me) = me.upgrade() else { return ack() };
-                let rev = serde_json::from_slice::<FencePayload>(payload).map(|p| p.rev).unwrap_or(i64::MAX);
+                let p = serde_json::from_slice::<FencePayload>(payload).unwrap_or(FencePayload { rev: i64::MAX, drain: true });
                 // Off the cluster runtime: waiting for our watch must not block it.
-                std::thread::spawn(move || me.local_fence(rev, ack));
+                std::thread::spawn(move || me.local_fence(p.rev, p.drain, ack));
             }),
         );
         self.wait_loaded(&cp)
@@ -159,7 +169,7 @@ impl Reservations {
 
     /// This node's part of a fence: installed the state at `rev` (nothing of the victim is
     /// admitted any more), then every write admitted before has drained.
-    fn local_fence(self: Arc<Self>, rev: i64, ack: crate::cluster::Ack) {
+    fn local_fence(self: Arc<Self>, rev: i64, drain: bool, ack: crate::cluster::Ack) {
         let Some(cp) = self.cluster.get().cloned() else { return ack() };
         let deadline = std::time::Instant::now() + FENCE_TIMEOUT;
         while cp.rev.load(Ordering::Acquire) < rev {
@@ -170,8 +180,8 @@ impl Reservations {
             std::thread::sleep(Duration::from_micros(200));
         }
         match self.fence.get().cloned() {
-            Some(f) => f.drain(ack),
-            None => ack(),
+            Some(f) if drain => f.drain(ack),
+            _ => ack(),
         }
     }
 
@@ -220,12 +230,15 @@ impl Reservations {
         let _ = cluster_thread().lock().unwrap().send(Box::new(move || {
             let r = job.clone().commit_clustered(&cp, who.as_ref(), &action);
             match r {
-                Ok((applied, rev)) if applied.abort => {
-                    let payload = serde_json::to_vec(&FencePayload { rev }).unwrap();
+                // Every change completes only once every live node enforces it (a RESERVE
+                // returned to the initiator conflicts on every node), and PREEMPT AND ABORT once
+                // every node has also drained the victim's writes.
+                Ok((applied, rev)) if applied.abort || applied.changed => {
+                    let payload = serde_json::to_vec(&FencePayload { rev, drain: applied.abort }).unwrap();
                     match cp.cluster.barrier(&cp.topic, &payload, FENCE_TIMEOUT) {
                         Ok(()) => done(Ok(applied)),
                         Err(e) => {
-                            tracing::error!("cluster: PREEMPT AND ABORT committed at revision {rev} but the fence failed: {e}");
+                            tracing::error!("cluster: reservation change committed at revision {rev} but not confirmed by every node: {e}");
                             done(Err(etcd_err(e)))
                         }
                     }
@@ -237,6 +250,29 @@ impl Reservations {
         }));
     }
 
+    /// Is `rev` still the record's revision? Else the newer record (installed here too).
+    fn validate(&self, cp: &ClusterPr, rev: i64) -> Result<Option<(Record, i64)>, PrError> {
+        let t = Txn::new()
+            .when([Compare::mod_revision(cp.key.clone(), CompareOp::Equal, rev)])
+            .or_else([TxnOp::get(cp.key.clone(), None)]);
+        let resp = cp.cluster.etcd.txn(t).map_err(etcd_err)?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        self.newer(cp, &resp).map(Some)
+    }
+
+    fn newer(&self, cp: &ClusterPr, resp: &etcd_client::TxnResponse) -> Result<(Record, i64), PrError> {
+        let cur = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+            _ => None,
+        });
+        let (v, r) = cur.ok_or_else(|| PrError::Persist(format!("cluster: {} was deleted", cp.key)))?;
+        let rec: Record = serde_json::from_slice(&v).map_err(|e| PrError::Persist(format!("cluster: {}: {e}", cp.key)))?;
+        self.install(cp, rec.clone(), r);
+        Ok((rec, r))
+    }
+
     fn commit_clustered(self: Arc<Self>, cp: &ClusterPr, who: NexusRef, action: &Action) -> Result<(Applied, i64), PrError> {
         if !cp.cluster.health().writable() {
             return Err(etcd_err(crate::cluster::ClusterError::NotServing));
@@ -244,10 +280,19 @@ impl Reservations {
         let (mut base, mut rev) = (cp.cache.lock().unwrap().clone(), cp.rev.load(Ordering::Acquire));
         for _ in 0..RETRIES {
             let mut next = base.state.clone();
-            let applied = next.apply(who, action)?;
-            if !applied.changed && applied.events.is_empty() && !applied.abort {
-                return Ok((applied, rev));
+            let applied = next.apply(who, action);
+            let unchanged = applied.as_ref().is_ok_and(|a| !a.changed && a.events.is_empty() && !a.abort);
+            if applied.is_err() || unchanged {
+                // Judged without writing: valid only if nobody committed since our copy.
+                match self.validate(cp, rev)? {
+                    None => return applied.map(|a| (a, rev)),
+                    Some((b, r)) => {
+                        (base, rev) = (b, r);
+                        continue;
+                    }
+                }
             }
+            let applied = applied?;
             let mut rec = Record { state: next, event_seq: base.event_seq, events: base.events.clone() };
             for e in &applied.events {
                 rec.event_seq += 1;
@@ -267,18 +312,7 @@ impl Reservations {
                 return Ok((applied, new_rev));
             }
             // Another node committed first: judge the action again on its state.
-            let cur = resp.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())),
-                _ => None,
-            });
-            match cur {
-                Some((v, r)) => {
-                    base = serde_json::from_slice(&v).map_err(|e| PrError::Persist(format!("cluster: {}: {e}", cp.key)))?;
-                    rev = r;
-                    self.install(cp, base.clone(), r);
-                }
-                None => return Err(PrError::Persist(format!("cluster: {} was deleted", cp.key))),
-            }
+            (base, rev) = self.newer(cp, &resp)?;
         }
         Err(PrError::Persist("cluster: too much contention on the reservation state".into()))
     }

@@ -511,3 +511,25 @@ fn pr_out_is_judged_on_the_newest_state_across_nodes() {
         assert_eq!(client.write(3), NVME_CONFLICT, "#{i}: the preempted client is refused on B at once");
     }
 }
+
+/// save_config writes the cluster membership (`cluster_connect`) first, so a node restarted
+/// from its saved config joins the cluster before it opens its volumes; the volume comes back
+/// clustered (the mark lives in etcd).
+#[test]
+fn a_node_restarted_from_its_saved_config_rejoins() {
+    let (etcd, dir, a, mut b) = two_nodes(16384);
+    let cfg = b.t.rpc("save_config", Value::Null);
+    let subs = cfg["subsystems"].as_array().unwrap();
+    let cl = subs.iter().position(|s| s["subsystem"] == "cluster").expect("cluster subsystem saved");
+    let bdev = subs.iter().position(|s| s["subsystem"] == "bdev").unwrap();
+    assert!(cl < bdev, "cluster is joined before bdevs are made");
+    let entry = &subs[cl]["config"][0];
+    assert_eq!(entry["method"], "cluster_connect");
+    assert_eq!(entry["params"]["node_id"], "node-b");
+    assert_eq!(entry["params"]["endpoints"][0], etcd.url());
+    b.t.stop();
+    let t = Target::start_with_config(&cfg, &["-m", "0x1"]);
+    let b = Node { t, nvme: b.nvme, iscsi: b.iscsi };
+    wait_clustered(&b);
+    let _ = (a, dir);
+}

@@ -533,3 +533,23 @@ fn a_node_restarted_from_its_saved_config_rejoins() {
     wait_clustered(&b);
     let _ = (a, dir);
 }
+
+/// Reservation notifications reach hosts on every node: a host registered through B whose key is
+/// preempted through A finds Registration Preempted in its Reservation Notification log (80h).
+#[test]
+fn notifications_reach_hosts_on_the_other_node() {
+    let (_etcd, _dir, a, b) = two_nodes(16384);
+    let mut mds = nvme_host(a.nvme, 1);
+    let mut client = nvme_host(b.nvme, 2);
+    assert!(mds.register(MDS_KEY).is_ok());
+    assert!(mds.acquire(4, MDS_KEY).is_ok());
+    assert!(client.register(CLIENT_KEY).is_ok());
+    let mut d = MDS_KEY.to_le_bytes().to_vec();
+    d.extend_from_slice(&CLIENT_KEY.to_le_bytes());
+    assert!(mds.cmd(ACQUIRE_NVME, 2 | 4 << 8, &d).is_ok(), "preempt and abort through A");
+    let log = client._c.admin.get_log_page(0x80, 64, 0).unwrap();
+    let count = u64::from_le_bytes(log[0..8].try_into().unwrap());
+    assert_ne!(count, 0, "a notification for the host on B: {log:?}");
+    assert_eq!(log[8], 1, "Registration Preempted");
+    assert_eq!(u32::from_le_bytes(log[12..16].try_into().unwrap()), 1, "namespace 1");
+}

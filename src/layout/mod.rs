@@ -59,6 +59,7 @@ pub mod alloc;
 pub mod bdev_journal;
 pub mod bitmap;
 pub mod error;
+pub mod etcd_meta;
 pub mod extent;
 pub mod fsck;
 pub mod guard;

@@ -48,9 +48,12 @@ fn setup(t: &Target, data: &str, guard: &str) -> u16 {
     t.rpc("bdev_uring_create", json!({"name": "d0", "filename": data, "block_size": BS, "uuid": UUID}));
     t.rpc("nvmf_create_transport", json!({"trtype": "TCP"}));
     let port = t.export_nvmf(NQN, "SN-CLAYOUT", "d0");
-    let r = t.rpc(
+    // A node may briefly fail closed (its lease or a watch catching up on a loaded machine).
+    let r = rpc_retry(
+        t,
         "layout_volume_create",
         json!({"name": "lv0", "bdev_name": "d0", "metadata_cluster": true, "guard": guard, "recall_timeout_ms": 30000}),
+        Duration::from_secs(20),
     );
     assert_eq!(r, json!("lv0"));
     port
@@ -118,7 +121,7 @@ fn two_nodes_one_layout_state() {
 
     let a = node(&etcd, "a");
     let b = node(&etcd, "b");
-    setup(&a, data, "enforce");
+    let port_a = setup(&a, data, "enforce");
     let port_b = setup(&b, data, "enforce");
     // The data volume became clustered: a client fence covers both nodes.
     let st = b.rpc("cluster_get_status", json!(null));
@@ -148,9 +151,14 @@ fn two_nodes_one_layout_state() {
     assert_eq!(&r[..2 * BS as usize], &payload[..]);
     assert!(r[2 * BS as usize..].iter().all(|&x| x == 0), "unwritten INVALID_DATA reads as zeros");
 
-    // 2. Commit through B; the map is the same on both nodes.
+    // The same client writes a third block through A (no flush): only A's data path knows.
+    let (_c1a, mut qa) = nvme(port_a, C1_NQN);
+    assert!(nvme_write(&mut qa, l + 2, &vec![0xc1u8; BS as usize]), "the grant holder's write through A");
+
+    // 2. Commit through B (which first has every node journal the blocks written through it);
+    // the map is the same on both nodes.
     let c = b.rpc("layout_commit", json!({"volume": "lv0", "grant": gid, "ranges": [{"offset": 0, "length": 4 * BS}], "new_size": 4 * BS}));
-    assert_eq!(c["committed_bytes"], 2 * BS, "{c}");
+    assert_eq!((c["committed_bytes"].as_u64(), c["unwritten_bytes"].as_u64()), (Some(3 * BS), Some(BS)), "{c}");
     let ma = a.rpc("layout_file_map", json!({"volume": "lv0", "file": 1}));
     let mb = b.rpc("layout_file_map", json!({"volume": "lv0", "file": 1}));
     assert_eq!(ma, mb);
@@ -200,6 +208,9 @@ fn two_nodes_one_layout_state() {
     let lb = b.rpc("layout_volume_list", json!({"name": "lv0"}));
     assert_eq!(la[0]["free_blocks"], lb[0]["free_blocks"], "one free space: {la} {lb}");
     fsck_cluster(&etcd);
+    // save_config records where the metadata lives.
+    let cfg = b.rpc("save_config", json!(null)).to_string();
+    assert!(cfg.contains("\"metadata_cluster\":true"), "{cfg}");
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
 

@@ -221,6 +221,8 @@ struct Inbox {
     recs: Mutex<BTreeMap<u64, (Vec<u8>, i64)>>,
     /// The watch restarted (or a fence waits on us): the next catch-up asks etcd for the head.
     fetch: AtomicBool,
+    /// The watch has read the prefix once.
+    started: AtomicBool,
 }
 
 /// The part shared with the watch, the barrier handler and the follower thread.
@@ -228,6 +230,9 @@ pub struct EtcdPeers {
     cluster: Arc<Cluster>,
     keys: Keys,
     topic: String,
+    /// Barrier topic of [`Peers::collect_written`].
+    collect_topic: String,
+    collect: Mutex<Option<Arc<dyn Fn() -> bool + Send + Sync>>>,
     inbox: Inbox,
     changes: Changes,
     /// The head this node's state and guard reflect.
@@ -246,6 +251,7 @@ impl EtcdPeers {
                 }
                 // Something may have been appended and compacted while the watch was down.
                 self.inbox.fetch.store(true, Ordering::Release);
+                self.inbox.started.store(true, Ordering::Release);
             }
             Change::Put(kv) => {
                 if let Some(seq) = self.keys.seq_of(kv.key()) {
@@ -287,6 +293,12 @@ impl Peers for EtcdPeers {
         let payload = seq.to_string().into_bytes();
         self.cluster.barrier(&self.topic, &payload, SETTLE_TIMEOUT).map_err(cerr)
     }
+    fn collect_written(&self) -> Result<(), LayoutError> {
+        self.cluster.barrier(&self.collect_topic, b"", SETTLE_TIMEOUT).map_err(cerr)
+    }
+    fn on_collect(&self, f: Box<dyn Fn() -> bool + Send + Sync>) {
+        *self.collect.lock().unwrap() = Some(Arc::from(f));
+    }
 }
 
 /// The etcd [`MetaStore`] of one layout volume on this node.
@@ -311,6 +323,8 @@ impl EtcdMeta {
             cluster: cluster.clone(),
             keys: keys.clone(),
             topic: format!("layout-{data_uuid}"),
+            collect_topic: format!("layout-written-{data_uuid}"),
+            collect: Mutex::new(None),
             inbox: Inbox::default(),
             changes: Changes::default(),
             installed: AtomicU64::new(0),
@@ -336,6 +350,27 @@ impl EtcdMeta {
                 }
             }),
         );
+        let w: Weak<EtcdPeers> = Arc::downgrade(&peers);
+        cluster.on_barrier(
+            &peers.collect_topic,
+            Arc::new(move |_: &[u8], ack| {
+                let f = w.upgrade().and_then(|p| p.collect.lock().unwrap().clone());
+                let Some(f) = f else { return ack() };
+                // Journaling blocks on etcd: never on the cluster runtime.
+                std::thread::spawn(move || {
+                    if f() {
+                        ack();
+                    }
+                });
+            }),
+        );
+        // A new watch makes the node unwritable until it has read its prefix: wait for that (the
+        // first create or append would fail closed otherwise). Bounded: past it, calls fail
+        // closed with the reason.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(peers.inbox.started.load(Ordering::Acquire) && cluster.health().writable()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         EtcdMeta { peers, keys, seq: 0, head_rev: 0, ckpt_seq: 0, ckpt_rev: 0, since_bytes: 0 }
     }
 

@@ -79,6 +79,11 @@ pub trait Peers: Send + Sync {
     /// Return once every live node has installed this store's transactions up to `seq` (a fence
     /// relies on every guard refusing the client before its key is preempted).
     fn settle(&self, seq: u64) -> Result<(), LayoutError>;
+    /// Return once every live node has journaled the written-since-allocation bits its data path
+    /// set (a commit on one node must know which blocks clients wrote through the others).
+    fn collect_written(&self) -> Result<(), LayoutError>;
+    /// What this node does when another collects: journal its bits; true when done.
+    fn on_collect(&self, f: Box<dyn Fn() -> bool + Send + Sync>);
 }
 
 /// What a shared store's [`MetaStore::catch_up`] found.

@@ -293,6 +293,12 @@ impl LayoutVolume {
         let Some(peers) = self.peers.clone() else { return };
         let weak = Arc::downgrade(self);
         let name = self.name.clone();
+        peers.on_collect(Box::new(move || match weak.upgrade() {
+            Some(v) => v.persist_written().map_err(|e| tracing::error!(volume = %name, "saving written-block bits for a commit on another node: {e}")).is_ok(),
+            None => true,
+        }));
+        let weak = Arc::downgrade(self);
+        let name = self.name.clone();
         let spawned = std::thread::Builder::new().name(format!("layout-follow-{name}")).spawn(move || {
             let mut seen = 0;
             loop {
@@ -852,6 +858,15 @@ impl LayoutVolume {
 
     /// Convert the written blocks of `ranges` (bytes) to file data, all in one transaction.
     pub fn layout_commit(&self, grant: u64, ranges: &[(u64, u64)], new_size: Option<u64>) -> Result<CommitAnswer, LayoutError> {
+        // On a shared store the client may have written through other nodes, whose data paths
+        // alone know which blocks (until a flush journals them): when this node's view leaves
+        // blocks of the commit unwritten, have every node journal its bits first.
+        if let Some(peers) = &self.peers {
+            if self.guard.policy() != Policy::Off && self.commit_sees_unwritten(grant, ranges) {
+                peers.collect_written()?;
+                self.sync()?;
+            }
+        }
         self.op(|inner| {
             let st = &inner.st;
             let g = st.grants.get(&grant).ok_or(LayoutError::UnknownGrant(grant))?.clone();
@@ -915,6 +930,16 @@ impl LayoutVolume {
                 Ok(size)
             })?;
             Ok(CommitAnswer { committed_bytes: done * bs, unwritten_bytes: left * bs, size })
+        })
+    }
+
+    /// Does this node's view hold blocks in `ranges` (bytes) of the grant's unwritten extents that
+    /// were not written since allocation?
+    fn commit_sees_unwritten(&self, grant: u64, ranges: &[(u64, u64)]) -> bool {
+        self.with_state(|st| {
+            let Some(g) = st.grants.get(&grant) else { return false };
+            let bs = st.block_size();
+            ranges.iter().any(|&(o, l)| g.pending.range(o / bs, l.div_ceil(bs)).iter().any(|(_, p)| (0..p.len).any(|i| !p.written(i))))
         })
     }
 

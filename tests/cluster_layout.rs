@@ -134,6 +134,7 @@ fn two_nodes_one_layout_state() {
     // 1. layout_get through A; the client writes through B's NVMe/TCP path.
     a.rpc("client_register", json!({"volume": "lv0", "client": "C1", "pr_key": 0xc1, "identities": [C1_NQN]}));
     a.rpc("layout_file_create", json!({"volume": "lv0", "file": 1}));
+    a.rpc("layout_file_create", json!({"volume": "lv0", "file": 2}));
     let g = a.rpc("layout_get", json!({"volume": "lv0", "file": 1, "client": "C1", "offset": 0, "length": 4 * BS, "iomode": "rw"}));
     let gid = g["grant"].as_u64().unwrap();
     assert_eq!(g["extents"][0]["state"], "INVALID_DATA");
@@ -207,6 +208,18 @@ fn two_nodes_one_layout_state() {
     b.rpc("client_list", json!({"volume": "lv0"}));
     let lb = b.rpc("layout_volume_list", json!({"name": "lv0"}));
     assert_eq!(la[0]["free_blocks"], lb[0]["free_blocks"], "one free space: {la} {lb}");
+    // 5. A fence through B stops the client on A too: its grant is revoked (A's subscriber is
+    // told), its writes through A are refused.
+    let g5 = a.rpc("layout_get", json!({"volume": "lv0", "file": 2, "client": "C1", "offset": 0, "length": 2 * BS, "iomode": "rw"}));
+    let l5 = extents(&g5)[0].0;
+    assert!(nvme_write(&mut qa, l5, &vec![0xc5u8; BS as usize]), "inside the new grant, through A");
+    let f = b.rpc("client_fence", json!({"volume": "lv0", "client": "C1"}));
+    assert_eq!(f["revoked_grants"], json!([g5["grant"]]), "{f}");
+    let note = mds_a.recall("fence", Duration::from_secs(5));
+    assert_eq!(note["grant"], g5["grant"]);
+    assert!(!nvme_write(&mut qa, l5, &vec![0xc6u8; BS as usize]), "a fenced client's write through A");
+    let cl = a.rpc("client_list", json!({"volume": "lv0"}));
+    assert!(cl.as_array().unwrap().iter().any(|c| c["client"] == "C1" && c["fenced"] == true), "{cl}");
     fsck_cluster(&etcd);
     // save_config records where the metadata lives.
     let cfg = b.rpc("save_config", json!(null)).to_string();

@@ -87,4 +87,6 @@ pub use types::{ExtentState, FileId, IoMode, Policy, RecallReason};
 #[cfg(test)]
 mod bdev_tests;
 #[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
 mod tests;

@@ -215,7 +215,7 @@ impl LayoutVolume {
                 let fresh: Vec<RecallEvent> = st
                     .grants
                     .values()
-                    .filter(|g| g.recall.is_some() && inner.st.grants.get(&g.head.id).is_none_or(|o| o.recall.is_none()))
+                    .filter(|g| g.recall.is_some() && inner.st.grants.get(&g.head.id).map_or(true, |o| o.recall.is_none()))
                     .map(|g| self.event(g, g.recall.as_ref().unwrap().reason))
                     .collect();
                 inner.st = st;

@@ -1,6 +1,7 @@
 //! `palisade fsck --metadata PATH [--bdev FILE] [--repair] [--json]`: offline check of a layout
 //! volume's metadata: a `metadata_path` file, or the device or image file behind a `metadata_bdev`
-//! (told apart by the header). Exit code 0 only when the metadata is consistent (after repair, if asked);
+//! (told apart by the header). `palisade fsck --cluster URL --bdev-uuid UUID [--prefix P]`
+//! checks a `metadata_cluster` volume's state in etcd instead (read-only; nodes may stay up). Exit code 0 only when the metadata is consistent (after repair, if asked);
 //! 1 when problems remain; 2 when the metadata cannot be read at all.
 
 use std::path::PathBuf;
@@ -9,8 +10,17 @@ use std::path::PathBuf;
 pub struct FsckArgs {
     /// The layout volume's metadata: the metadata_path file, or the device or image file backing
     /// the metadata_bdev (the format is detected from its header).
+    #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+    pub metadata: Option<PathBuf>,
+    /// etcd endpoints (comma-separated) of a cluster: check the layout state of `--bdev-uuid` there.
+    #[arg(long, requires = "bdev_uuid")]
+    pub cluster: Option<String>,
+    /// With --cluster: the data bdev's UUID (the layout state's key).
     #[arg(long)]
-    pub metadata: PathBuf,
+    pub bdev_uuid: Option<uuid::Uuid>,
+    /// With --cluster: the cluster's key prefix.
+    #[arg(long, default_value = "/palisade")]
+    pub prefix: String,
     /// The data device (file or block device) to check the extents against.
     #[arg(long)]
     pub bdev: Option<PathBuf>,
@@ -23,10 +33,23 @@ pub struct FsckArgs {
 }
 
 pub fn run(a: FsckArgs) -> i32 {
-    let r = match crate::layout::fsck::fsck(&a.metadata, a.bdev.as_deref(), a.repair) {
+    let (what, r) = match (&a.cluster, &a.metadata) {
+        (Some(eps), _) => {
+            let eps: Vec<String> = eps.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            let uuid = a.bdev_uuid.expect("clap requires it");
+            if a.repair {
+                eprintln!("palisade fsck: --repair is not available for a cluster's layout state");
+                return 2;
+            }
+            (format!("etcd {}", eps.join(",")), crate::layout::fsck::fsck_etcd(&eps, &a.prefix, &uuid))
+        }
+        (None, Some(m)) => (m.display().to_string(), crate::layout::fsck::fsck(m, a.bdev.as_deref(), a.repair)),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let r = match r {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("palisade fsck: {}: {e}", a.metadata.display());
+            eprintln!("palisade fsck: {what}: {e}");
             return 2;
         }
     };

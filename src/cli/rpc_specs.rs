@@ -77,7 +77,7 @@ pub const SPECS: &[(&str, &str)] = &[
     ("reservation_get", "bdev_name:str"),
     ("reservation_clear", "bdev_name:str"),
     // layout (issue: layout backend) — add lines here
-    ("layout_volume_create", "-n/--name=name:str -b/--bdev-name=bdev_name:str -m/--metadata-path=metadata_path:str --metadata-bdev=metadata_bdev:str -g/--guard=guard:str -t/--recall-timeout-ms=recall_timeout_ms:int --block-size=block_size:int --mds-identities=mds_identities:list"),
+    ("layout_volume_create", "-n/--name=name:str -b/--bdev-name=bdev_name:str -m/--metadata-path=metadata_path:str --metadata-bdev=metadata_bdev:str --metadata-cluster=metadata_cluster:flag -g/--guard=guard:str -t/--recall-timeout-ms=recall_timeout_ms:int --block-size=block_size:int --mds-identities=mds_identities:list"),
     ("layout_volume_delete", "name:str"),
     ("layout_volume_list", "-n/--name=name:str"),
     ("layout_volume_get_device", "name:str"),

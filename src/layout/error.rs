@@ -26,6 +26,15 @@ pub enum LayoutError {
     Io(String),
     #[error("metadata is corrupt: {0}")]
     Corrupt(String),
+    /// A shared store (etcd) moved on since this node last looked: another node appended first.
+    /// The store catches up and judges the operation again; callers see this only when contention
+    /// outlasts the retries.
+    #[error("metadata changed concurrently: {0}")]
+    Stale(String),
+    /// A shared store cannot be written from this node now (etcd unreachable, lease or view not
+    /// confirmed): state changes fail closed.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl LayoutError {
@@ -42,6 +51,8 @@ impl LayoutError {
             LayoutError::Invalid(_) => libc::EINVAL,
             LayoutError::Io(_) => libc::EIO,
             LayoutError::Corrupt(_) => libc::EUCLEAN,
+            LayoutError::Stale(_) => libc::EAGAIN,
+            LayoutError::Unavailable(_) => libc::ENOTCONN,
         }
     }
 }

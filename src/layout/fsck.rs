@@ -33,10 +33,13 @@ pub struct Summary {
     pub free_blocks: u64,
     pub transactions_replayed: u64,
     pub torn_tail: Option<String>,
-    /// `file` (metadata_path) or `bdev` (the metadata_bdev layout).
+    /// `file` (metadata_path), `bdev` (the metadata_bdev layout) or `etcd` (metadata_cluster).
     pub format: &'static str,
     /// Bdev layout: the header generation in use and its half (`A` or `B`).
     pub bdev_header: Option<(u64, char)>,
+    /// etcd: the sequence number of the last transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_head: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +172,20 @@ pub fn fsck(path: &Path, bdev: Option<&Path>, repair: bool) -> Result<Report, La
     summary.format = if on_bdev.is_some() { "bdev" } else { "file" };
     summary.bdev_header = bdev_header;
     Ok(Report { consistent: problems.is_empty(), problems, repaired, summary })
+}
+
+/// Check a `metadata_cluster` volume's state in etcd (`palisade fsck --cluster`): the same
+/// replay and invariants as for a journal, read at one etcd revision (nodes may keep running).
+pub fn fsck_etcd(endpoints: &[String], prefix: &str, data_uuid: &uuid::Uuid) -> Result<Report, LayoutError> {
+    let Some((st, replay, head)) = super::etcd_meta::load_offline(endpoints, prefix, data_uuid)? else {
+        return Err(LayoutError::Invalid(format!("no layout state for data device {data_uuid} under {prefix}/layout/")));
+    };
+    let problems = st.check();
+    let mut summary = summarize(&st);
+    summary.transactions_replayed = replay.transactions;
+    summary.format = "etcd";
+    summary.etcd_head = Some(head);
+    Ok(Report { consistent: problems.is_empty(), problems, repaired: false, summary })
 }
 
 fn block_dev_size(p: &Path) -> Option<u64> {

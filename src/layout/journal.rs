@@ -8,6 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::error::LayoutError;
 use super::state::{Image, Record, State, Superblock};
@@ -37,6 +38,80 @@ pub trait MetaStore: Send {
     /// Has enough been appended that a checkpoint is worth it?
     fn wants_checkpoint(&self) -> bool;
     fn describe(&self) -> String;
+
+    // ----- shared stores (several writers, e.g. etcd); a local journal has one writer -----
+
+    /// Whether other writers append to this store too. Then `append` fails with
+    /// [`LayoutError::Stale`] when one of them appended first, the caller brings its state up to
+    /// date with [`MetaStore::catch_up`] and judges its operation again; and recalls are journaled
+    /// ([`Record::GrantRecall`]) so every writer sees them.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// What others appended since this store last loaded, appended or caught up. Without `fetch`,
+    /// only what the store already heard (its watch); with it, the store also asks for the head
+    /// (an operation that failed with `Stale`, a read that must see every acknowledged write).
+    fn catch_up(&mut self, _fetch: bool) -> Result<CatchUp, LayoutError> {
+        Ok(CatchUp::Txns(Vec::new()))
+    }
+    /// The cross-node side of a shared store, used without the volume lock.
+    fn peers(&self) -> Option<Arc<dyn Peers>> {
+        None
+    }
+    /// May state changes be made now? (A shared store fails closed while it cannot write.)
+    fn writable(&self) -> Result<(), LayoutError> {
+        Ok(())
+    }
+    /// The sequence number of the last transaction this store holds (appended or caught up).
+    fn head(&self) -> u64 {
+        0
+    }
+    /// The caller's state (and its guard) now reflects everything up to [`MetaStore::head`]: what
+    /// [`Peers::settle`] waits for on every node.
+    fn installed(&self) {}
+}
+
+/// What a shared store offers outside the volume lock.
+pub trait Peers: Send + Sync {
+    /// Signalled whenever others appended (so a follower thread applies it at once: the data
+    /// path's guard must enforce new grants and fences without waiting for the next call).
+    fn changes(&self) -> &Changes;
+    /// Return once every live node has installed this store's transactions up to `seq` (a fence
+    /// relies on every guard refusing the client before its key is preempted).
+    fn settle(&self, seq: u64) -> Result<(), LayoutError>;
+    /// Return once every live node has journaled the written-since-allocation bits its data path
+    /// set (a commit on one node must know which blocks clients wrote through the others).
+    fn collect_written(&self) -> Result<(), LayoutError>;
+    /// What this node does when another collects: journal its bits; true when done.
+    fn on_collect(&self, f: Box<dyn Fn() -> bool + Send + Sync>);
+}
+
+/// What a shared store's [`MetaStore::catch_up`] found.
+pub enum CatchUp {
+    /// Transactions to apply in order (possibly none).
+    Txns(Vec<Vec<Record>>),
+    /// The transactions in between were compacted away: the whole state, as of the head.
+    Reload(State),
+}
+
+/// A wake-up counter: the store's watch bumps it, a follower thread waits on it.
+#[derive(Default)]
+pub struct Changes {
+    count: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Changes {
+    pub fn notify(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.cv.notify_all();
+    }
+    /// Wait until the count differs from `seen` (or `timeout`); returns the count.
+    pub fn wait(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let g = self.count.lock().unwrap();
+        let (g, _) = self.cv.wait_timeout_while(g, timeout, |c| *c == seen).unwrap();
+        *g
+    }
 }
 
 /// What replay found.

@@ -10,6 +10,9 @@
 //! - [`bdev_journal`]: the same frames on a block device (`metadata_bdev`): two header slots and
 //!   two halves, so a checkpoint never overwrites live data; [`metadev`] is the block-device
 //!   interface it writes through (a bdev via the reactors, or a file/device for offline fsck);
+//! - [`etcd_meta`]: the same state in etcd (`metadata_cluster`), shared by every node exporting
+//!   the data device: head-compared appends, checkpoints in 1 MiB pieces, a watch that feeds each
+//!   node's follower (see `store` for how operations are re-judged when another node won);
 //! - [`recall`]: the [`recall::Notifier`] and [`recall::Fencer`] hooks;
 //! - [`guard`]: what the volume layer asks on every I/O;
 //! - [`fsck`]: the offline consistency proof.
@@ -51,6 +54,12 @@
 //!   with ENOSPC; the data already committed stays intact).
 //! - Truncating to a size inside a block keeps that block mapped; the store cannot zero its tail
 //!   (no data path of its own), so the metadata server must zero it before growing the file again.
+//! - Metadata in etcd: one transaction's records must fit in 1 MiB (larger ones fail with an
+//!   error saying so); recall deadlines are wall-clock, so nodes' clocks must agree; a node that
+//!   reloads a checkpoint written by another node keeps its live written-since-allocation bits
+//!   only for unwritten extents that did not change; a transaction whose etcd answer is lost
+//!   (timeout) may have been committed although the call failed (the node applies it from the
+//!   watch, so its view never diverges from etcd).
 //! - A reflink clones a whole file; a partial return in the middle of a grant frees its unwritten
 //!   extents there but keeps the grant's range.
 #![doc = include_str!("FORMAT.md")]
@@ -59,6 +68,7 @@ pub mod alloc;
 pub mod bdev_journal;
 pub mod bitmap;
 pub mod error;
+pub mod etcd_meta;
 pub mod extent;
 pub mod fsck;
 pub mod guard;
@@ -76,5 +86,7 @@ pub use types::{ExtentState, FileId, IoMode, Policy, RecallReason};
 
 #[cfg(test)]
 mod bdev_tests;
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;

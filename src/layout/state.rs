@@ -111,6 +111,25 @@ pub struct GrantHead {
 pub struct Recall {
     pub reason: RecallReason,
     pub deadline: std::time::Instant,
+    /// The deadline as Unix milliseconds when the recall is durable ([`Record::GrantRecall`], a
+    /// shared store): every node then expires it at the same wall-clock time. None: volatile.
+    pub at_ms: Option<u64>,
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The local instant of a wall-clock deadline (nodes' clocks are assumed in step, as every
+/// lease-based system assumes; a deadline in the past is now).
+pub fn instant_of_ms(ms: u64) -> std::time::Instant {
+    let (now, wall) = (std::time::Instant::now(), now_ms());
+    if ms >= wall {
+        now + std::time::Duration::from_millis(ms - wall)
+    } else {
+        now.checked_sub(std::time::Duration::from_millis(wall - ms)).unwrap_or(now)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -186,6 +205,10 @@ pub enum Record {
     PendingWritten { grant: u64, dlba: u64, dlen: u64 },
     ClientPut { client: String, key: u64, identities: Vec<String> },
     ClientFence { client: String, fenced: bool },
+    /// The grant is recalled until `deadline_ms` (Unix ms). Only a shared store (etcd) journals
+    /// recalls, so that every node notifies its subscribers and any node may expire the recall;
+    /// the local journals keep recalls volatile (a restart forgets them).
+    GrantRecall { grant: u64, reason: RecallReason, deadline_ms: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -329,8 +352,43 @@ impl State {
             Record::ClientFence { client, fenced } => {
                 self.clients.get_mut(client).ok_or_else(|| corrupt(format!("fence of unknown client {client}")))?.fenced = *fenced;
             }
+            Record::GrantRecall { grant, reason, deadline_ms } => {
+                let g = self.grants.get_mut(grant).ok_or_else(|| corrupt(format!("recall of unknown grant {grant}")))?;
+                // The first recall stands (a second request over the same grant does not extend it).
+                if g.recall.is_none() {
+                    g.recall = Some(Recall { reason: *reason, deadline: instant_of_ms(*deadline_ms), at_ms: Some(*deadline_ms) });
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Take over the live written-since-allocation bits of `old` for every unwritten extent that
+    /// is the same in both (a state reloaded from a checkpoint written by another node knows only
+    /// the durable bits; the data path keeps marking the bitmaps it was given).
+    pub fn adopt_bits(&mut self, old: &State) {
+        let ids: Vec<u64> = self.grants.keys().copied().collect();
+        for id in ids {
+            let Some(og) = old.grants.get(&id) else { continue };
+            let g = self.grants.get_mut(&id).expect("listed");
+            let mut pending = ExtentMap::new();
+            for (fblk, p) in g.pending.iter() {
+                let keep = og.pending.range(fblk, p.len).into_iter().find(|(f, q)| *f == fblk && q == p).map(|(_, q)| q);
+                let piece = match keep {
+                    Some(q) => {
+                        // Durable bits of the reloaded state are a subset of the live ones, but
+                        // set them anyway: nothing is lost if they are not.
+                        for run in p.bits.runs(p.bit_off, p.len * p.ratio) {
+                            q.bits.set_range(q.bit_off + run.0 - p.bit_off, run.1);
+                        }
+                        q
+                    }
+                    None => p.clone(),
+                };
+                pending.insert(fblk, piece);
+            }
+            g.pending = pending;
+        }
     }
 
     pub fn apply_all(&mut self, rs: &[Record]) -> Result<(), LayoutError> {
@@ -341,8 +399,8 @@ impl State {
         self.sb.block_size as u64
     }
 
-    /// The persistent image (checkpoint): everything but volatile recall timers, with the durable
-    /// part of the written-since-allocation bits.
+    /// The persistent image (checkpoint): everything but volatile recall timers (durable ones, of
+    /// a shared store, are kept), with the durable part of the written-since-allocation bits.
     pub fn image(&self) -> Image {
         Image {
             sb: self.sb.clone(),
@@ -355,6 +413,7 @@ impl State {
                     head: g.head.clone(),
                     pending: g.pending.iter().map(|(f, p)| (f, p.lba, p.len)).collect(),
                     written: self.saved_runs(g),
+                    recall: g.recall.as_ref().and_then(|r| Some((r.reason, r.at_ms?))),
                 })
                 .collect(),
             next_grant: self.next_grant,
@@ -412,6 +471,9 @@ impl State {
             }
             for (dlba, dlen) in g.written {
                 st.apply(&Record::PendingWritten { grant: g.head.id, dlba, dlen })?;
+            }
+            if let Some((reason, deadline_ms)) = g.recall {
+                st.apply(&Record::GrantRecall { grant: g.head.id, reason, deadline_ms })?;
             }
         }
         st.free = FreeTree::default();
@@ -530,6 +592,9 @@ pub struct GrantImage {
     /// Written-since-allocation runs of the pending extents, device blocks (dlba, dlen).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub written: Vec<(u64, u64)>,
+    /// A durable recall (shared stores only): reason and deadline in Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<(RecallReason, u64)>,
 }
 
 /// Serialized state (a checkpoint frame).

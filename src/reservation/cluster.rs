@@ -123,10 +123,12 @@ impl Reservations {
             cache: Mutex::new(Record::default()),
             cursor: Mutex::new(None),
         });
-        if self.cluster.set(cp.clone()).is_err() {
-            // Attached concurrently (the RPC and the mark's watch): wait for that attach.
-            return self.wait_loaded(self.cluster.get().expect("set"));
-        }
+        // Attached concurrently (the clustered/ watch and a management call on one volume): the
+        // first attach's record is the engine's; wait for that one to load.
+        let cp = match self.cluster.set(cp.clone()) {
+            Ok(()) => cp,
+            Err(_) => return self.wait_loaded(self.cluster.get().expect("set").clone()),
+        };
         let me = Arc::downgrade(self);
         cluster.watch_prefix(
             &key,
@@ -146,12 +148,12 @@ impl Reservations {
                 std::thread::spawn(move || me.local_fence(p.rev, p.drain, ack));
             }),
         );
-        self.wait_loaded(&cp)
+        self.wait_loaded(cp)
     }
 
     /// Serve nothing until this engine holds what etcd holds (the node's health also waits for
     /// the watch; this makes attach itself synchronous for the caller).
-    fn wait_loaded(&self, cp: &ClusterPr) -> Result<(), PrError> {
+    fn wait_loaded(&self, cp: Arc<ClusterPr>) -> Result<(), PrError> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while cp.rev.load(Ordering::Acquire) == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -17,6 +17,7 @@ use super::{ok, App, RpcError, RpcResult};
 use crate::bdev::blocking::BlockingBdev;
 use crate::config::Entry;
 use crate::layout::bdev_journal::{BdevJournal, Probe};
+use crate::layout::etcd_meta::{EtcdMeta, Keys};
 use crate::layout::journal::{FileJournal, MetaStore};
 use crate::layout::metadev::MetaDev;
 use crate::layout::recall::{Fencer, Notifier, RecallEvent};
@@ -34,14 +35,17 @@ enum Meta {
     Path(String),
     /// `metadata_bdev`: a bdev claimed exclusively by the volume.
     Bdev(String),
+    /// `metadata_cluster: true`: in etcd, shared by every node exporting the data bdev.
+    Cluster,
 }
 
 impl Meta {
     /// The create parameter naming it.
-    fn param(&self) -> (&'static str, &str) {
+    fn param(&self) -> (&'static str, Value) {
         match self {
-            Meta::Path(p) => ("metadata_path", p),
-            Meta::Bdev(b) => ("metadata_bdev", b),
+            Meta::Path(p) => ("metadata_path", json!(p)),
+            Meta::Bdev(b) => ("metadata_bdev", json!(b)),
+            Meta::Cluster => ("metadata_cluster", json!(true)),
         }
     }
 }
@@ -242,7 +246,7 @@ fn layout_config(app: &App) -> Vec<Entry> {
                 "mds_identities": e.mds_identities,
             });
             let (k, v) = e.meta.param();
-            params[k] = json!(v);
+            params[k] = v;
             Entry { method: "layout_volume_create".into(), params: Some(params) }
         })
         .collect()
@@ -259,6 +263,19 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, LayoutError> 
 
 fn volume(c: &Call, name: &str) -> Result<Arc<LayoutVolume>, RpcError> {
     c.app.layout.get(name).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("layout volume {name} not found")))
+}
+
+/// Before a read of a volume whose metadata other nodes change (etcd): be current with the head,
+/// so the answer includes everything any node acknowledged before. If etcd cannot be reached the
+/// read answers from this node's last view (changes fail closed; reads need not).
+async fn current(v: &Arc<LayoutVolume>) {
+    if !v.is_shared() {
+        return;
+    }
+    let w = v.clone();
+    if let Err(e) = blocking(move || w.sync()).await {
+        tracing::warn!(volume = %v.name, "reading without catching up with etcd: {}", e.message);
+    }
 }
 
 /// Revoke timed-out recalls on every volume, forever (one task per process).
@@ -285,6 +302,10 @@ struct VolumeCreate {
     bdev_name: String,
     metadata_path: Option<String>,
     metadata_bdev: Option<String>,
+    /// Keep the metadata in etcd (cluster mode): one layout state for every node exporting the
+    /// data bdev; the data bdev's volume is marked clustered so fences cover every node.
+    #[serde(default)]
+    metadata_cluster: bool,
     #[serde(default)]
     guard: Policy,
     recall_timeout_ms: Option<u64>,
@@ -305,6 +326,13 @@ async fn layout_volume_create(c: Call) -> RpcResult {
         return Err(RpcError::errno(libc::EEXIST, format!("layout volume {} already exists", p.name)));
     }
     let meta = match (&p.metadata_path, &p.metadata_bdev) {
+        (None, None) if p.metadata_cluster => {
+            if c.app.cluster.get().is_none() {
+                return Err(RpcError::errno(libc::ENOTCONN, "metadata_cluster: not in cluster mode (serve --cluster URL --node-id NAME, or cluster_connect)"));
+            }
+            Meta::Cluster
+        }
+        _ if p.metadata_cluster => return Err(RpcError::invalid_params("exactly one of metadata_path, metadata_bdev and metadata_cluster is required")),
         (Some(path), None) => Meta::Path(PathBuf::from(path).display().to_string()),
         (None, Some(b)) if *b == p.bdev_name => {
             return Err(RpcError::invalid_params(format!("metadata_bdev {b}: the metadata needs a bdev of its own, not the data bdev")))
@@ -313,7 +341,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
             return Err(RpcError::invalid_params(format!("metadata_bdev {b} is a null bdev: it would keep nothing")))
         }
         (None, Some(b)) => Meta::Bdev(b.clone()),
-        _ => return Err(RpcError::invalid_params("exactly one of metadata_path and metadata_bdev is required")),
+        _ => return Err(RpcError::invalid_params("exactly one of metadata_path, metadata_bdev and metadata_cluster is required")),
     };
     if let Some(e) = c.app.layout.volumes.lock().unwrap().values().find(|e| e.bdev_name == p.bdev_name || e.meta == meta) {
         return Err(RpcError::errno(libc::EBUSY, format!("bdev or metadata already used by layout volume {}", e.vol.name)));
@@ -328,7 +356,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
             }
             Err(e) => return Err(RpcError::errno(e.errno(), format!("metadata_bdev: {e}"))),
         },
-        Meta::Path(_) => None,
+        Meta::Path(_) | Meta::Cluster => None,
     };
     let release_meta = |app: &App| {
         if let Meta::Bdev(b) = &meta {
@@ -351,7 +379,27 @@ async fn layout_volume_create(c: Call) -> RpcResult {
     let hooks = Hooks { notifier: c.app.layout.subscribers.clone(), fencer };
     let meta2 = meta.clone();
     let reactors = c.app.reactors.clone();
+    let cluster = c.app.cluster.get().cloned();
+    let volumes = c.app.volumes.clone();
+    let data_vol = vol.clone();
     let opened = blocking(move || {
+        if let (Meta::Cluster, Some(cl)) = (&meta2, &cluster) {
+            // A client fence is PREEMPT AND ABORT on the data volume: clustered, it stops the
+            // client on every node, not only here.
+            if !data_vol.is_clustered() {
+                volumes.mark_clustered(&data_vol).map_err(|e| LayoutError::Io(format!("marking {} clustered: {e}", data_vol.name())))?;
+            }
+            let store = EtcdMeta::new(cl.clone(), &dev.uuid);
+            let exists = store.exists()?;
+            return match LayoutVolume::open(Box::new(store), exists, &dev, &opts, hooks.clone()) {
+                // Another node created it between our look and our create: open what it made.
+                Err(e) if !exists && EtcdMeta::exists_in(cl, &Keys::new(&cl.cfg.prefix, &dev.uuid)).unwrap_or(false) => {
+                    tracing::info!("layout volume {}: {e}; opening it", opts.name);
+                    LayoutVolume::open(Box::new(EtcdMeta::new(cl.clone(), &dev.uuid)), true, &dev, &opts, hooks)
+                }
+                r => r,
+            };
+        }
         let (store, exists): (Box<dyn MetaStore>, bool) = match (&meta2, meta_bdev) {
             (Meta::Bdev(name), Some(bd)) => {
                 let dev = BlockingBdev::new(&reactors, bd).map_err(|e| LayoutError::Io(format!("metadata_bdev {name}: {e}")))?;
@@ -365,6 +413,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
                 (Box::new(FileJournal::new(&path)), FileJournal::exists(&path))
             }
             (Meta::Bdev(_), None) => unreachable!("a metadata bdev is claimed above"),
+            (Meta::Cluster, _) => unreachable!("opened above"),
         };
         LayoutVolume::open(store, exists, &dev, &opts, hooks)
     })
@@ -373,6 +422,7 @@ async fn layout_volume_create(c: Call) -> RpcResult {
         Ok(v) => {
             let v = Arc::new(v);
             v.start_persister();
+            v.start_follower();
             v
         }
         Err(e) => {
@@ -566,7 +616,9 @@ struct VolRef {
 
 async fn client_list(c: Call) -> RpcResult {
     let p: VolRef = c.params()?;
-    Ok(volume(&c, &p.volume)?.client_list())
+    let v = volume(&c, &p.volume)?;
+    current(&v).await;
+    Ok(v.client_list())
 }
 
 #[derive(Deserialize)]
@@ -592,7 +644,9 @@ async fn layout_file_remove(c: Call) -> RpcResult {
 
 async fn layout_file_stat(c: Call) -> RpcResult {
     let p: FileRef = c.params()?;
-    volume(&c, &p.volume)?.file_stat(&p.file).map_err(lerr)
+    let v = volume(&c, &p.volume)?;
+    current(&v).await;
+    v.file_stat(&p.file).map_err(lerr)
 }
 
 #[derive(Deserialize)]
@@ -623,6 +677,7 @@ struct MapReq {
 async fn layout_file_map(c: Call) -> RpcResult {
     let p: MapReq = c.params()?;
     let v = volume(&c, &p.volume)?;
+    current(&v).await;
     let bs = v.superblock().block_size as u64;
     let length = match p.length {
         Some(l) => l,
@@ -691,7 +746,15 @@ fn grant_volume(c: &Call, volume_name: &Option<String>, grant: u64) -> Result<Ar
     if let Some(n) = volume_name {
         return volume(c, n);
     }
-    let hits: Vec<_> = c.app.layout.all().into_iter().filter(|v| v.with_state(|s| s.grants.contains_key(&grant))).collect();
+    let mut hits: Vec<_> = c.app.layout.all().into_iter().filter(|v| v.with_state(|s| s.grants.contains_key(&grant))).collect();
+    if hits.is_empty() {
+        // A grant another node made may not have reached this node's view yet.
+        for v in c.app.layout.all().into_iter().filter(|v| v.is_shared()) {
+            if v.sync().is_ok() && v.with_state(|s| s.grants.contains_key(&grant)) {
+                hits.push(v);
+            }
+        }
+    }
     match hits.len() {
         0 => Err(lerr(LayoutError::UnknownGrant(grant))),
         1 => Ok(hits.into_iter().next().unwrap()),

@@ -517,7 +517,7 @@ fn pr_out_is_judged_on_the_newest_state_across_nodes() {
 /// clustered (the mark lives in etcd).
 #[test]
 fn a_node_restarted_from_its_saved_config_rejoins() {
-    let (etcd, dir, a, mut b) = two_nodes(16384);
+    let (etcd, dir, a, b) = two_nodes(16384);
     let cfg = b.t.rpc("save_config", Value::Null);
     let subs = cfg["subsystems"].as_array().unwrap();
     let cl = subs.iter().position(|s| s["subsystem"] == "cluster").expect("cluster subsystem saved");

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Cluster mode costs, in one run: PR OUT (NVMe Reservation Register) and fence (PREEMPT AND ABORT)
 # latency p50/p99 on a local volume vs a clustered volume served by two nodes, and the I/O cost of a
-# clustered volume vs a local one on the same node (4 KiB randread/randwrite QD32, IOPS ratio).
+# clustered RAM volume vs a local one on the same node (4 KiB randread/randwrite QD32, median IOPS
+# ratio of adjacent pairs).
 # A real etcd (Debian etcd-server) is started on loopback; two `palisade serve` nodes share one
 # file through `bdev_uring_create` (the shared device); node A also exports a local RAM volume
 # and node B nothing else. Local rounds and cluster rounds alternate.
 #
 # Usage: bench/cluster/run.sh [rounds, default 3] [PR iterations per round, default 500]
 #   env: BIN (default target/release/palisade), EX (the cluster_pr_latency example), SECS (I/O
-#   run seconds, default 5), OUT (results file)
+#   run seconds, default 2), PAIRS (I/O pairs per case, default 10), OUT (results file)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS="${1:-3}"
 ITERS="${2:-500}"
-SECS="${SECS:-5}"
+SECS="${SECS:-2}"
 BIN="${BIN:-target/release/palisade}"
 EX="${EX:-target/release/examples/cluster_pr_latency}"
 OUT="${OUT:-bench/cluster/results-$(date -u +%Y%m%dT%H%M%SZ).md}"
@@ -58,13 +59,16 @@ for _ in $(seq 100); do
   "$BIN" rpc -s "$TMP/b.sock" cluster_get_status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["health"]["writable"] and any(v["clustered"] for v in s["volumes"]) else 1)' && break
   sleep 0.1
 done
-# The I/O comparison needs a local volume of the same kind: a second uring file on node A.
-truncate -s 1G "$TMP/local.img"
-rpc a bdev_uring_create "{\"name\":\"local1\",\"filename\":\"$TMP/local.img\",\"block_size\":512}"
-UNQN=nqn.2016-06.io.spdk:localuring; PU=$(free_port)
-rpc a nvmf_create_subsystem "{\"nqn\":\"$UNQN\",\"allow_any_host\":true,\"serial_number\":\"LO0002\"}"
-rpc a nvmf_subsystem_add_ns "{\"nqn\":\"$UNQN\",\"namespace\":{\"bdev_name\":\"local1\"}}"
-listen a "$UNQN" "$PU"
+# The I/O comparison: two RAM volumes on node A (so the target's own cost shows, not a file's),
+# one of them marked clustered; short runs in adjacent pairs, order alternating, median of the
+# pair ratios (as bench/reservation does: this machine's speed drifts between minutes).
+rpc a bdev_malloc_create '{"name":"clus0","num_blocks":2097152,"block_size":512}'
+KNQN=nqn.2016-06.io.spdk:clusteredram; PK=$(free_port)
+rpc a nvmf_create_subsystem "{\"nqn\":\"$KNQN\",\"allow_any_host\":true,\"serial_number\":\"CL0002\"}"
+rpc a nvmf_subsystem_add_ns "{\"nqn\":\"$KNQN\",\"namespace\":{\"bdev_name\":\"clus0\"}}"
+listen a "$KNQN" "$PK"
+rpc a volume_set_cluster '{"bdev_name":"clus0"}'
+PAIRS="${PAIRS:-10}"
 perf() { "$BIN" perf --transport tcp --addr 127.0.0.1 --port "$1" --nqn "$2" --qd 32 --bs 4k --rw "$3" --time "${SECS}s" --json 2>/dev/null; }
 {
   echo "# Cluster mode: PR OUT / fence latency and I/O cost — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -72,7 +76,7 @@ perf() { "$BIN" perf --transport tcp --addr 127.0.0.1 --port "$1" --nqn "$2" --q
   echo "Host: $(uname -n), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); load before: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo "Nodes: 2 × \`$BIN serve -m 0x1 --cluster … --lease-ttl 6\` ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), etcd $(etcd --version | head -1 | awk '{print $3}') on loopback, one shared 1 GiB file (uring)."
   echo "PR: \`$EX --iters $ITERS\` — register a fresh key through B (PR OUT), preempt-and-abort it through A (fence); local = both through node A on a non-clustered RAM volume."
-  echo "I/O: \`palisade perf --qd 32 --bs 4k --time ${SECS}s\` on node A: clustered uring volume vs a local uring volume on the same node (files in $TMP's filesystem)."
+  echo "I/O: \`palisade perf --qd 32 --bs 4k --time ${SECS}s\` on node A: a clustered 1 GiB RAM volume vs a local one on the same node, $PAIRS adjacent pairs per case, order alternating."
   echo
   echo "| round | kind | register p50 µs | p99 µs | fence p50 µs | p99 µs |"
   echo "| ---: | --- | ---: | ---: | ---: | ---: |"
@@ -83,15 +87,23 @@ for r in $(seq "$ROUNDS"); do
     if [ $kind = local ]; then j=$("$EX" --nqn "$LNQN" --a "$PL" --b "$PL" --iters "$ITERS"); else j=$("$EX" --nqn "$CNQN" --a "$PA" --b "$PB" --iters "$ITERS"); fi
     python3 -c 'import json,sys; v=json.loads(sys.argv[3]); k=["register_p50_us","register_p99_us","fence_p50_us","fence_p99_us"]; print("| %s | %s | " % (sys.argv[1], sys.argv[2]) + " | ".join(str(v[x]) for x in k) + " |")' "$r" "$kind" "$j" >>"$OUT"
   done
-  for rw in randread randwrite; do
-    l=$(perf "$PU" "$UNQN" $rw); c=$(perf "$PA" "$CNQN" $rw)
-    IOROWS+=("$(python3 -c 'import json,sys; l=json.loads(sys.argv[3])["iops"]; c=json.loads(sys.argv[4])["iops"]; print("| %s | %s | %.0f | %.0f | %.3f |" % (sys.argv[1], sys.argv[2], l, c, c / l))' "$r" "$rw" "$l" "$c")")
+done
+for rw in randread randwrite; do
+  for p in $(seq "$PAIRS"); do
+    if [ $((p % 2)) = 1 ]; then l=$(perf "$PL" "$LNQN" $rw); c=$(perf "$PK" "$KNQN" $rw); else c=$(perf "$PK" "$KNQN" $rw); l=$(perf "$PL" "$LNQN" $rw); fi
+    IOROWS+=("$(python3 -c 'import json,sys; l=json.loads(sys.argv[3])["iops"]; c=json.loads(sys.argv[4])["iops"]; print("| %s | %s | %.0f | %.0f | %.3f |" % (sys.argv[1], sys.argv[2], l, c, c / l))' "$p" "$rw" "$l" "$c")")
   done
 done
 {
   echo
-  echo "| round | I/O | local volume IOPS | clustered volume IOPS | ratio clustered/local |"
+  echo "| pair | I/O | local volume IOPS | clustered volume IOPS | ratio clustered/local |"
   echo "| ---: | --- | ---: | ---: | ---: |"
   printf '%s\n' "${IOROWS[@]}"
+  echo
+  printf '%s\n' "${IOROWS[@]}" | python3 -c '
+import sys, statistics
+rows = [l.split("|")[1:-1] for l in sys.stdin if l.strip()]
+for rw in dict.fromkeys(r[1].strip() for r in rows):
+    print("Median ratio clustered/local, %s: %.3f" % (rw, statistics.median(float(r[4]) for r in rows if r[1].strip() == rw)))'
 } >>"$OUT"
 cat "$OUT"

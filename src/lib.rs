@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod iscsi;
+pub mod keyring;
 pub mod layout;
 pub mod nvme;
 pub mod nvmf;

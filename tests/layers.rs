@@ -21,7 +21,7 @@ fn rank(top: &str) -> Option<u32> {
         "layout" | "reservation" => 4,
         "bdev" => 3,
         "cluster" => 2,
-        "reactor" => 1,
+        "reactor" | "keyring" => 1,
         _ => return None,
     })
 }

@@ -89,6 +89,11 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     if !sub.host_allowed(&d.hostnqn) {
         return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0));
     }
+    if sub.listener_secure(listen) {
+        // A listener added with secure_channel admits TLS connections only, and no connection
+        // that reaches this Connect carries TLS.
+        return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0));
+    }
     let max_entries = if qid == 0 { opts.max_aq_depth } else { opts.max_queue_depth };
     if sqsize == 0 || sqsize as u32 + 1 > max_entries {
         return Err(invalid_param(false, 44));

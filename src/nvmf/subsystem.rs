@@ -32,6 +32,19 @@ impl ListenAddr {
     }
 }
 
+/// One allowed host and the keyring names of its keys (nvmf_subsystem_add_host,
+/// nvmf_subsystem_set_keys). Names, not secrets: they are resolved when a queue connects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostEntry {
+    pub nqn: String,
+    /// TLS PSK (NVMe/TCP 3.6).
+    pub psk: Option<String>,
+    /// DH-HMAC-CHAP host key: the host must authenticate (NVMe Base 2.0 8.13).
+    pub dhchap_key: Option<String>,
+    /// DH-HMAC-CHAP controller key: the controller can authenticate itself to the host.
+    pub dhchap_ctrlr_key: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubType {
     Discovery,
@@ -68,8 +81,10 @@ pub struct Subsystem {
     pub subtype: SubType,
     pub params: SubsystemParams,
     pub allow_any_host: AtomicBool,
-    pub hosts: Mutex<Vec<String>>,
+    pub hosts: Mutex<Vec<HostEntry>>,
     pub listeners: Mutex<Vec<ListenAddr>>,
+    /// Listeners added with `secure_channel`: hosts connecting through them must use TLS.
+    pub secure_listeners: Mutex<Vec<ListenAddr>>,
     /// ANA state per listener (entries follow `listeners`).
     pub listener_ana: Mutex<Vec<(ListenAddr, Arc<ListenerAna>)>>,
     ns: ArcSwap<Vec<Arc<Namespace>>>,
@@ -88,6 +103,7 @@ impl Subsystem {
             allow_any_host: AtomicBool::new(allow_any_host),
             hosts: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
+            secure_listeners: Mutex::new(Vec::new()),
             listener_ana: Mutex::new(Vec::new()),
             ns: ArcSwap::from_pointee(Vec::new()),
             ns_gen: AtomicU64::new(0),
@@ -98,7 +114,18 @@ impl Subsystem {
 
     /// May `hostnqn` connect (allowed hosts list, or any host)?
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow_any_host.load(Ordering::Acquire) || self.hosts.lock().unwrap().iter().any(|h| h == hostnqn)
+        self.allow_any_host.load(Ordering::Acquire) || self.hosts.lock().unwrap().iter().any(|h| h.nqn == hostnqn)
+    }
+
+    /// The host's entry (its keys), if it is on the allowed list. A host admitted only by
+    /// `allow_any_host` has none: no keys, so neither authentication nor a PSK of its own.
+    pub fn host_entry(&self, hostnqn: &str) -> Option<HostEntry> {
+        self.hosts.lock().unwrap().iter().find(|h| h.nqn == hostnqn).cloned()
+    }
+
+    /// Must hosts connecting through `a` use a secure channel (TLS)?
+    pub fn listener_secure(&self, a: &ListenAddr) -> bool {
+        self.secure_listeners.lock().unwrap().iter().any(|l| l.same(a))
     }
 
     pub fn listens_on(&self, a: &ListenAddr) -> bool {

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod error;
 pub mod framework;
 pub mod iscsi;
+pub mod keyring;
 pub mod layout;
 pub mod nvmf;
 pub mod registry;
@@ -64,6 +65,8 @@ impl App {
         framework::register(&mut registry);
         // Before bdev and the exports: a config joins the cluster before volumes open.
         cluster::register(&mut registry);
+        // Before nvmf: hosts name keys.
+        keyring::register(&mut registry);
         bdev::register(&mut registry);
         nvmf::register(&mut registry);
         iscsi::register(&mut registry);
@@ -225,6 +228,7 @@ pub fn decode_params(method: &str, params: &Option<Value>) -> Option<Result<(), 
         .or_else(|| nvmf::decode_params(method, params))
         .or_else(|| reservation::decode_params(method, params))
         .or_else(|| cluster::decode_params(method, params))
+        .or_else(|| keyring::decode_params(method, params))
 }
 
 /// A connection for calls that come from inside the process (config loading).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::registry::{Call, Registry, Subsystem, RUNTIME};
+use super::registry::{Call, Registry, Subsystem, ANY, RUNTIME};
 use super::{ok, App, RpcError, RpcResult};
 use crate::config::Entry;
 use crate::nvme::ana::AnaState;
@@ -25,6 +25,8 @@ pub fn register(r: &mut Registry) {
     r.add("nvmf_subsystem_add_host", RUNTIME, nvmf_subsystem_add_host);
     r.add("nvmf_subsystem_remove_host", RUNTIME, nvmf_subsystem_remove_host);
     r.add("nvmf_subsystem_allow_any_host", RUNTIME, nvmf_subsystem_allow_any_host);
+    r.add("nvmf_subsystem_set_keys", RUNTIME, nvmf_subsystem_set_keys);
+    r.add("nvmf_set_config", ANY, nvmf_set_config);
     r.add("nvmf_get_subsystems", RUNTIME, nvmf_get_subsystems);
     r.add("nvmf_subsystem_get_controllers", RUNTIME, nvmf_subsystem_get_controllers);
     r.add("nvmf_subsystem_get_qpairs", RUNTIME, nvmf_subsystem_get_qpairs);
@@ -285,9 +287,6 @@ async fn listener(c: Call, add: bool) -> RpcResult {
     check_tgt(&p.tgt_name)?;
     let _ = (&p.sock_impl, p.numa_id);
     let ana = p.ana_state.as_deref().map(ana_state).transpose()?;
-    if p.secure_channel == Some(true) {
-        return Err(RpcError::invalid_params("secure_channel: TLS is not supported"));
-    }
     let nqn = if p.nqn == "discovery" { DISCOVERY_NQN.to_string() } else { p.nqn };
     let addr = listen_addr(p.listen_address)?;
     let _g = c.app.mgmt.lock().await;
@@ -297,7 +296,11 @@ async fn listener(c: Call, add: bool) -> RpcResult {
         if let Some(g) = p.anagrpid {
             check_anagrpid(&s, g)?;
         }
-        t.add_listener(&s, addr.clone())?;
+        if p.secure_channel == Some(true) {
+            t.add_secure_listener(&s, addr.clone())?;
+        } else {
+            t.add_listener(&s, addr.clone())?;
+        }
         if let Some(st) = ana {
             // Set before any host can connect through the new listener: no notice to send.
             t.set_ana_state(&s, &addr, p.anagrpid, st)?;
@@ -444,20 +447,32 @@ struct HostParams {
     timeout_ms: Option<u64>,
 }
 
+/// A key name must be in the keyring when a host is given it (SPDK checks the same); a controller
+/// key without a host key means nothing (the host authenticates first).
+fn check_keys(app: &App, psk: &Option<String>, key: &Option<String>, ctrlr_key: &Option<String>) -> Result<(), RpcError> {
+    for k in [psk, key, ctrlr_key].into_iter().flatten() {
+        if app.nvmf.keyring.get(k).is_none() {
+            return Err(RpcError::errno(libc::ENOKEY, format!("key {k} is not in the keyring (keyring_file_add_key)")));
+        }
+    }
+    if ctrlr_key.is_some() && key.is_none() {
+        return Err(RpcError::invalid_params("dhchap_ctrlr_key needs dhchap_key"));
+    }
+    Ok(())
+}
+
 async fn nvmf_subsystem_add_host(c: Call) -> RpcResult {
     let p: HostParams = c.params()?;
     check_tgt(&p.tgt_name)?;
-    if p.psk.is_some() || p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some() {
-        return Err(RpcError::invalid_params("psk / dhchap keys: TLS and DH-HMAC-CHAP are not supported"));
-    }
     check_nqn(&p.host)?;
     let _g = c.app.mgmt.lock().await;
+    check_keys(&c.app, &p.psk, &p.dhchap_key, &p.dhchap_ctrlr_key)?;
     let s = sub_of(&c.app, &p.nqn)?;
     let mut h = s.hosts.lock().unwrap();
-    if h.contains(&p.host) {
+    if h.iter().any(|e| e.nqn == p.host) {
         return Err(RpcError::errno(libc::EINVAL, format!("host {} is already allowed", p.host)));
     }
-    h.push(p.host);
+    h.push(nvmf::HostEntry { nqn: p.host, psk: p.psk, dhchap_key: p.dhchap_key, dhchap_ctrlr_key: p.dhchap_ctrlr_key });
     drop(h);
     c.app.nvmf.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     ok()
@@ -469,7 +484,7 @@ async fn nvmf_subsystem_remove_host(c: Call) -> RpcResult {
     let _ = p.timeout_ms;
     let _g = c.app.mgmt.lock().await;
     let s = sub_of(&c.app, &p.nqn)?;
-    s.hosts.lock().unwrap().retain(|h| *h != p.host);
+    s.hosts.lock().unwrap().retain(|h| h.nqn != p.host);
     // SPDK disconnects the host's controllers when it loses access.
     if !s.allow_any_host.load(std::sync::atomic::Ordering::Acquire) {
         for ctrl in s.ctrlrs.lock().unwrap().iter().filter(|c| c.hostnqn == p.host) {
@@ -477,6 +492,92 @@ async fn nvmf_subsystem_remove_host(c: Call) -> RpcResult {
         }
     }
     c.app.nvmf.genctr.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetKeys {
+    nqn: String,
+    host: String,
+    tgt_name: Option<String>,
+    dhchap_key: Option<String>,
+    dhchap_ctrlr_key: Option<String>,
+}
+
+/// nvmf_subsystem_set_keys: replace a host's DH-HMAC-CHAP keys (absent: no key). Queues already
+/// authenticated stay; the next authentication or re-authentication uses the new keys, as SPDK.
+async fn nvmf_subsystem_set_keys(c: Call) -> RpcResult {
+    let p: SetKeys = c.params()?;
+    check_tgt(&p.tgt_name)?;
+    let _g = c.app.mgmt.lock().await;
+    check_keys(&c.app, &None, &p.dhchap_key, &p.dhchap_ctrlr_key)?;
+    let s = sub_of(&c.app, &p.nqn)?;
+    let mut hosts = s.hosts.lock().unwrap();
+    let h = hosts
+        .iter_mut()
+        .find(|h| h.nqn == p.host)
+        .ok_or_else(|| RpcError::errno(libc::ENOENT, format!("host {} is not allowed on {}", p.host, p.nqn)))?;
+    h.dhchap_key = p.dhchap_key;
+    h.dhchap_ctrlr_key = p.dhchap_ctrlr_key;
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetConfig {
+    dhchap_digests: Option<Vec<String>>,
+    dhchap_dhgroups: Option<Vec<String>>,
+    // The rest of SPDK's nvmf_set_config: accepted at the values that mean what Palisade does.
+    admin_cmd_passthru: Option<Value>,
+    poll_groups_mask: Option<String>,
+    discovery_filter: Option<String>,
+    discovery_filters: Option<Vec<String>>,
+    dup_host_policy: Option<String>,
+    acceptor_poll_rate: Option<u32>,
+    conn_sched: Option<String>,
+}
+
+/// nvmf_set_config: DH-HMAC-CHAP's allowed digests and groups (SPDK's names); they apply to
+/// the next authentication.
+async fn nvmf_set_config(c: Call) -> RpcResult {
+    let p: SetConfig = c.params()?;
+    let _ = (&p.poll_groups_mask, p.acceptor_poll_rate, &p.conn_sched);
+    if let Some(v) = &p.admin_cmd_passthru {
+        if v.as_object().is_some_and(|o| o.values().any(|x| x != &json!(false))) {
+            return Err(RpcError::invalid_params("admin_cmd_passthru: NVMe passthrough is not supported"));
+        }
+    }
+    let filters: Vec<&str> = p.discovery_filter.iter().map(String::as_str).chain(p.discovery_filters.iter().flatten().map(String::as_str)).collect();
+    if filters.iter().any(|f| *f != "match_any") {
+        return Err(RpcError::invalid_params("discovery filters other than match_any are not supported"));
+    }
+    if p.dup_host_policy.as_deref().is_some_and(|d| d != "allow") {
+        return Err(RpcError::invalid_params("dup_host_policy: only allow is supported"));
+    }
+    let pick = |what: &str, v: &Option<Vec<String>>, known: &[&str]| -> Result<Option<Vec<String>>, RpcError> {
+        let Some(v) = v else { return Ok(None) };
+        if v.is_empty() {
+            return Err(RpcError::invalid_params(format!("dhchap_{what}: empty")));
+        }
+        for x in v {
+            if !known.contains(&x.as_str()) {
+                return Err(RpcError::invalid_params(format!("dhchap_{what}: unknown {x} (known: {})", known.join(", "))));
+            }
+        }
+        // Kept in the spec's order, whatever order they came in.
+        Ok(Some(known.iter().filter(|k| v.iter().any(|x| x == *k)).map(|k| k.to_string()).collect()))
+    };
+    let digests = pick("digests", &p.dhchap_digests, &nvmf::AuthConfig::DIGESTS)?;
+    let groups = pick("dhgroups", &p.dhchap_dhgroups, &nvmf::AuthConfig::DHGROUPS)?;
+    let _g = c.app.mgmt.lock().await;
+    let mut cfg = c.app.nvmf.auth_config.lock().unwrap();
+    if let Some(d) = digests {
+        cfg.digests = d;
+    }
+    if let Some(g) = groups {
+        cfg.dhgroups = g;
+    }
     ok()
 }
 
@@ -502,9 +603,20 @@ fn addr_json(a: &ListenAddr) -> Value {
     json!({"trtype": a.trtype, "adrfam": a.adrfam, "traddr": a.traddr, "trsvcid": a.trsvcid})
 }
 
+/// A host entry as SPDK shows and saves it: the key names it has.
+fn host_json(h: &nvmf::HostEntry) -> Value {
+    let mut v = json!({"nqn": h.nqn});
+    for (k, x) in [("psk", &h.psk), ("dhchap_key", &h.dhchap_key), ("dhchap_ctrlr_key", &h.dhchap_ctrlr_key)] {
+        if let Some(x) = x {
+            v[k] = json!(x);
+        }
+    }
+    v
+}
+
 fn describe(s: &nvmf::Subsystem) -> Value {
     let listeners: Vec<Value> = s.listeners.lock().unwrap().iter().map(addr_json).collect();
-    let hosts: Vec<Value> = s.hosts.lock().unwrap().iter().map(|h| json!({"nqn": h})).collect();
+    let hosts: Vec<Value> = s.hosts.lock().unwrap().iter().map(host_json).collect();
     let mut v = json!({
         "nqn": s.nqn,
         "subtype": if s.subtype == SubType::Discovery { "Discovery" } else { "NVMe" },
@@ -614,7 +726,7 @@ async fn nvmf_subsystem_get_listeners(c: Call) -> RpcResult {
         g.sort_unstable();
         g.dedup();
         let states: Vec<Value> = g.iter().map(|&id| json!({"ana_group": id, "ana_state": ana.effective(local, id).name()})).collect();
-        v.push(json!({"address": addr_json(&a), "ana_state": ana.effective(local, 0).name(), "ana_states": states}));
+        v.push(json!({"address": addr_json(&a), "ana_state": ana.effective(local, 0).name(), "ana_states": states, "secure_channel": s.listener_secure(&a)}));
     }
     Ok(json!(v))
 }
@@ -623,6 +735,10 @@ async fn nvmf_subsystem_get_listeners(c: Call) -> RpcResult {
 fn nvmf_config(app: &App) -> Vec<Entry> {
     let mut out = Vec::new();
     let e = |method: &str, params: Value| Entry { method: method.into(), params: Some(params) };
+    let auth = app.nvmf.auth_config.lock().unwrap().clone();
+    if auth != nvmf::AuthConfig::default() {
+        out.push(e("nvmf_set_config", json!({"dhchap_digests": auth.digests, "dhchap_dhgroups": auth.dhgroups})));
+    }
     if let Some(t) = app.nvmf.transport() {
         let mut v = serde_json::to_value(&*t).unwrap();
         v.as_object_mut().unwrap().remove("ack_timeout");
@@ -632,7 +748,11 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
     for s in app.nvmf.subsystems() {
         if s.subtype == SubType::Discovery {
             for a in s.listeners.lock().unwrap().iter() {
-                out.push(e("nvmf_subsystem_add_listener", json!({"nqn": s.nqn, "listen_address": addr_json(a)})));
+                let mut l = json!({"nqn": s.nqn, "listen_address": addr_json(a)});
+                if s.listener_secure(a) {
+                    l["secure_channel"] = json!(true);
+                }
+                out.push(e("nvmf_subsystem_add_listener", l));
             }
             continue;
         }
@@ -650,7 +770,10 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
             }),
         ));
         for h in s.hosts.lock().unwrap().iter() {
-            out.push(e("nvmf_subsystem_add_host", json!({"nqn": s.nqn, "host": h})));
+            let mut p = host_json(h);
+            p["host"] = p["nqn"].take();
+            p["nqn"] = json!(s.nqn);
+            out.push(e("nvmf_subsystem_add_host", p));
         }
         for n in s.namespaces().iter() {
             let mut ns = json!({"bdev_name": n.bdev_name, "nsid": n.nsid});
@@ -678,7 +801,11 @@ fn nvmf_config(app: &App) -> Vec<Entry> {
             out.push(e("nvmf_subsystem_add_ns", json!({"nqn": s.nqn, "namespace": ns})));
         }
         for a in s.listeners.lock().unwrap().iter() {
-            out.push(e("nvmf_subsystem_add_listener", json!({"nqn": s.nqn, "listen_address": addr_json(a)})));
+            let mut l = json!({"nqn": s.nqn, "listen_address": addr_json(a)});
+            if s.listener_secure(a) {
+                l["secure_channel"] = json!(true);
+            }
+            out.push(e("nvmf_subsystem_add_listener", l));
             // ANA states set on the listener (what follows the node is not configuration).
             if let Some(ana) = s.listener_ana(a) {
                 for (grp, st) in ana.settings() {
@@ -710,6 +837,8 @@ pub fn decode_params(method: &str, p: &Option<serde_json::Value>) -> Option<Resu
         "nvmf_subsystem_add_host" => decode::<HostParams>(p).map(drop),
         "nvmf_subsystem_remove_host" => decode::<HostParams>(p).map(drop),
         "nvmf_subsystem_allow_any_host" => decode::<AllowAny>(p).map(drop),
+        "nvmf_subsystem_set_keys" => decode::<SetKeys>(p).map(drop),
+        "nvmf_set_config" => decode::<SetConfig>(p).map(drop),
         "nvmf_get_subsystems" => decode::<GetSubsystems>(p).map(drop),
         "nvmf_subsystem_get_controllers" => decode::<NqnOnly>(p).map(drop),
         "nvmf_subsystem_get_qpairs" => decode::<NqnOnly>(p).map(drop),

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod ana;
+pub mod auth;
 pub mod discovery;
 pub mod fabrics;
 pub mod host;

@@ -4,7 +4,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::nvme::spec::{fctype, prop, sc, Sqe, Status};
+use crate::nvmf::auth::target::TargetKeys;
+use crate::nvmf::auth::{DhGroup, Digest, Secret};
 use crate::nvmf::subsystem::QpairInfo;
+use crate::nvmf::Subsystem;
 use crate::nvmf::{Ctrlr, ListenAddr, SubType, Target, TransportOpts};
 
 /// Connect command data (NVMe-oF 3.3.1, Figure 20).
@@ -60,6 +63,8 @@ pub struct Connected {
     pub qid: u16,
     pub sq_entries: u32,
     pub sqflow_disabled: bool,
+    /// The host entry has a DH-HMAC-CHAP key: the queue must authenticate before anything else.
+    pub auth: Option<TargetKeys>,
 }
 
 /// A failed Connect: status and the Invalid Parameter info of dword 0 (NVMe-oF Figure 22:
@@ -89,6 +94,12 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     if !sub.host_allowed(&d.hostnqn) {
         return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0));
     }
+    // Keys are resolved and parsed once per queue, here; a host whose key is missing from the
+    // keyring or unparsable cannot authenticate, so it cannot connect.
+    let auth = auth_keys(t, &sub, &d.hostnqn).map_err(|e| {
+        tracing::warn!(hostnqn = %d.hostnqn, "DH-HMAC-CHAP keys unusable: {e}");
+        (Status::specific(sc::CONNECT_INVALID_HOST), 0)
+    })?;
     if sub.listener_secure(listen) {
         // A listener added with secure_channel admits TLS connections only, and no connection
         // that reaches this Connect carries TLS.
@@ -111,7 +122,7 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
         c.touch_keepalive();
         c.state.lock().unwrap().qpairs.push(QpairInfo { qid: 0, reactor, listen: listen.clone(), peer: peer.to_string() });
         sub.ctrlrs.lock().unwrap().push(c.clone());
-        return Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled });
+        return Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled, auth });
     }
     let c = sub.find_ctrlr(d.cntlid).ok_or_else(|| invalid_param(true, 16))?;
     if c.hostnqn != d.hostnqn || c.hostid != d.hostid || c.is_dead() {
@@ -127,7 +138,35 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     }
     st.qpairs.push(QpairInfo { qid, reactor, listen: listen.clone(), peer: peer.to_string() });
     drop(st);
-    Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled })
+    Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled, auth })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthKeyError {
+    #[error("key {0} is not in the keyring")]
+    Missing(String),
+    #[error("key {0}: {1}")]
+    Parse(String, crate::nvmf::auth::AuthError),
+}
+
+fn load_secret(t: &Target, name: &str) -> Result<Secret, AuthKeyError> {
+    let k = t.keyring.get(name).ok_or_else(|| AuthKeyError::Missing(name.to_string()))?;
+    Secret::parse(&k.secret).map_err(|e| AuthKeyError::Parse(name.to_string(), e))
+}
+
+/// The DH-HMAC-CHAP keys and allowed digests/groups for `hostnqn` on `sub` (None: no key, no
+/// authentication). Called at Connect and when a host starts re-authentication, so keys set by
+/// nvmf_subsystem_set_keys apply to the next transaction.
+pub fn auth_keys(t: &Target, sub: &Subsystem, hostnqn: &str) -> Result<Option<TargetKeys>, AuthKeyError> {
+    let Some(h) = sub.host_entry(hostnqn) else { return Ok(None) };
+    let Some(hk) = h.dhchap_key.as_deref() else { return Ok(None) };
+    let host = load_secret(t, hk)?;
+    let ctrl = h.dhchap_ctrlr_key.as_deref().map(|n| load_secret(t, n)).transpose()?;
+    let cfg = t.auth_config.lock().unwrap().clone();
+    let digests = cfg.digests.iter().filter_map(|n| Digest::from_name(n)).collect();
+    let groups = cfg.dhgroups.iter().filter_map(|n| DhGroup::from_name(n)).collect();
+    // Secure channel concatenation needs a TLS side to hand the PSK to: not offered yet.
+    Ok(Some(TargetKeys { host, ctrl, digests, groups, offer_concat: false }))
 }
 
 /// CAP (Base 3.1.4.1): MQES, CQR, timeout, NVM command set, page size 4 KiB.
@@ -180,9 +219,9 @@ pub fn property_set(c: &Ctrlr, sqe: &Sqe) -> Status {
     Status::SUCCESS
 }
 
-/// Is this fabrics command type one we know? (Authentication is not supported.)
+/// Is this fabrics command type one we know?
 pub fn known_fctype(t: u8) -> bool {
-    matches!(t, fctype::CONNECT | fctype::PROPERTY_GET | fctype::PROPERTY_SET | fctype::DISCONNECT)
+    matches!(t, fctype::CONNECT | fctype::PROPERTY_GET | fctype::PROPERTY_SET | fctype::DISCONNECT | fctype::AUTH_SEND | fctype::AUTH_RECV)
 }
 
 /// Count this controller's I/O queue pairs (nvmf_subsystem_get_controllers).

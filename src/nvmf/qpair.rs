@@ -12,6 +12,8 @@ use super::admin::{self, Outcome};
 use super::fabrics;
 use super::transport::{CmdData, QpError, Transport};
 use super::{Ctrlr, ListenAddr, Namespace, SubType, Target, TransportOpts};
+use super::auth::target::{SendResult, Step, TargetAuth};
+use crate::nvme::auth::{AuthSqe, CONNECT_AUTHREQ_ATR, SC_AUTH_REQUIRED};
 use crate::nvme::io::{self as nio, Dir};
 use crate::nvme::reservation as nv;
 use crate::nvme::spec::{admin as aop, fctype, io as iop, sc, sgl, Cqe, Sqe, Status};
@@ -117,6 +119,11 @@ pub struct QPair {
     scratch: Vec<u8>,
     /// The slot the last [`CmdData::Later`] capsule's data lands in.
     landing: Option<u16>,
+    /// DH-HMAC-CHAP state when the host entry has a key (built at Connect, off the data path).
+    auth: Option<Box<TargetAuth>>,
+    /// Commands other than Connect/AUTH_Send/AUTH_Receive/Disconnect may run: the one check the
+    /// data path pays (a plain field, no lock).
+    auth_ok: bool,
 }
 
 impl QPair {
@@ -147,6 +154,8 @@ impl QPair {
             ns_gen: u64::MAX,
             scratch: Vec::new(),
             landing: None,
+            auth: None,
+            auth_ok: true,
         }
     }
 
@@ -389,6 +398,9 @@ impl QPair {
         if self.ctrlr.is_none() {
             return self.respond(core, tx, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR), 0, 0);
         }
+        if !self.auth_ok {
+            return self.respond(core, tx, idx, Status::specific(SC_AUTH_REQUIRED), 0, 0);
+        }
         if self.qid == 0 {
             self.admin(core, tx, idx, sqe)
         } else {
@@ -433,7 +445,14 @@ impl QPair {
                         self.parked.reserve(n);
                         self.tx_wait.reserve(n);
                         tracing::debug!(peer = %self.peer, qid = self.qid, cntlid, "connected");
-                        self.respond(core, tx, idx, Status::SUCCESS, cntlid as u32, 0);
+                        let mut dw0 = cntlid as u32;
+                        if let Some(keys) = c.auth {
+                            let ctrlr = self.ctrlr.as_ref().unwrap();
+                            self.auth = Some(Box::new(TargetAuth::new(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now)));
+                            self.auth_ok = false;
+                            dw0 |= CONNECT_AUTHREQ_ATR;
+                        }
+                        self.respond(core, tx, idx, Status::SUCCESS, dw0, 0);
                     }
                     Err((st, dw0)) => {
                         tracing::info!(peer = %self.peer, "Connect refused: {st}");
@@ -444,6 +463,8 @@ impl QPair {
             fctype::PROPERTY_GET | fctype::PROPERTY_SET if self.qid != 0 || self.ctrlr.is_none() => {
                 self.respond(core, tx, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR), 0, 0)
             }
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET if !self.auth_ok => self.respond(core, tx, idx, Status::specific(SC_AUTH_REQUIRED), 0, 0),
+            fctype::AUTH_SEND | fctype::AUTH_RECV => self.auth_cmd(core, tx, idx, sqe),
             fctype::PROPERTY_GET => {
                 let r = fabrics::property_get(self.ctrlr.as_ref().unwrap(), &self.opts, &sqe);
                 match r {
@@ -510,6 +531,77 @@ impl QPair {
                 self.respond(core, tx, idx, Status::SUCCESS, 1, 0)
             }
         }
+    }
+
+    /// AUTH_Send / AUTH_Receive (Base 2.0 §8.13): feed the queue's DH-HMAC-CHAP state machine.
+    fn auth_cmd<T: Transport>(&mut self, core: &mut Core, tx: &mut T, idx: usize, sqe: Sqe) {
+        let a = AuthSqe::decode(&sqe.0);
+        if self.ctrlr.is_none() {
+            return self.respond(core, tx, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR), 0, 0);
+        }
+        if !a.is_dhchap() {
+            return self.respond(core, tx, idx, Status::generic(sc::INVALID_FIELD), 0, 0);
+        }
+        if self.auth.is_none() {
+            // No key for this host: nothing to authenticate (Linux answers the same way).
+            return self.respond(core, tx, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR), 0, 0);
+        }
+        let now = core.now;
+        if sqe.fctype() == fctype::AUTH_SEND {
+            let buf = self.slots[idx].buf.take();
+            let data = buf.as_deref().unwrap_or(&[]);
+            if a.len as usize != data.len() {
+                return self.respond(core, tx, idx, Status::generic(sc::INVALID_FIELD), 0, 0);
+            }
+            // A Negotiate starts a transaction: keys changed by nvmf_subsystem_set_keys apply now.
+            if data.len() >= 2 && data[..2] == [0, 0] {
+                let c = self.ctrlr.as_ref().unwrap();
+                if let Ok(Some(k)) = fabrics::auth_keys(&self.t, &c.sub, &c.hostnqn) {
+                    self.auth.as_mut().unwrap().set_keys(k);
+                }
+            }
+            let r = self.auth.as_mut().unwrap().on_send(data, now);
+            drop(buf);
+            match r {
+                SendResult::Ok => self.respond(core, tx, idx, Status::SUCCESS, 0, 0),
+                SendResult::InvalidField => self.respond(core, tx, idx, Status::generic(sc::INVALID_FIELD), 0, 0),
+                SendResult::Abort => {
+                    self.respond(core, tx, idx, Status::SUCCESS, 0, 0);
+                    self.auth_failed(core, tx);
+                }
+            }
+        } else {
+            let auth = self.auth.as_mut().unwrap();
+            let out = auth.on_receive(now);
+            let dead = auth.step() == Step::Dead;
+            let n = out.len().min(a.len as usize).min(self.slots[idx].len as usize);
+            if n > 0 {
+                tx.send_data(core, sqe.cid(), &out[..n]);
+            }
+            self.respond(core, tx, idx, Status::SUCCESS, 0, 0);
+            if dead {
+                self.auth_failed(core, tx);
+            } else {
+                self.auth_ok = self.auth.as_ref().unwrap().authenticated();
+            }
+        }
+        if let Some(a) = self.auth.as_ref() {
+            self.auth_ok = a.authenticated();
+        }
+    }
+
+    /// A failed (re-)authentication ends the queue; on the admin queue, the controller
+    /// (Linux nvmet_ctrl_fatal_error; SPDK disconnects the qpair).
+    fn auth_failed<T: Transport>(&mut self, core: &mut Core, tx: &mut T) {
+        self.auth_ok = false;
+        if let Some(c) = self.ctrlr.as_ref() {
+            tracing::info!(hostnqn = %c.hostnqn, qid = self.qid, "DH-HMAC-CHAP authentication failed: disconnecting");
+            if self.qid == 0 {
+                c.kill();
+            }
+        }
+        self.closing = true;
+        tx.close(core);
     }
 
     /// Complete parked AERs with pending events.
@@ -696,6 +788,9 @@ impl QPair {
         if c.is_dead() {
             self.closing = true;
             tx.close(core);
+        } else if self.auth.as_ref().is_some_and(|a| a.expired(core.now)) {
+            tracing::info!(hostnqn = %c.hostnqn, qid = self.qid, "DH-HMAC-CHAP transaction timed out");
+            self.auth_failed(core, tx);
         } else if self.qid == 0 && c.keepalive_expired(core.now) {
             tracing::warn!(cntlid = c.cntlid, subnqn = %c.sub.nqn, hostnqn = %c.hostnqn, "keep-alive timeout: tearing down the controller");
             c.kill();

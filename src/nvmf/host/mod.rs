@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::nvme::spec::{self, admin, cns, fctype, prop, sgl, Cqe, Sgl, Sqe, Status};
+use crate::nvme::auth::{AuthSqe, CONNECT_AUTHREQ_ATR};
+use crate::nvmf::auth::host::{HostAuthConfig, HostAuthError, HostTransaction};
 use crate::nvmf::fabrics::{build_connect_sqe, ConnectData};
 use crate::nvmf::tcp::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp};
 
@@ -32,6 +34,8 @@ pub struct HostOpts {
     /// Ask the controller to disable SQ flow control (lets it use the C2HData SUCCESS flag).
     pub disable_sqflow: bool,
     pub timeout: Duration,
+    /// DH-HMAC-CHAP: used when a Connect response asks for authentication (every queue).
+    pub dhchap: Option<HostAuthConfig>,
 }
 
 impl HostOpts {
@@ -47,6 +51,7 @@ impl HostOpts {
             kato_ms: 0,
             disable_sqflow: true,
             timeout: Duration::from_secs(10),
+            dhchap: None,
         }
     }
 }
@@ -63,6 +68,10 @@ pub enum HostError {
     Terminated(u16, u32),
     #[error("timed out")]
     Timeout,
+    #[error("the controller requires DH-HMAC-CHAP authentication and no secret was given")]
+    AuthRequired,
+    #[error("DH-HMAC-CHAP: {0}")]
+    Auth(#[from] HostAuthError),
 }
 
 pub type Result<T> = std::result::Result<T, HostError>;
@@ -110,6 +119,17 @@ impl Queue {
     /// Open a TCP connection, exchange ICReq/ICResp and Connect queue `qid` with `sq_entries`
     /// entries (cntlid 0xffff for the admin queue).
     pub fn connect(o: &HostOpts, qid: u16, sq_entries: u16, cntlid: u16) -> Result<Queue> {
+        let (mut q, dw0) = Queue::connect_raw(o, qid, sq_entries, cntlid)?;
+        if dw0 & CONNECT_AUTHREQ_ATR != 0 {
+            let cfg = o.dhchap.as_ref().ok_or(HostError::AuthRequired)?;
+            q.authenticate(cfg, &o.hostnqn, &o.subnqn)?;
+        }
+        Ok(q)
+    }
+
+    /// [`Queue::connect`] without acting on the Connect response's AUTHREQ bits (returned as
+    /// dword 0): for tests that drive authentication step by step.
+    pub fn connect_raw(o: &HostOpts, qid: u16, sq_entries: u16, cntlid: u16) -> Result<(Queue, u32)> {
         let sock = TcpStream::connect_timeout(&o.addr, o.timeout)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(o.timeout))?;
@@ -162,7 +182,50 @@ impl Queue {
             return Err(HostError::Status(cqe.status));
         }
         q.cntlid = cqe.dw0 as u16;
-        Ok(q)
+        Ok((q, cqe.dw0))
+    }
+
+    /// Run one DH-HMAC-CHAP transaction on this queue (after Connect, or again to
+    /// re-authenticate). A controller that fails to prove itself (bidirectional) gets
+    /// AUTH_Failure2 and the error.
+    pub fn authenticate(&mut self, cfg: &HostAuthConfig, hostnqn: &str, subnqn: &str) -> Result<()> {
+        static TID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+        let t_id = TID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut tr = HostTransaction::new(cfg, hostnqn, subnqn, t_id);
+        self.auth_send(&tr.negotiate())?;
+        let ch = self.auth_recv()?;
+        let reply = tr.reply(&ch)?;
+        self.auth_send(&reply)?;
+        let s1 = self.auth_recv()?;
+        match tr.success1(&s1) {
+            Ok(Some(s2)) => self.auth_send(&s2),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                if e == HostAuthError::CtrlMismatch {
+                    let _ = self.auth_send(&tr.failure2());
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn auth_sqe(fct: u8, len: usize) -> Sqe {
+        let mut s = Sqe::default();
+        s.set_opcode(admin::FABRICS);
+        s.0[4] = fct;
+        AuthSqe::dhchap(len as u32).encode(&mut s.0);
+        s
+    }
+
+    /// AUTH_Send with `data` as the transfer.
+    pub fn auth_send(&mut self, data: &[u8]) -> Result<()> {
+        self.cmd(Self::auth_sqe(fctype::AUTH_SEND, data.len()), Some(data), 0).map(drop)
+    }
+
+    /// AUTH_Receive of up to the largest message (a Challenge with an 8192-bit DH value).
+    pub fn auth_recv(&mut self) -> Result<Vec<u8>> {
+        const AL: usize = 16 + 64 + 1024;
+        Ok(self.cmd(Self::auth_sqe(fctype::AUTH_RECV, AL), None, AL)?.1)
     }
 
     pub fn depth(&self) -> usize {

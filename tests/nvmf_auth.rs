@@ -224,3 +224,33 @@ fn reauth_during_io_and_key_rotation() {
     assert_eq!(c2.namespaces().unwrap(), vec![1]);
     drop(t);
 }
+
+#[test]
+fn perf_with_dhchap_and_reauth() {
+    let hk = secret(10, 3);
+    let ck = secret(11, 0);
+    let (t, port) = setup(&hk, Some(&ck));
+    // The host secret from a file, the controller secret inline (both forms nvme-cli accepts).
+    let f = t.path("host.secret");
+    std::fs::write(&f, format!("{}\n", hk.encode())).unwrap();
+    let run = |ctrl: &Secret, extra: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(["perf", "--transport", "tcp", "--addr", "127.0.0.1", "--port", &port.to_string(), "--nqn", NQN, "--hostnqn", HOST])
+            .args(["--dhchap-secret", f.to_str().unwrap(), "--dhchap-ctrl-secret", &ctrl.encode()])
+            .args(["--qd", "8", "--rw", "randrw", "--verify", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&ck, &["--time", "3500ms", "--reauth-every", "1s", "--dhchap-digest", "sha384,sha512", "--dhchap-dhgroup", "ffdhe2048"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(err.matches("re-authenticated").count() >= 2, "{err}");
+    // A controller that cannot prove the controller key: perf aborts before any I/O.
+    let out = run(&secret(12, 0), &["--time", "1s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("controller failed to authenticate"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(t);
+}

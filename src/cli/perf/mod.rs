@@ -151,6 +151,23 @@ pub struct PerfArgs {
     /// logs in this many connections sharing its CmdSN.
     #[arg(long, default_value_t = 1)]
     pub connections: u16,
+    /// NVMe/TCP DH-HMAC-CHAP host secret: a `DHHC-1:…:` string or a file holding one (nvme-cli's
+    /// --dhchap-secret).
+    #[arg(long = "dhchap-secret")]
+    pub dhchap_secret: Option<String>,
+    /// Controller secret for bidirectional authentication (nvme-cli's --dhchap-ctrl-secret): the
+    /// run aborts if the controller cannot prove it holds it.
+    #[arg(long = "dhchap-ctrl-secret", requires = "dhchap_secret")]
+    pub dhchap_ctrl_secret: Option<String>,
+    /// Digests to offer, comma-separated (sha256,sha384,sha512; default all).
+    #[arg(long = "dhchap-digest", value_delimiter = ',')]
+    pub dhchap_digest: Vec<String>,
+    /// DH groups to offer, comma-separated (null,ffdhe2048,…,ffdhe8192; default all).
+    #[arg(long = "dhchap-dhgroup", value_delimiter = ',')]
+    pub dhchap_dhgroup: Vec<String>,
+    /// Re-authenticate the admin queue this often during the run (e.g. 2s).
+    #[arg(long = "reauth-every", value_parser = parse_duration, requires = "dhchap_secret")]
+    pub reauth_every: Option<Duration>,
     #[arg(long = "chap-user")]
     pub chap_user: Option<String>,
     #[arg(long = "chap-secret")]
@@ -595,6 +612,10 @@ fn run_inner(a: &PerfArgs) -> Result<bool, String> {
             tick += 1;
             if let Some(s) = session.as_mut() {
                 s.keep_alive();
+                if let Err(e) = s.maybe_reauth() {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         }
         if handles.iter().all(|h| h.is_finished()) {

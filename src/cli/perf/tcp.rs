@@ -1,9 +1,11 @@
 //! NVMe/TCP queues for `palisade perf`, on the host library in `nvmf::host`.
 
 use std::net::ToSocketAddrs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{PerfArgs, PerfQueue, PrType};
+use crate::nvmf::auth::host::HostAuthConfig;
+use crate::nvmf::auth::{DhGroup, Digest, Secret};
 use crate::nvmf::host::{rw_sqe, Controller, HostOpts, Queue};
 
 pub struct TcpQueue {
@@ -65,9 +67,26 @@ impl PerfQueue for TcpQueue {
 pub struct Session {
     pub ctrlr: Controller,
     pub nsid: u32,
+    /// `--reauth-every`: interval and when the admin queue last authenticated.
+    pub reauth: Option<(Duration, Instant)>,
 }
 
 impl Session {
+    /// Re-authenticate the admin queue when `--reauth-every` says it is time (I/O keeps running
+    /// on the I/O queues meanwhile).
+    pub fn maybe_reauth(&mut self) -> Result<(), String> {
+        let Some((every, last)) = self.reauth else { return Ok(()) };
+        if last.elapsed() < every {
+            return Ok(());
+        }
+        let o = &self.ctrlr.opts;
+        let cfg = o.dhchap.as_ref().ok_or("--reauth-every needs --dhchap-secret")?;
+        self.ctrlr.admin.authenticate(cfg, &o.hostnqn, &o.subnqn).map_err(|e| format!("re-authentication: {e}"))?;
+        eprintln!("re-authenticated (DH-HMAC-CHAP)");
+        self.reauth = Some((every, Instant::now()));
+        Ok(())
+    }
+
     pub fn keep_alive(&mut self) {
         let _ = self.ctrlr.admin.keep_alive();
     }
@@ -89,6 +108,7 @@ pub fn open(a: &PerfArgs) -> Result<(Session, Vec<Box<dyn PerfQueue>>), String> 
     o.hdgst = a.hdgst;
     o.ddgst = a.ddgst;
     o.kato_ms = 30_000;
+    o.dhchap = dhchap_config(a)?;
     let mut c = Controller::connect(&o).map_err(|e| format!("connect to {addr} {nqn}: {e}"))?;
     let nsid = match a.nsid {
         Some(n) => n,
@@ -110,5 +130,26 @@ pub fn open(a: &PerfArgs) -> Result<(Session, Vec<Box<dyn PerfQueue>>), String> 
         let q = c.io_queue(qid, entries).map_err(|e| format!("connect I/O queue {qid}: {e}"))?;
         qs.push(Box::new(TcpQueue { q, nsid, bs: ns.block_size, nblocks: ns.nsze, depth }));
     }
-    Ok((Session { ctrlr: c, nsid }, qs))
+    Ok((Session { ctrlr: c, nsid, reauth: a.reauth_every.map(|d| (d, Instant::now())) }, qs))
+}
+
+/// A DHHC-1 secret given inline or as a file holding it.
+fn load_secret(v: &str) -> Result<Secret, String> {
+    let text = if v.trim_start().starts_with("DHHC-1:") { v.to_string() } else { std::fs::read_to_string(v).map_err(|e| format!("{v}: {e}"))? };
+    // Never echo an inline secret into an error message.
+    let what = if text == v { "--dhchap-secret value" } else { v };
+    Secret::parse(&text).map_err(|e| format!("{what}: {e}"))
+}
+
+/// --dhchap-* flags → what the host offers and proves with (None: no authentication).
+fn dhchap_config(a: &PerfArgs) -> Result<Option<HostAuthConfig>, String> {
+    let Some(s) = &a.dhchap_secret else { return Ok(None) };
+    let mut cfg = HostAuthConfig::new(load_secret(s)?, a.dhchap_ctrl_secret.as_deref().map(load_secret).transpose()?);
+    if !a.dhchap_digest.is_empty() {
+        cfg.digests = a.dhchap_digest.iter().map(|n| Digest::from_name(n).ok_or_else(|| format!("unknown digest {n}"))).collect::<Result<_, _>>()?;
+    }
+    if !a.dhchap_dhgroup.is_empty() {
+        cfg.groups = a.dhchap_dhgroup.iter().map(|n| DhGroup::from_name(n).ok_or_else(|| format!("unknown DH group {n}"))).collect::<Result<_, _>>()?;
+    }
+    Ok(Some(cfg))
 }

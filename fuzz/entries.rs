@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("scsi_cdb", scsi_cdb),
     ("nvme_cmd", nvme_cmd),
     ("rpc_params", rpc_params),
+    ("nvme_auth", nvme_auth),
 ];
 
 /// Findings already reported and being fixed, named in `PALISADE_FUZZ_KNOWN` (comma-separated),
@@ -541,5 +542,59 @@ pub fn rpc_params(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+// ---- NVMe in-band authentication (DH-HMAC-CHAP) ------------------------------------------------
+
+/// Input: byte 0 = flags (bit 0: the target also allows ffdhe2048; bit 1: a controller key);
+/// then records of `[op, len_lo, len_hi, bytes...]`: op bit 0 set = an AUTH_Receive, clear = an
+/// AUTH_Send of `bytes`. Every record's bytes also go through every message decoder.
+///
+/// Asserts: decoded messages re-encode to something that decodes to the same message; a
+/// stranger (who does not know the key) never gets the queue authenticated; after AUTH_Failure1
+/// the queue is dead and stays dead.
+pub fn nvme_auth(data: &[u8]) {
+    use palisade::nvme::auth::{Challenge, Failure, Message, Negotiate, Reply, Success1, Success2};
+    use palisade::nvmf::auth::target::{SendResult, Step, TargetAuth, TargetKeys};
+    use palisade::nvmf::auth::{DhGroup, Digest, Secret};
+    let Some((&flags, mut rest)) = data.split_first() else { return };
+    let mut groups = vec![DhGroup::Null];
+    if flags & 1 != 0 {
+        groups.push(DhGroup::Ffdhe2048);
+    }
+    let key = |b: u8| Secret { transform: 0, key: vec![b; 32] };
+    let keys = TargetKeys { host: key(0x11), ctrl: (flags & 2 != 0).then(|| key(0x22)), digests: Digest::ALL.to_vec(), groups, offer_concat: false };
+    let now = std::time::Instant::now();
+    let mut t = TargetAuth::new(keys, "nqn.fuzz.host", "nqn.fuzz.sub", now);
+    let mut dead = false;
+    while rest.len() >= 3 {
+        let op = rest[0];
+        let n = (u16::from_le_bytes([rest[1], rest[2]]) as usize).min(rest.len() - 3);
+        let b = &rest[3..3 + n];
+        rest = &rest[3 + n..];
+        if let Ok(m) = Message::decode(b) {
+            let again = match &m {
+                Message::Negotiate(x) => Negotiate::decode(&x.encode()).map(Message::Negotiate),
+                Message::Challenge(x) => Challenge::decode(&x.encode()).map(Message::Challenge),
+                Message::Reply(x) => Reply::decode(&x.encode()).map(Message::Reply),
+                Message::Success1(x) => Success1::decode(&x.encode()).map(Message::Success1),
+                Message::Success2(x) => Success2::decode(&x.encode()).map(Message::Success2),
+                Message::Failure(x) => Failure::decode(&x.encode()).map(Message::Failure),
+            };
+            // Fields beyond 255 bytes are not representable (HL is one byte): a decoded message
+            // always is, so it must survive the round trip.
+            assert_eq!(again.as_ref(), Ok(&m), "auth message round trip");
+        }
+        if op & 1 != 0 {
+            let _ = t.on_receive(now);
+        } else if t.on_send(b, now) == SendResult::Abort {
+            dead = true;
+        }
+        if t.step() == Step::Dead {
+            dead = true;
+        }
+        assert!(!t.authenticated(), "a stranger authenticated");
+        assert!(!dead || t.step() == Step::Dead, "a dead queue came back");
     }
 }

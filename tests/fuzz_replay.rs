@@ -507,6 +507,40 @@ fn generate_seeds() {
         s.set_opcode(opc).set_cdw(10, fid).set_cdw(11, v);
         seed("nvme_cmd", &s.0);
     }
+    nvme_auth_seeds();
+}
+
+/// nvme_auth: a host's side of transactions (every message it sends, with the receives
+/// between), a failure, and each message alone.
+fn nvme_auth_seeds() {
+    use palisade::nvme::auth::{msg, Failure, Negotiate, Success2};
+    use palisade::nvmf::auth::host::{HostAuthConfig, HostTransaction};
+    use palisade::nvmf::auth::{DhGroup, Secret};
+    use palisade::nvmf::auth::target::{TargetAuth, TargetKeys};
+    let rec = |op: u8, b: &[u8]| [&[op, b.len() as u8, (b.len() >> 8) as u8][..], b].concat();
+    let key = Secret { transform: 0, key: vec![0x11; 32] };
+    for (flags, group) in [(0u8, DhGroup::Null), (1, DhGroup::Ffdhe2048), (3, DhGroup::Null)] {
+        let mut cfg = HostAuthConfig::new(key.clone(), (flags & 2 != 0).then(|| Secret { transform: 0, key: vec![0x22; 32] }));
+        cfg.groups = vec![group];
+        let keys = TargetKeys { host: key.clone(), ctrl: cfg.ctrl_secret.clone(), digests: cfg.digests.clone(), groups: vec![group], offer_concat: false };
+        let now = std::time::Instant::now();
+        let mut t = TargetAuth::new(keys, "nqn.fuzz.host", "nqn.fuzz.sub", now);
+        let mut h = HostTransaction::new(&cfg, "nqn.fuzz.host", "nqn.fuzz.sub", 1);
+        let neg = h.negotiate();
+        t.on_send(&neg, now);
+        let reply = h.reply(&t.on_receive(now)).unwrap();
+        let mut input = vec![flags];
+        input.extend(rec(0, &neg));
+        input.extend(rec(1, &[]));
+        input.extend(rec(0, &reply));
+        input.extend(rec(1, &[]));
+        input.extend(rec(0, &Success2 { t_id: 1 }.encode()));
+        seed("nvme_auth", &input);
+        seed("nvme_auth", &[&[flags][..], &rec(0, &reply)].concat());
+    }
+    let f = Failure { id: msg::FAILURE2, t_id: 1, reason: 1, explanation: 1 }.encode();
+    let n = Negotiate { t_id: 9, sc_c: 1, hashes: vec![1, 2, 3, 9], dhgroups: vec![0, 1, 2, 3, 4, 5, 7] }.encode();
+    seed("nvme_auth", &[&[0u8][..], &rec(0, &n), &rec(1, &[]), &rec(0, &f), &rec(1, &[])].concat());
 }
 
 /// Inputs the fuzz targets' invariants caught on code that had issue 11 findings 1 (CHAP bypass)

@@ -96,7 +96,9 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     }
     // Keys are resolved and parsed once per queue, here; a host whose key is missing from the
     // keyring or unparsable cannot authenticate, so it cannot connect.
-    let auth = auth_keys(t, &sub, &d.hostnqn).map_err(|e| {
+    // Secure channel concatenation is offered on the admin queue of a secure_channel listener.
+    let concat = qid == 0 && sub.listener_secure(listen);
+    let auth = auth_keys(t, &sub, &d.hostnqn, concat).map_err(|e| {
         tracing::warn!(hostnqn = %d.hostnqn, "DH-HMAC-CHAP keys unusable: {e}");
         (Status::specific(sc::CONNECT_INVALID_HOST), 0)
     })?;
@@ -157,7 +159,7 @@ fn load_secret(t: &Target, name: &str) -> Result<Secret, AuthKeyError> {
 /// The DH-HMAC-CHAP keys and allowed digests/groups for `hostnqn` on `sub` (None: no key, no
 /// authentication). Called at Connect and when a host starts re-authentication, so keys set by
 /// nvmf_subsystem_set_keys apply to the next transaction.
-pub fn auth_keys(t: &Target, sub: &Subsystem, hostnqn: &str) -> Result<Option<TargetKeys>, AuthKeyError> {
+pub fn auth_keys(t: &Target, sub: &Subsystem, hostnqn: &str, offer_concat: bool) -> Result<Option<TargetKeys>, AuthKeyError> {
     let Some(h) = sub.host_entry(hostnqn) else { return Ok(None) };
     let Some(hk) = h.dhchap_key.as_deref() else { return Ok(None) };
     let host = load_secret(t, hk)?;
@@ -165,8 +167,7 @@ pub fn auth_keys(t: &Target, sub: &Subsystem, hostnqn: &str) -> Result<Option<Ta
     let cfg = t.auth_config.lock().unwrap().clone();
     let digests = cfg.digests.iter().filter_map(|n| Digest::from_name(n)).collect();
     let groups = cfg.dhgroups.iter().filter_map(|n| DhGroup::from_name(n)).collect();
-    // Secure channel concatenation needs a TLS side to hand the PSK to: not offered yet.
-    Ok(Some(TargetKeys { host, ctrl, digests, groups, offer_concat: false }))
+    Ok(Some(TargetKeys { host, ctrl, digests, groups, offer_concat }))
 }
 
 /// CAP (Base 3.1.4.1): MQES, CQR, timeout, NVM command set, page size 4 KiB.

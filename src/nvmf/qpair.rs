@@ -556,7 +556,8 @@ impl QPair {
             // A Negotiate starts a transaction: keys changed by nvmf_subsystem_set_keys apply now.
             if data.len() >= 2 && data[..2] == [0, 0] {
                 let c = self.ctrlr.as_ref().unwrap();
-                if let Ok(Some(k)) = fabrics::auth_keys(&self.t, &c.sub, &c.hostnqn) {
+                let concat = self.auth.as_ref().unwrap().offers_concat();
+                if let Ok(Some(k)) = fabrics::auth_keys(&self.t, &c.sub, &c.hostnqn, concat) {
                     self.auth.as_mut().unwrap().set_keys(k);
                 }
             }
@@ -581,12 +582,25 @@ impl QPair {
             self.respond(core, tx, idx, Status::SUCCESS, 0, 0);
             if dead {
                 self.auth_failed(core, tx);
-            } else {
-                self.auth_ok = self.auth.as_ref().unwrap().authenticated();
+            } else if let Some(ci) = self.auth.as_mut().unwrap().concat_done.take() {
+                self.store_generated_psk(ci);
             }
         }
         if let Some(a) = self.auth.as_ref() {
             self.auth_ok = a.authenticated();
+        }
+    }
+
+    /// Secure channel concatenation succeeded: derive the TLS PSK (as Linux does) and leave it,
+    /// by identity, for the TLS handshake of the host's next connection.
+    fn store_generated_psk(&mut self, ci: super::auth::target::ConcatInfo) {
+        let Some(c) = self.ctrlr.as_ref() else { return };
+        match super::auth::psk::tls_psk_for(ci.digest, &ci.skey, &ci.c1, &ci.c2, &c.hostnqn, &c.sub.nqn) {
+            Ok((identity, psk)) => {
+                tracing::info!(%identity, "generated TLS PSK (secure channel concatenation)");
+                self.t.generated_psks.lock().unwrap().insert(identity, psk);
+            }
+            Err(e) => tracing::warn!(hostnqn = %c.hostnqn, "secure channel concatenation: {e}"),
         }
     }
 

@@ -15,11 +15,21 @@ pub struct HostAuthConfig {
     pub ctrl_secret: Option<Secret>,
     pub digests: Vec<Digest>,
     pub groups: Vec<DhGroup>,
+    /// Ask for secure channel concatenation (SC_C = NEWTLSPSK): a TLS PSK generated from the
+    /// exchange ([`HostTransaction::generated_psk`]).
+    pub concat: bool,
 }
 
 impl HostAuthConfig {
     pub fn new(secret: Secret, ctrl_secret: Option<Secret>) -> HostAuthConfig {
-        HostAuthConfig { secret, ctrl_secret, digests: Digest::ALL.to_vec(), groups: DhGroup::ALL.to_vec() }
+        HostAuthConfig { secret, ctrl_secret, digests: Digest::ALL.to_vec(), groups: DhGroup::ALL.to_vec(), concat: false }
+    }
+    fn sc_c(&self) -> u8 {
+        if self.concat {
+            crate::nvme::auth::sc_c::NEWTLSPSK
+        } else {
+            crate::nvme::auth::sc_c::NOSC
+        }
     }
 }
 
@@ -46,17 +56,19 @@ pub struct HostTransaction<'a> {
     digest: Digest,
     skey: Option<Vec<u8>>,
     c2: Option<(Vec<u8>, u32)>,
+    c1: Vec<u8>,
+    sent_c2: Vec<u8>,
     /// Chosen (digest, group), known after the challenge.
     pub chosen: Option<(Digest, DhGroup)>,
 }
 
 impl<'a> HostTransaction<'a> {
     pub fn new(cfg: &'a HostAuthConfig, hostnqn: &'a str, subnqn: &'a str, t_id: u16) -> HostTransaction<'a> {
-        HostTransaction { cfg, hostnqn, subnqn, t_id, digest: Digest::Sha256, skey: None, c2: None, chosen: None }
+        HostTransaction { cfg, hostnqn, subnqn, t_id, digest: Digest::Sha256, skey: None, c2: None, c1: Vec::new(), sent_c2: Vec::new(), chosen: None }
     }
 
     pub fn negotiate(&self) -> Vec<u8> {
-        Negotiate { t_id: self.t_id, sc_c: 0, hashes: self.cfg.digests.iter().map(|d| d.id()).collect(), dhgroups: self.cfg.groups.iter().map(|g| g.id()).collect() }.encode()
+        Negotiate { t_id: self.t_id, sc_c: self.cfg.sc_c(), hashes: self.cfg.digests.iter().map(|d| d.id()).collect(), dhgroups: self.cfg.groups.iter().map(|g| g.id()).collect() }.encode()
     }
 
     fn challenge(b: &[u8]) -> Result<Challenge, HostAuthError> {
@@ -84,7 +96,8 @@ impl<'a> HostTransaction<'a> {
         } else if !c.dhv.is_empty() {
             return Err(HostAuthError::Protocol("DH value with the NULL group"));
         }
-        let t = Transcript { digest: d, skey: self.skey.as_deref(), challenge: &c.c1, seqnum: c.seqnum, t_id: self.t_id, sc_c: 0 };
+        let t = Transcript { digest: d, skey: self.skey.as_deref(), challenge: &c.c1, seqnum: c.seqnum, t_id: self.t_id, sc_c: self.cfg.sc_c() };
+        self.c1 = c.c1.clone();
         let key = self.cfg.secret.transformed(self.hostnqn)?;
         let r1 = host_response(&t, &key, self.hostnqn, self.subnqn)?;
         let (cvalid, c2, s2) = if self.cfg.ctrl_secret.is_some() {
@@ -100,6 +113,7 @@ impl<'a> HostTransaction<'a> {
         } else {
             (false, vec![0; d.len()], 0)
         };
+        self.sent_c2 = c2.clone();
         Ok(Reply { t_id: self.t_id, cvalid, seqnum: s2, r1, c2, dhv }.encode())
     }
 
@@ -119,13 +133,20 @@ impl<'a> HostTransaction<'a> {
         if !s.rvalid {
             return Err(HostAuthError::CtrlMismatch);
         }
-        let t = Transcript { digest: self.digest, skey: self.skey.as_deref(), challenge: c2, seqnum: *s2, t_id: self.t_id, sc_c: 0 };
+        let t = Transcript { digest: self.digest, skey: self.skey.as_deref(), challenge: c2, seqnum: *s2, t_id: self.t_id, sc_c: self.cfg.sc_c() };
         let key = self.cfg.ctrl_secret.as_ref().unwrap().transformed(self.subnqn)?;
         let want = ctrl_response(&t, &key, self.hostnqn, self.subnqn)?;
         if !ct_eq(&want, &s.r2) {
             return Err(HostAuthError::CtrlMismatch);
         }
         Ok(Some(crate::nvme::auth::Success2 { t_id: self.t_id }.encode()))
+    }
+
+    /// After a successful SC_C transaction: (PSK identity, TLS PSK) as the controller derives
+    /// them. None without a DH session key (the NULL group cannot generate one).
+    pub fn generated_psk(&self) -> Option<Result<(String, Vec<u8>), super::AuthError>> {
+        let skey = self.skey.as_ref()?;
+        Some(super::psk::tls_psk_for(self.digest, skey, &self.c1, &self.sent_c2, self.hostnqn, self.subnqn))
     }
 
     pub fn failure2(&self) -> Vec<u8> {
@@ -213,6 +234,34 @@ mod tests {
         assert_eq!(Message::decode(&f).unwrap(), Message::Failure(Failure { id: msg::FAILURE1, t_id: 5, reason: 1, explanation: 1 }));
         assert!(!t.authenticated());
         assert_eq!(t.step(), Step::Dead);
+    }
+
+    #[test]
+    fn secure_channel_concatenation_agrees_or_is_refused() {
+        let hk = Secret { transform: 0, key: random(32) };
+        let mut cfg = HostAuthConfig::new(hk.clone(), None);
+        cfg.concat = true;
+        cfg.digests = vec![Digest::Sha256];
+        cfg.groups = vec![DhGroup::Ffdhe2048];
+        let now = Instant::now();
+        let mut tk = keys(&hk, None);
+        tk.offer_concat = true;
+        let mut t = TargetAuth::new(tk, "nqn.h", "nqn.s", now);
+        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 2);
+        t.on_send(&h.negotiate(), now);
+        let r = h.reply(&t.on_receive(now)).unwrap();
+        t.on_send(&r, now);
+        assert_eq!(h.success1(&t.on_receive(now)).unwrap(), None);
+        let c = t.concat_done.clone().expect("concat info");
+        let target_side = crate::nvmf::auth::psk::tls_psk_for(c.digest, &c.skey, &c.c1, &c.c2, "nqn.h", "nqn.s").unwrap();
+        let host_side = h.generated_psk().unwrap().unwrap();
+        assert_eq!(target_side, host_side);
+        assert!(host_side.0.starts_with("NVMe1G01 nqn.h nqn.s "));
+        // Not offered: refused with the concatenation-mismatch explanation.
+        let mut t = TargetAuth::new(keys(&hk, None), "nqn.h", "nqn.s", now);
+        t.on_send(&h.negotiate(), now);
+        let f = Failure::decode(&t.on_receive(now)).unwrap();
+        assert_eq!(f.explanation, reason::EXP_CONCAT_MISMATCH);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod chap;
 pub mod crypto;
 mod ffdhe;
 pub mod host;
+pub mod psk;
 pub mod secret;
 pub mod target;
 

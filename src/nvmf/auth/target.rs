@@ -70,6 +70,8 @@ pub struct TargetAuth {
     dh: Option<DhKey>,
     skey: Option<Vec<u8>>,
     c2: Option<(Vec<u8>, u32)>,
+    /// C2 as the reply carried it (zeros when not bidirectional): the generated PSK uses it.
+    reply_c2: Vec<u8>,
     fail_exp: u8,
     /// After a successful SC_C exchange: the session key material the PSK derivation uses.
     pub concat_done: Option<ConcatInfo>,
@@ -104,6 +106,7 @@ impl TargetAuth {
             dh: None,
             skey: None,
             c2: None,
+            reply_c2: Vec::new(),
             fail_exp: 0,
             concat_done: None,
         }
@@ -114,6 +117,9 @@ impl TargetAuth {
     }
     pub fn step(&self) -> Step {
         self.step
+    }
+    pub fn offers_concat(&self) -> bool {
+        self.keys.offer_concat
     }
     /// Replace the keys (nvmf_subsystem_set_keys): used from the next transaction on.
     pub fn set_keys(&mut self, keys: TargetKeys) {
@@ -221,6 +227,7 @@ impl TargetAuth {
             tracing::info!(hostnqn = %self.hostnqn, "DH-HMAC-CHAP: host response mismatch");
             return self.fail(reason::EXP_FAILED, now);
         }
+        self.reply_c2 = r.c2.clone();
         if r.cvalid {
             // Bidirectional asked: without a controller key we cannot prove ourselves.
             if self.keys.ctrl.is_none() || r.seqnum == 0 {
@@ -261,8 +268,7 @@ impl TargetAuth {
                 let out = Success1 { t_id: self.t_id, hl: self.digest.len() as u8, rvalid: r2.is_some(), r2: r2.unwrap_or_default() }.encode();
                 if self.sc_c != sc_c::NOSC {
                     if let Some(s) = &self.skey {
-                        let c2 = self.c2.as_ref().map(|c| c.0.clone()).unwrap_or_default();
-                        self.concat_done = Some(ConcatInfo { digest: self.digest, skey: s.clone(), c1: self.c1.clone(), c2 });
+                        self.concat_done = Some(ConcatInfo { digest: self.digest, skey: s.clone(), c1: self.c1.clone(), c2: self.reply_c2.clone() });
                     }
                 }
                 if self.c2.is_some() {

@@ -254,3 +254,29 @@ fn perf_with_dhchap_and_reauth() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("controller failed to authenticate"), "{}", String::from_utf8_lossy(&out.stderr));
     drop(t);
 }
+
+#[test]
+fn set_config_limits_digests_and_groups() {
+    let hk = secret(13, 0);
+    let (t, port) = setup(&hk, None);
+    t.rpc("nvmf_set_config", json!({"dhchap_digests": ["sha384"], "dhchap_dhgroups": ["ffdhe3072"]}));
+    let offer = |d: Vec<Digest>, g: Vec<DhGroup>| {
+        let mut cfg = HostAuthConfig::new(hk.clone(), None);
+        cfg.digests = d;
+        cfg.groups = g;
+        Controller::connect(&opts(port, Some(cfg)))
+    };
+    // Only what the target allows is chosen, even when the host offers stronger.
+    let e = offer(vec![Digest::Sha256, Digest::Sha512], DhGroup::ALL.to_vec()).err().unwrap();
+    assert!(matches!(e, HostError::Auth(HostAuthError::Refused(reason::FAILED, reason::EXP_HASH_UNUSABLE))), "{e}");
+    let e = offer(Digest::ALL.to_vec(), vec![DhGroup::Null, DhGroup::Ffdhe8192]).err().unwrap();
+    assert!(matches!(e, HostError::Auth(HostAuthError::Refused(reason::FAILED, reason::EXP_DHGROUP_UNUSABLE))), "{e}");
+    let o = opts(port, None);
+    let (mut q, _) = Queue::connect_raw(&o, 0, 32, 0xffff).unwrap();
+    let cfg = HostAuthConfig::new(hk.clone(), None);
+    let mut tr = HostTransaction::new(&cfg, HOST, NQN, 1);
+    q.auth_send(&tr.negotiate()).unwrap();
+    tr.reply(&q.auth_recv().unwrap()).unwrap();
+    assert_eq!(tr.chosen, Some((Digest::Sha384, DhGroup::Ffdhe3072)));
+    drop(t);
+}

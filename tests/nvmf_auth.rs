@@ -94,6 +94,13 @@ fn good_keys_every_digest_several_groups() {
             c.set_num_queues(1).unwrap();
             n += 1;
             io_works(&c, n);
+            // Management sees what was negotiated (SPDK's nvmf_subsystem_get_qpairs "auth").
+            let qp = t.rpc("nvmf_subsystem_get_qpairs", json!({"nqn": NQN}));
+            let mine: Vec<_> = qp.as_array().unwrap().iter().filter(|q| q["cntlid"] == c.id.cntlid).collect();
+            assert!(!mine.is_empty());
+            for q in mine {
+                assert_eq!(q["auth"], json!({"state": "completed", "digest": d.name(), "dhgroup": g.name()}), "{qp}");
+            }
             c.shutdown().unwrap();
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::nvme::spec::{fctype, prop, sc, Sqe, Status};
 use crate::nvmf::auth::target::TargetKeys;
 use crate::nvmf::auth::{DhGroup, Digest, Secret};
-use crate::nvmf::subsystem::QpairInfo;
+use crate::nvmf::subsystem::{QpairAuth, QpairInfo};
 use crate::nvmf::Subsystem;
 use crate::nvmf::{Ctrlr, ListenAddr, SubType, Target, TransportOpts};
 
@@ -122,7 +122,7 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
         let ana = sub.listener_ana(listen).unwrap_or_default();
         let c = Arc::new(Ctrlr::new(cntlid, sub.clone(), d.hostnqn, d.hostid, kato, max_io).on_listener(ana));
         c.touch_keepalive();
-        c.state.lock().unwrap().qpairs.push(QpairInfo { qid: 0, reactor, listen: listen.clone(), peer: peer.to_string() });
+        c.state.lock().unwrap().qpairs.push(QpairInfo { qid: 0, reactor, listen: listen.clone(), peer: peer.to_string(), auth: auth.as_ref().map(|_| QpairAuth::AWAIT) });
         sub.ctrlrs.lock().unwrap().push(c.clone());
         return Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled, auth });
     }
@@ -138,7 +138,7 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     if qid > st.num_io_queues || st.qpairs.iter().any(|q| q.qid == qid) {
         return Err(invalid_param(false, 42));
     }
-    st.qpairs.push(QpairInfo { qid, reactor, listen: listen.clone(), peer: peer.to_string() });
+    st.qpairs.push(QpairInfo { qid, reactor, listen: listen.clone(), peer: peer.to_string(), auth: auth.as_ref().map(|_| QpairAuth::AWAIT) });
     drop(st);
     Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled, auth })
 }

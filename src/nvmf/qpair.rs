@@ -586,8 +586,26 @@ impl QPair {
                 self.store_generated_psk(ci);
             }
         }
+        let was = self.auth_ok;
         if let Some(a) = self.auth.as_ref() {
             self.auth_ok = a.authenticated();
+        }
+        if self.auth_ok && (!was || sqe.fctype() == fctype::AUTH_RECV || sqe.fctype() == fctype::AUTH_SEND) {
+            self.note_auth_done();
+        }
+    }
+
+    /// Record the finished transaction where nvmf_subsystem_get_qpairs reports it (management
+    /// state, once per transaction).
+    fn note_auth_done(&mut self) {
+        let (Some(c), Some(a)) = (self.ctrlr.as_ref(), self.auth.as_ref()) else { return };
+        if a.step() != Step::Negotiate {
+            return; // still mid-transaction (a re-authentication)
+        }
+        let (d, g) = a.chosen();
+        let info = super::subsystem::QpairAuth { state: "completed", digest: d.name(), dhgroup: g.name() };
+        if let Some(q) = c.state.lock().unwrap().qpairs.iter_mut().find(|q| q.qid == self.qid) {
+            q.auth = Some(info);
         }
     }
 

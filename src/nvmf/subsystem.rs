@@ -220,6 +220,21 @@ pub struct QpairInfo {
     pub reactor: u32,
     pub listen: ListenAddr,
     pub peer: String,
+    /// DH-HMAC-CHAP on this queue (nvmf_subsystem_get_qpairs "auth", as SPDK reports it).
+    pub auth: Option<QpairAuth>,
+}
+
+/// A queue's authentication as management sees it: updated when a transaction ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QpairAuth {
+    /// SPDK's names: "await-negotiate" until the first success, then "completed".
+    pub state: &'static str,
+    pub digest: &'static str,
+    pub dhgroup: &'static str,
+}
+
+impl QpairAuth {
+    pub const AWAIT: QpairAuth = QpairAuth { state: "await-negotiate", digest: "", dhgroup: "" };
 }
 
 /// Mutable controller state, touched only from management paths (admin commands, Connect, AEN).

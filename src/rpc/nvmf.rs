@@ -695,7 +695,7 @@ async fn nvmf_subsystem_get_qpairs(c: Call) -> RpcResult {
     let mut v = Vec::new();
     for ct in s.ctrlrs.lock().unwrap().iter() {
         for q in ct.state.lock().unwrap().qpairs.iter() {
-            v.push(json!({
+            let mut e = json!({
                 "cntlid": ct.cntlid,
                 "qid": q.qid,
                 "state": "active",
@@ -703,7 +703,11 @@ async fn nvmf_subsystem_get_qpairs(c: Call) -> RpcResult {
                 "hostnqn": ct.hostnqn,
                 "peer_address": {"trtype": "TCP", "traddr": q.peer},
                 "listen_address": addr_json(&q.listen),
-            }));
+            });
+            if let Some(a) = &q.auth {
+                e["auth"] = json!({"state": a.state, "digest": a.digest, "dhgroup": a.dhgroup});
+            }
+            v.push(e);
         }
     }
     Ok(json!(v))

@@ -118,6 +118,10 @@ impl TargetAuth {
     pub fn step(&self) -> Step {
         self.step
     }
+    /// Digest and DH group of the last transaction.
+    pub fn chosen(&self) -> (Digest, DhGroup) {
+        (self.digest, self.group)
+    }
     pub fn offers_concat(&self) -> bool {
         self.keys.offer_concat
     }

@@ -287,3 +287,23 @@ fn set_config_limits_digests_and_groups() {
     assert_eq!(tr.chosen, Some((Digest::Sha384, DhGroup::Ffdhe3072)));
     drop(t);
 }
+
+#[test]
+fn half_done_transactions_time_out() {
+    let hk = secret(14, 0);
+    let (t, port) = setup(&hk, None);
+    let o = opts(port, None);
+    let cfg = HostAuthConfig::new(hk, None);
+    // One queue that never starts authenticating, one that stops after the challenge.
+    let (mut silent, _) = Queue::connect_raw(&o, 0, 32, 0xffff).unwrap();
+    let (mut stalled, _) = Queue::connect_raw(&o, 0, 32, 0xffff).unwrap();
+    let tr = HostTransaction::new(&cfg, HOST, NQN, 1);
+    stalled.auth_send(&tr.negotiate()).unwrap();
+    let _challenge = stalled.auth_recv().unwrap();
+    let start = Instant::now();
+    std::thread::sleep(palisade::nvmf::auth::target::STEP_TIMEOUT + Duration::from_millis(1500));
+    for q in [&mut silent, &mut stalled] {
+        assert!(q.auth_send(&tr.negotiate()).is_err(), "the target closed the queue after {:?}", start.elapsed());
+    }
+    drop(t);
+}

@@ -377,6 +377,11 @@ pub fn identify_controller(c: &ControllerInfo, out: &mut [u8; 4096]) {
     }
     out[525] = c.volatile_write_cache as u8;
     put32(out, 536, 1 | (1 << 20)); // SGLS: SGLs supported, offset addressing for in-capsule data
+    // MNAN = NN, as SPDK and Linux nvmet report: SPDK's host sizes its ANA log buffer from MNAN
+    // (0 makes it refuse the controller once a namespace is attached).
+    if c.cntrltype == 1 {
+        put32(out, 540, c.max_namespaces);
+    }
     put_str(out, 768, 256, c.subnqn, 0);
     put32(out, 1792, c.ioccsz_bytes / 16); // IOCCSZ
     put32(out, 1796, 1); // IORCSZ: 16-byte responses

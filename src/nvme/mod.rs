@@ -4,4 +4,5 @@
 pub mod ana;
 pub mod io;
 pub mod spec;
+pub mod tls_psk;
 pub mod reservation;

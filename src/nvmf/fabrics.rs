@@ -70,8 +70,10 @@ fn invalid_param(in_data: bool, offset: u16) -> ConnectErr {
     (Status::specific(sc::CONNECT_INVALID_PARAMETERS), offset as u32 | (in_data as u32) << 16)
 }
 
-/// Run a Connect arriving on a connection accepted on `listen`.
-pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe, data: &[u8], reactor: u32, peer: &str) -> Result<Connected, ConnectErr> {
+/// Run a Connect arriving on a connection accepted on `listen`; `tls` holds the host and
+/// subsystem NQNs of the connection's TLS PSK identity when it is secured.
+#[allow(clippy::too_many_arguments)]
+pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe, data: &[u8], reactor: u32, peer: &str, tls: Option<&(String, String)>) -> Result<Connected, ConnectErr> {
     let recfmt = u16::from_le_bytes([sqe.0[40], sqe.0[41]]);
     let qid = u16::from_le_bytes([sqe.0[42], sqe.0[43]]);
     let sqsize = u16::from_le_bytes([sqe.0[44], sqe.0[45]]);
@@ -89,10 +91,17 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     if !sub.host_allowed(&d.hostnqn) {
         return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0));
     }
-    if sub.listener_secure(listen) {
-        // A listener added with secure_channel admits TLS connections only, and no connection
-        // that reaches this Connect carries TLS.
-        return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0));
+    match tls {
+        // A listener added with secure_channel admits TLS connections only.
+        None if sub.listener_secure(listen) => return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0)),
+        // The PSK authenticated one host for one subsystem (its identity names both): a Connect
+        // naming others is refused (NVMe/TCP §3.6.1.5). Discovery takes any subsystem NQN in
+        // the identity, as Linux nvmet does for the well-known discovery NQN.
+        Some((h, s)) if *h != d.hostnqn || (*s != d.subnqn && sub.subtype != SubType::Discovery) => {
+            tracing::warn!(peer, hostnqn = %d.hostnqn, subnqn = %d.subnqn, "Connect does not match the TLS PSK identity ({h} {s})");
+            return Err((Status::specific(sc::CONNECT_INVALID_HOST), 0));
+        }
+        _ => {}
     }
     let max_entries = if qid == 0 { opts.max_aq_depth } else { opts.max_queue_depth };
     if sqsize == 0 || sqsize as u32 + 1 > max_entries {

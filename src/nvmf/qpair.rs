@@ -117,6 +117,8 @@ pub struct QPair {
     scratch: Vec<u8>,
     /// The slot the last [`CmdData::Later`] capsule's data lands in.
     landing: Option<u16>,
+    /// Host and subsystem NQNs of the TLS PSK identity this connection was secured with.
+    tls_peer: Option<(String, String)>,
 }
 
 impl QPair {
@@ -128,6 +130,7 @@ impl QPair {
             me,
             listen,
             peer,
+            tls_peer: None,
             created: now,
             closing: false,
             tx_wait: VecDeque::new(),
@@ -152,6 +155,12 @@ impl QPair {
 
     pub fn opts(&self) -> &Arc<TransportOpts> {
         &self.opts
+    }
+
+    /// The connection completed a TLS handshake with a PSK identity naming these NQNs: Connect
+    /// must name the same (NVMe/TCP §3.6.1.5).
+    pub fn set_tls_peer(&mut self, hostnqn: String, subnqn: String) {
+        self.tls_peer = Some((hostnqn, subnqn));
     }
 
     pub fn peer(&self) -> &str {
@@ -403,7 +412,7 @@ impl QPair {
                     return self.respond(core, tx, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR), 0, 0);
                 }
                 let data = self.slots[idx].buf.take();
-                let r = fabrics::connect(&self.t, &self.opts, &self.listen, &sqe, data.as_deref().unwrap_or(&[]), self.me.reactor, &self.peer);
+                let r = fabrics::connect(&self.t, &self.opts, &self.listen, &sqe, data.as_deref().unwrap_or(&[]), self.me.reactor, &self.peer, self.tls_peer.as_ref());
                 match r {
                     Ok(c) => {
                         self.qid = c.qid;

@@ -81,3 +81,48 @@ pub fn refused(what: &str) {
         QUIET.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::tls_psk::PskIdentity;
+    use crate::nvmf::{HostEntry, SubType, Subsystem, SubsystemParams};
+    use crate::reactor::{PollMode, ReactorSet};
+
+    const SUB: &str = "nqn.2016-06.io.spdk:g1";
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0000000a-0000-0000-0000-000000000001";
+
+    fn addr(port: &str) -> ListenAddr {
+        ListenAddr { trtype: "TCP".into(), adrfam: "IPv4".into(), traddr: "127.0.0.1".into(), trsvcid: port.into() }
+    }
+
+    /// Generated PSKs (secure channel concatenation) are found by their identity, for allowed
+    /// hosts on subsystems listening here only; retained identities without a host PSK are not.
+    #[test]
+    fn generated_psks_are_looked_up_by_identity() {
+        let set = ReactorSet::start(0x1, PollMode::Adaptive, |_| {}).unwrap();
+        let vols = Arc::new(crate::volume::VolumeRegistry::new(Arc::new(crate::bdev::BdevRegistry::default())));
+        let t = Target::new(set.clone(), vols);
+        let params = SubsystemParams { serial_number: "G1".into(), model_number: "M".into(), max_namespaces: 8, min_cntlid: 1, max_cntlid: 0xffef, ana_reporting: false };
+        let s = t.create_subsystem(Subsystem::new(SUB.into(), SubType::Nvme, params, false)).unwrap();
+        s.listeners.lock().unwrap().push(addr("4420"));
+        s.hosts.lock().unwrap().push(HostEntry { nqn: HOST.into(), psk: None, dhchap_key: None, dhchap_ctrlr_key: None });
+        let gen = vec![9u8; 48];
+        let id = PskIdentity::build(1, PskKind::Generated, PskHash::Sha384, &gen, HOST, SUB).unwrap().encode();
+        assert!(id.starts_with("NVMe1G02 "));
+        let tls = vec![7u8; 48];
+        t.generated_psks.lock().unwrap().insert(id.clone(), tls.clone());
+        let here = TargetPsks { t: t.clone(), listen: Arc::new(addr("4420")) };
+        let found = here.find(id.as_bytes()).expect("generated PSK found");
+        assert_eq!((found.key, found.suite), (tls, TlsSuite::Aes256GcmSha384));
+        // Another address the subsystem does not listen on; a retained identity (the host has no PSK).
+        let elsewhere = TargetPsks { t: t.clone(), listen: Arc::new(addr("4421")) };
+        assert!(elsewhere.find(id.as_bytes()).is_none());
+        let retained = PskIdentity::build(0, PskKind::Retained, PskHash::Sha384, &gen, HOST, SUB).unwrap().encode();
+        assert!(here.find(retained.as_bytes()).is_none());
+        // The host removed from the subsystem: its generated PSK no longer opens it.
+        s.hosts.lock().unwrap().clear();
+        assert!(here.find(id.as_bytes()).is_none());
+        set.stop();
+    }
+}

@@ -4,9 +4,10 @@
 # cargo is missing, and SPDK's own RPC client (PyPI `spdk`, pinned) in .venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# pkg-config, libssl-dev: the openssl crate (NVMe/TCP TLS 1.3 PSK) links Debian's libssl.
 # protobuf-compiler: the etcd-client crate generates its gRPC code at build time; etcd-server: the
 # real etcd the cluster tests start on 127.0.0.1; etcd-client: etcdctl, to inspect what they left.
-PKGS=(build-essential curl ca-certificates python3 python3-venv libiscsi-bin tgt fio protobuf-compiler etcd-server etcd-client)
+PKGS=(build-essential pkg-config libssl-dev curl ca-certificates python3 python3-venv libiscsi-bin tgt fio protobuf-compiler etcd-server etcd-client)
 # qemu-utils and qemu-block-extra must be one version (the latter depends on the former with `=`).
 # An image may ship qemu-utils from a suite its apt sources do not list (bookworm-backports), so a
 # plain install of qemu-block-extra fails; they are handled as a pair below.

@@ -5,4 +5,5 @@ pub mod ana;
 pub mod auth;
 pub mod io;
 pub mod spec;
+pub mod tls_psk;
 pub mod reservation;

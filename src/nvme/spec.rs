@@ -487,6 +487,8 @@ pub struct DiscoveryEntry<'a> {
     pub traddr: &'a str,
     /// 1 = IPv4, 2 = IPv6.
     pub adrfam: u8,
+    /// The port requires a TLS 1.3 secure channel for this entry's subsystem.
+    pub secure: bool,
 }
 
 /// The whole discovery log: 1 KiB header (generation counter, record count) then 1 KiB records.
@@ -501,14 +503,17 @@ pub fn discovery_log(genctr: u64, entries: &[DiscoveryEntry], out: &mut Vec<u8>)
         b[0] = 3; // TRTYPE: TCP
         b[1] = e.adrfam;
         b[2] = e.subtype;
-        b[3] = 0b10; // TREQ: secure channel not required
+        // TREQ bits 1:0 (NVMe-oF Discovery Log Page Entry): 01b secure channel required,
+        // 10b not required.
+        b[3] = if e.secure { 0b01 } else { 0b10 };
         put16(b, 4, e.portid);
         put16(b, 6, 0xffff); // CNTLID: dynamic
         put16(b, 8, 32); // ASQSZ
         put_str(b, 32, 32, e.trsvcid, b' ');
         put_str(b, 256, 256, e.subnqn, 0);
         put_str(b, 512, 256, e.traddr, b' ');
-        b[768] = 0; // TSAS for TCP: SECTYPE none
+        // TSAS for TCP, SECTYPE (NVMe/TCP §3.6.3, TP 8011): 02h TLS 1.3, 00h no security.
+        b[768] = if e.secure { 2 } else { 0 };
     }
 }
 

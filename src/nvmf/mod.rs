@@ -425,6 +425,14 @@ impl Target {
         self.subsystems().iter().any(|s| s.listener_secure(addr))
     }
 
+    /// Plaintext NVMe/TCP is refused on an address where every NVM subsystem listening requires
+    /// a secure channel (a subsystem that does not may share the port; Connect then refuses
+    /// plaintext to the others).
+    pub fn plaintext_refused(&self, addr: &ListenAddr) -> bool {
+        let subs: Vec<_> = self.subsystems().into_iter().filter(|s| s.subtype == SubType::Nvme && s.listens_on(addr)).collect();
+        !subs.is_empty() && subs.iter().all(|s| s.listener_secure(addr))
+    }
+
     /// Add a listen address to a subsystem, opening the socket on first use.
     pub fn add_listener(self: &Arc<Self>, s: &Arc<Subsystem>, addr: ListenAddr) -> Result<(), NvmfError> {
         if self.transport().is_none() {

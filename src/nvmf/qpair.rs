@@ -124,6 +124,8 @@ pub struct QPair {
     /// Commands other than Connect/AUTH_Send/AUTH_Receive/Disconnect may run: the one check the
     /// data path pays (a plain field, no lock).
     auth_ok: bool,
+    /// Host and subsystem NQNs of the TLS PSK identity this connection was secured with.
+    tls_peer: Option<(String, String)>,
 }
 
 impl QPair {
@@ -135,6 +137,7 @@ impl QPair {
             me,
             listen,
             peer,
+            tls_peer: None,
             created: now,
             closing: false,
             tx_wait: VecDeque::new(),
@@ -161,6 +164,12 @@ impl QPair {
 
     pub fn opts(&self) -> &Arc<TransportOpts> {
         &self.opts
+    }
+
+    /// The connection completed a TLS handshake with a PSK identity naming these NQNs: Connect
+    /// must name the same (NVMe/TCP §3.6.1.5).
+    pub fn set_tls_peer(&mut self, hostnqn: String, subnqn: String) {
+        self.tls_peer = Some((hostnqn, subnqn));
     }
 
     pub fn peer(&self) -> &str {
@@ -415,7 +424,7 @@ impl QPair {
                     return self.respond(core, tx, idx, Status::generic(sc::COMMAND_SEQUENCE_ERROR), 0, 0);
                 }
                 let data = self.slots[idx].buf.take();
-                let r = fabrics::connect(&self.t, &self.opts, &self.listen, &sqe, data.as_deref().unwrap_or(&[]), self.me.reactor, &self.peer);
+                let r = fabrics::connect(&self.t, &self.opts, &self.listen, &sqe, data.as_deref().unwrap_or(&[]), self.me.reactor, &self.peer, self.tls_peer.as_ref());
                 match r {
                     Ok(c) => {
                         self.qid = c.qid;

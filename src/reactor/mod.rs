@@ -17,6 +17,7 @@ pub mod listener;
 pub mod outq;
 pub mod rxbuf;
 pub mod rxloop;
+pub mod tls;
 
 use std::any::Any;
 use std::collections::VecDeque;

@@ -167,6 +167,11 @@ impl<K: Copy> RxLoop<K> {
     /// when no event will come for what arrived while reading was stopped. Otherwise a short read
     /// ends the pass: anything arriving later raises a new edge-triggered event.
     pub fn run<P: RxProto<Key = K>>(&mut self, core: &mut Core, fd: RawFd, p: &mut P, to_end: bool) {
+        self.run_on(core, &mut PlainFd(fd), p, to_end)
+    }
+
+    /// [`RxLoop::run`] on any byte source (a plain socket, or TLS over one).
+    pub fn run_on<S: RxSource, P: RxProto<Key = K>>(&mut self, core: &mut Core, src: &mut S, p: &mut P, to_end: bool) {
         if self.read_blocked {
             // Input left in the buffer when reading stopped goes first.
             self.read_blocked = false;
@@ -204,7 +209,7 @@ impl<K: Copy> RxLoop<K> {
             let dlen = direct.len();
             let room = if large { spare.len().min(trailer_left + peek_len) } else { spare.len() };
             let space = dlen + room;
-            match readv(fd, direct, &mut spare[..room]) {
+            match src.read2(direct, &mut spare[..room]) {
                 Ok(0) => return p.gone(core, None),
                 Ok(n) => {
                     let landed = n.min(dlen);
@@ -220,8 +225,9 @@ impl<K: Copy> RxLoop<K> {
                     self.rx.filled(n - landed);
                     p.received(core.now);
                     self.process(core, p);
-                    // A short read drained the socket: skip the EAGAIN read.
-                    if n < space && !to_end {
+                    // A short read drained the socket: skip the EAGAIN read. Not so for a source
+                    // that buffers (TLS returns a record at a time and may hold more).
+                    if n < space && !to_end && !S::BUFFERS {
                         return;
                     }
                 }
@@ -302,6 +308,26 @@ impl<K: Copy> RxLoop<K> {
         self.stats.copied.add(core.id, (l.len - l.in_place) as u64);
         p.landed(core, l.key, l.len, ok);
         true
+    }
+}
+
+/// Where a connection's bytes come from: one `readv`-like call filling `a` then `b`.
+pub trait RxSource {
+    /// The source holds bytes of its own (decrypted, or read ahead from the socket) that raise no
+    /// socket event: the loop reads until it says WouldBlock.
+    const BUFFERS: bool;
+    /// Fill `a` then `b` (either may be empty); Ok(0) is the end of the stream.
+    fn read2(&mut self, a: &mut [u8], b: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A plain socket: one `readv` per call, as before any abstraction.
+pub struct PlainFd(pub RawFd);
+
+impl RxSource for PlainFd {
+    const BUFFERS: bool = false;
+    #[inline]
+    fn read2(&mut self, a: &mut [u8], b: &mut [u8]) -> io::Result<usize> {
+        readv(self.0, a, b)
     }
 }
 

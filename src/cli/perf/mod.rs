@@ -135,6 +135,19 @@ pub struct PerfArgs {
     /// Data digest (CRC32C).
     #[arg(long)]
     pub ddgst: bool,
+    /// NVMe/TCP secure channel: TLS 1.3 with a pre-shared key (needs --psk).
+    #[arg(long, requires = "psk")]
+    pub tls: bool,
+    /// The configured PSK: an interchange string `NVMeTLSkey-1:xx:…:` or a file holding one.
+    #[arg(long)]
+    pub psk: Option<String>,
+    /// Cipher suite: aes128 (TLS_AES_128_GCM_SHA256) or aes256 (TLS_AES_256_GCM_SHA384); by
+    /// default the one the key's hash (or length) calls for.
+    #[arg(long, value_parser = ["aes128", "aes256"])]
+    pub tls_cipher: Option<String>,
+    /// PSK identity version: 0 (`NVMe0R0h host sub`) or 1 (with the PSK digest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub psk_identity_version: u8,
     /// Host NQN to present (default: a random uuid-based NQN).
     #[arg(long)]
     pub hostnqn: Option<String>,

@@ -4,9 +4,10 @@ use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
 use super::{PerfArgs, PerfQueue, PrType};
+use crate::nvme::tls_psk::{ConfiguredPsk, PskHash};
 use crate::nvmf::auth::host::HostAuthConfig;
 use crate::nvmf::auth::{DhGroup, Digest, Secret};
-use crate::nvmf::host::{rw_sqe, Controller, HostOpts, Queue};
+use crate::nvmf::host::{rw_sqe, Controller, HostOpts, HostTls, Queue};
 
 pub struct TcpQueue {
     q: Queue,
@@ -63,6 +64,15 @@ impl PerfQueue for TcpQueue {
     }
 }
 
+/// The TLS PSK for `--tls`: `--psk` is an interchange string or a file holding one.
+fn host_tls(a: &PerfArgs, hostnqn: &str, subnqn: &str) -> Result<HostTls, String> {
+    let p = a.psk.as_deref().ok_or("--tls needs --psk")?;
+    let text = if p.starts_with("NVMeTLSkey-1:") { p.to_string() } else { std::fs::read_to_string(p).map_err(|e| format!("--psk {p}: {e}"))? };
+    let psk = ConfiguredPsk::parse(&text).map_err(|e| format!("--psk: {e}"))?;
+    let hash = a.tls_cipher.as_deref().map(|c| if c == "aes256" { PskHash::Sha384 } else { PskHash::Sha256 });
+    HostTls::from_configured(&psk, hostnqn, subnqn, a.psk_identity_version, hash)
+}
+
 /// The admin queue stays connected for the run (keep-alives go through it).
 pub struct Session {
     pub ctrlr: Controller,
@@ -104,6 +114,9 @@ pub fn open(a: &PerfArgs) -> Result<(Session, Vec<Box<dyn PerfQueue>>), String> 
     let mut o = HostOpts::new(addr, &nqn);
     if let Some(h) = &a.hostnqn {
         o.hostnqn = h.clone();
+    }
+    if a.tls {
+        o.tls = Some(host_tls(a, &o.hostnqn, &nqn)?);
     }
     o.hdgst = a.hdgst;
     o.ddgst = a.ddgst;

@@ -15,6 +15,8 @@ use crate::nvme::spec::{self, admin, cns, fctype, prop, sgl, Cqe, Sgl, Sqe, Stat
 use crate::nvme::auth::{AuthSqe, CONNECT_AUTHREQ_ATR};
 use crate::nvmf::auth::host::{HostAuthConfig, HostAuthError, HostTransaction};
 use crate::nvmf::fabrics::{build_connect_sqe, ConnectData};
+use crate::nvme::tls_psk::{ConfiguredPsk, PskHash, PskIdentity, PskKind};
+use crate::reactor::tls::{TlsPsk, TlsStream, TlsSuite};
 use crate::nvmf::tcp::pdu::{self, flags, ty, CommonHeader, DataHeader, Digests, IcReq, IcResp};
 
 /// How to reach and identify ourselves to a subsystem.
@@ -36,6 +38,75 @@ pub struct HostOpts {
     pub timeout: Duration,
     /// DH-HMAC-CHAP: used when a Connect response asks for authentication (every queue).
     pub dhchap: Option<HostAuthConfig>,
+    /// Secure channel: TLS 1.3 with this PSK before ICReq (NVMe/TCP §3.6).
+    pub tls: Option<HostTls>,
+}
+
+/// The TLS PSK a host offers and the identity it offers it under.
+#[derive(Clone)]
+pub struct HostTls {
+    pub identity: String,
+    pub key: Vec<u8>,
+    pub hash: PskHash,
+}
+
+impl std::fmt::Debug for HostTls {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostTls({:?}, {:?})", self.identity, self.hash)
+    }
+}
+
+impl HostTls {
+    /// From a configured PSK (interchange string) for `hostnqn` → `subnqn`: the retained PSK, the
+    /// identity of `version` (0: `NVMe0R0h host sub`, 1: with the PSK digest) and its TLS PSK.
+    /// `hash` overrides the suite for `00` keys only when it fits the key's length.
+    pub fn from_configured(psk: &ConfiguredPsk, hostnqn: &str, subnqn: &str, version: u8, hash: Option<PskHash>) -> std::result::Result<HostTls, String> {
+        let own = psk.cipher_hash().ok_or("PSK of unusable length (32 or 48 bytes)")?;
+        let hash = hash.unwrap_or(own);
+        if hash != own {
+            return Err(format!("the PSK is a {own:?} key; it cannot be used with a {hash:?} cipher suite"));
+        }
+        let retained = psk.retained(hostnqn).map_err(|e| e.to_string())?;
+        let id = PskIdentity::build(version, PskKind::Retained, hash, &retained, hostnqn, subnqn).map_err(|e| e.to_string())?;
+        let key = id.tls_psk(&retained).map_err(|e| e.to_string())?;
+        Ok(HostTls { identity: id.encode(), key, hash })
+    }
+}
+
+/// The connection: plain TCP, or TLS over it (the stream owns nothing of the socket's fd).
+enum HostSock {
+    Plain(TcpStream),
+    Tls(TcpStream, Box<TlsStream>),
+}
+
+impl HostSock {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            HostSock::Plain(s) | HostSock::Tls(s, _) => s,
+        }
+    }
+}
+
+impl Read for HostSock {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            HostSock::Plain(s) => s.read(b),
+            HostSock::Tls(_, t) => t.read(b),
+        }
+    }
+}
+
+impl Write for HostSock {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            HostSock::Plain(s) => s.write(b),
+            HostSock::Tls(_, t) => t.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl HostOpts {
@@ -52,6 +123,7 @@ impl HostOpts {
             disable_sqflow: true,
             timeout: Duration::from_secs(10),
             dhchap: None,
+            tls: None,
         }
     }
 }
@@ -60,6 +132,8 @@ impl HostOpts {
 pub enum HostError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("command failed: {0}")]
@@ -94,7 +168,7 @@ struct Req {
 
 /// One queue pair (admin when qid is 0).
 pub struct Queue {
-    sock: TcpStream,
+    sock: HostSock,
     pub qid: u16,
     pub cntlid: u16,
     dg: Digests,
@@ -133,6 +207,17 @@ impl Queue {
         let sock = TcpStream::connect_timeout(&o.addr, o.timeout)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(o.timeout))?;
+        sock.set_write_timeout(Some(o.timeout))?;
+        let sock = match &o.tls {
+            None => HostSock::Plain(sock),
+            Some(t) => {
+                // Blocking handshake (the socket has timeouts) before anything NVMe/TCP.
+                let psk = TlsPsk { key: t.key.clone(), suite: match t.hash { PskHash::Sha256 => TlsSuite::Aes128GcmSha256, PskHash::Sha384 => TlsSuite::Aes256GcmSha384 } };
+                let mut s = TlsStream::client(sock.as_raw_fd(), &t.identity, psk).map_err(|e| proto(e.to_string()))?;
+                while !s.handshake().map_err(|e| HostError::Tls(e.to_string()))? {}
+                HostSock::Tls(sock, Box::new(s))
+            }
+        };
         let mut q = Queue {
             sock,
             qid,
@@ -170,7 +255,7 @@ impl Queue {
         }
         q.cpda = r.cpda;
         q.maxh2cdata = r.maxh2cdata;
-        q.sock.set_nonblocking(true)?;
+        q.sock.tcp().set_nonblocking(true)?;
         let sqe = build_connect_sqe(0, qid, sq_entries - 1, if qid == 0 { o.kato_ms } else { 0 }, o.disable_sqflow);
         let data = ConnectData { hostid: o.hostid, cntlid, subnqn: o.subnqn.clone(), hostnqn: o.hostnqn.clone() }.encode();
         // Connect data always travels in the capsule (NVMe/TCP 3.3.2).
@@ -235,7 +320,7 @@ impl Queue {
         self.dg
     }
     pub fn raw_fd(&self) -> i32 {
-        self.sock.as_raw_fd()
+        self.sock.tcp().as_raw_fd()
     }
 
     /// Queue command `sqe` with cid `cid`; `out` is data for the controller, `in_len` bytes are
@@ -293,7 +378,7 @@ impl Queue {
 
     fn wait_fd(&self, timeout: Duration) -> Result<bool> {
         let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
+            fd: self.sock.tcp().as_raw_fd(),
             events: libc::POLLIN | if self.wpos < self.wbuf.len() { libc::POLLOUT } else { 0 },
             revents: 0,
         };

@@ -7,6 +7,12 @@
 //! is read in place. Send: responses and read data are appended to one output queue and written
 //! with one `writev` per loop iteration in `on_flush`; read data goes out from its own buffer. A
 //! malformed PDU gets a C2HTermReq and closes this connection only.
+//!
+//! Secure channel (§3.6): the first byte tells a TLS ClientHello (0x16) from a plaintext ICReq
+//! (0x00). A TLS connection completes its handshake on the reactor without blocking (bounded by
+//! [`HANDSHAKE_TIMEOUT`]), then the same loops run over [`TlsStream`]: it decrypts into the same
+//! receive buffer and landing slices, and encrypts the output queue's iovecs. Plaintext
+//! connections read and write the socket exactly as before (the byte source is a type parameter).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -24,7 +30,9 @@ use crate::nvmf::transport::{CmdData, QpError, Transport};
 use crate::nvmf::{ListenAddr, Target};
 use crate::reactor::counter::CoreCounter;
 use crate::reactor::rxloop::{Landing, RxLoop, RxProto, RxStats, Step};
+use crate::reactor::tls::TlsStream;
 use crate::reactor::{Core, Handler, HandlerRef, IoBuf, IoEvent};
+use super::tls as sec;
 
 const RBUF_MIN: usize = 256 << 10;
 const IDLE_SHRINK: Duration = Duration::from_secs(2);
@@ -37,9 +45,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// An H2CData payload or in-capsule data with at least this much still to come is read in place;
 /// after a landed payload this long, the next read is a header peek.
 const DIRECT_MIN: usize = 8192;
+/// From accept to the end of the TLS handshake (or the first plaintext byte).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Nothing received yet: TLS or plaintext?
+    Sniff,
+    /// TLS handshake under way.
+    Handshake,
     AwaitIcReq,
     Ready,
 }
@@ -152,6 +166,11 @@ pub struct Conn {
     rxl: RxLoop<Land>,
     rsize: usize,
     last_rx: Instant,
+    t: Arc<Target>,
+    listen: Arc<ListenAddr>,
+    accepted: Instant,
+    /// The TLS session of a secured connection.
+    tls: Option<Box<TlsStream>>,
 }
 
 impl Conn {
@@ -179,12 +198,16 @@ impl Conn {
             _counted: counted,
             sock,
             tx: TcpTx { out: OutQueue::default(), me, dg: Digests::default(), hpda: 0, c2h_success, closing_since: None },
-            q: QPair::new(t, opts, me, listen, peer.to_string(), core.now),
-            phase: Phase::AwaitIcReq,
+            q: QPair::new(t.clone(), opts, me, listen.clone(), peer.to_string(), core.now),
+            phase: Phase::Sniff,
             max_plen,
             rxl: RxLoop::new(rsize, DIRECT_MIN, &RX_STATS),
             rsize,
             last_rx: core.now,
+            t,
+            listen,
+            accepted: core.now,
+            tls: None,
         }))
     }
 
@@ -212,10 +235,82 @@ impl Conn {
 
     /// `to_end`: see [`RxLoop::run`].
     fn read_socket(&mut self, core: &mut Core, to_end: bool) {
-        let fd = self.sock.as_raw_fd();
+        match self.phase {
+            Phase::Sniff => return self.sniff(core),
+            Phase::Handshake => return self.drive_handshake(core),
+            _ => {}
+        }
         let mut rl = std::mem::take(&mut self.rxl);
-        rl.run(core, fd, self, to_end);
+        match self.tls.take() {
+            Some(mut tls) => {
+                rl.run_on(core, &mut *tls, self, to_end);
+                self.tls = Some(tls);
+            }
+            None => rl.run(core, self.sock.as_raw_fd(), self, to_end),
+        }
         self.rxl = rl;
+    }
+
+    /// Peek at the first byte: a ClientHello starts a TLS handshake, anything else is plaintext
+    /// NVMe/TCP (refused where every subsystem on this address requires TLS).
+    fn sniff(&mut self, core: &mut Core) {
+        let mut b = [0u8; 1];
+        // SAFETY: one byte into a live local buffer; MSG_PEEK leaves it for the real reader.
+        let r = unsafe { libc::recv(self.sock.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted {
+                self.gone(core);
+            }
+            return;
+        }
+        if r == 0 {
+            return self.gone(core);
+        }
+        if b[0] == sec::TLS_HANDSHAKE {
+            let lookup = Arc::new(sec::TargetPsks { t: self.t.clone(), listen: self.listen.clone() });
+            match TlsStream::server(self.sock.as_raw_fd(), lookup) {
+                Ok(s) => {
+                    self.tls = Some(Box::new(s));
+                    self.phase = Phase::Handshake;
+                    self.drive_handshake(core);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.q.peer(), "TLS: {e}");
+                    self.gone(core);
+                }
+            }
+            return;
+        }
+        if self.t.plaintext_refused(&self.listen) {
+            sec::refused(&format!("plaintext connection from {} refused on secure listener {:?}", self.q.peer(), self.listen));
+            return self.gone(core);
+        }
+        self.phase = Phase::AwaitIcReq;
+        self.read_socket(core, false);
+    }
+
+    fn drive_handshake(&mut self, core: &mut Core) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        match tls.handshake() {
+            Ok(false) => {}
+            Ok(true) => {
+                let id = tls.psk_identity().and_then(|i| crate::nvme::tls_psk::PskIdentity::parse(i).ok());
+                let Some(id) = id else {
+                    tracing::warn!(peer = %self.q.peer(), "TLS handshake ended without a PSK identity");
+                    return self.gone(core);
+                };
+                tracing::debug!(peer = %self.q.peer(), cipher = tls.cipher().unwrap_or("?"), "TLS secure channel for {} {}", id.hostnqn, id.subnqn);
+                self.q.set_tls_peer(id.hostnqn, id.subnqn);
+                self.phase = Phase::AwaitIcReq;
+                // The ICReq may have come with the handshake's last flight.
+                self.read_socket(core, true);
+            }
+            Err(e) => {
+                sec::refused(&format!("TLS handshake with {} failed: {e}", self.q.peer()));
+                self.gone(core);
+            }
+        }
     }
 
     /// Start landing an H2CData payload in place: `p` holds its header and the first bytes of its
@@ -308,7 +403,17 @@ impl Conn {
     }
 
     fn flush(&mut self, core: &mut Core) {
-        let r = self.tx.out.write_to(&mut self.sock);
+        if matches!(self.phase, Phase::Sniff | Phase::Handshake) {
+            // Handshake records are OpenSSL's; a handshake waiting to write resumes here.
+            if self.phase == Phase::Handshake {
+                self.drive_handshake(core);
+            }
+            return;
+        }
+        let r = match self.tls.as_mut() {
+            Some(tls) => self.tx.out.write_to(&mut **tls),
+            None => self.tx.out.write_to(&mut self.sock),
+        };
         self.q.on_sent(core, &mut self.tx);
         match r {
             Ok(true) => {}
@@ -323,7 +428,13 @@ impl Conn {
             // Discard unread input first: closing with unread bytes makes the kernel send a reset,
             // which can destroy the termination request before the host reads it.
             let mut sink = [0u8; 4096];
-            while matches!(self.sock.read(&mut sink), Ok(n) if n > 0) {}
+            match self.tls.as_mut() {
+                Some(tls) => {
+                    while matches!(tls.read(&mut sink), Ok(n) if n > 0) {}
+                    tls.shutdown();
+                }
+                None => while matches!(self.sock.read(&mut sink), Ok(n) if n > 0) {},
+            }
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
             core.close(self.tx.me);
             return;
@@ -334,6 +445,9 @@ impl Conn {
 
 impl Handler for Conn {
     fn on_ready(&mut self, core: &mut Core, _me: HandlerRef, ev: &mio::event::Event) {
+        if matches!(self.phase, Phase::Sniff | Phase::Handshake) {
+            return self.read_socket(core, true);
+        }
         if ev.is_writable() && self.tx.out.pending() {
             self.flush(core);
         }
@@ -351,6 +465,11 @@ impl Handler for Conn {
             if core.now.duration_since(since) > CLOSE_GRACE {
                 core.close(me);
             }
+            return;
+        }
+        if matches!(self.phase, Phase::Sniff | Phase::Handshake) && core.now.duration_since(self.accepted) > HANDSHAKE_TIMEOUT {
+            sec::refused(&format!("{}: no ICReq or TLS handshake within {HANDSHAKE_TIMEOUT:?}", self.q.peer()));
+            core.close(me);
             return;
         }
         if core.now.duration_since(self.last_rx) > IDLE_SHRINK && !self.rxl.landing() {
@@ -381,7 +500,7 @@ impl RxProto for Conn {
     fn frame(&mut self, core: &mut Core, buf: &[u8]) -> Step<Land> {
         let Some(ch) = CommonHeader::parse(buf) else { return Step::More };
         let (dg, max) = match self.phase {
-            Phase::AwaitIcReq => (Digests::default(), 128),
+            Phase::Sniff | Phase::Handshake | Phase::AwaitIcReq => (Digests::default(), 128),
             _ => (self.tx.dg, self.max_plen),
         };
         let l = match pdu::frame(ch, dg, max) {

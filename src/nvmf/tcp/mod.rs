@@ -5,6 +5,7 @@
 pub mod conn;
 pub mod listener;
 pub mod pdu;
+pub mod tls;
 
 use std::sync::Arc;
 

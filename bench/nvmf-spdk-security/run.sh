@@ -5,7 +5,8 @@
 #     - bdevperf + bdev_nvme_attach_controller --dhchap-key/--dhchap-ctrlr-key (DH-HMAC-CHAP,
 #       bidirectional; a wrong key)                                            [SPDK >= v24.05]
 #   Palisade's initiator (palisade perf) against SPDK's nvmf_tgt
-#     - --tls --psk (SHA-256 key), --dhchap-secret/--dhchap-ctrl-secret        [DH: SPDK >= v24.05]
+#     - --tls --psk --psk-identity-version 0 (SPDK knows only NVMe0R identities), SHA-256 and
+#       SHA-384 keys; --dhchap-secret/--dhchap-ctrl-secret                   [DH: SPDK >= v24.05]
 # Each case prints PASS or FAIL; the script exits non-zero if any case fails.
 #
 # Usage: bash bench/nvmf-spdk-security/run.sh SPDK_DIR [seconds per I/O case, default 3]
@@ -129,9 +130,9 @@ SS="$TMP/spdk.sock"; PT=$(free_port); PD=$(free_port)
 wait_sock "$SS"; $SRPC -s "$SS" framework_wait_init >/dev/null
 configure "$SRPC -s $SS" "$HAVE_KEYRING" "$PT" "$PD"
 pperf() { "$BIN" perf --port "$1" --nqn "$2" --hostnqn "$3" --qd 32 --bs 4k --rw randrw --time "${SECS}s" --verify "${@:4}" 2>&1; }
-out=$(pperf "$PT" $TLSNQN $H1 --tls --psk "$TMP/psk256" || true); echo "$out" | tail -1 | sed 's/^/      /'
+out=$(pperf "$PT" $TLSNQN $H1 --tls --psk "$TMP/psk256" --psk-identity-version 0 || true); echo "$out" | tail -1 | sed 's/^/      /'
 result "palisade perf TLS (SHA-256 PSK) verify $SECS s" "$(echo "$out" | grep -q 'errors 0' && ! echo "$out" | grep -q 'palisade perf:' && echo 1)"
-out=$(pperf "$PT" $TLSNQN $H3 --tls --psk "$TMP/psk384" || true); echo "$out" | tail -1 | sed 's/^/      /'
+out=$(pperf "$PT" $TLSNQN $H3 --tls --psk "$TMP/psk384" --psk-identity-version 0 || true); echo "$out" | tail -1 | sed 's/^/      /'
 result "palisade perf TLS (SHA-384 PSK) verify $SECS s" "$(echo "$out" | grep -q 'errors 0' && ! echo "$out" | grep -q 'palisade perf:' && echo 1)"
 if [ "$HAVE_DHCHAP" = 1 ]; then
   out=$(pperf "$PD" $DHNQN $H2 --dhchap-secret "$TMP/dh_host" --dhchap-ctrl-secret "$TMP/dh_ctrl" || true); echo "$out" | tail -1 | sed 's/^/      /'

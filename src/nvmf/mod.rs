@@ -420,11 +420,6 @@ impl Target {
         Ok(())
     }
 
-    /// Does any subsystem require TLS on `addr`?
-    pub fn listener_secure(&self, addr: &ListenAddr) -> bool {
-        self.subsystems().iter().any(|s| s.listener_secure(addr))
-    }
-
     /// Plaintext NVMe/TCP is refused on an address where every NVM subsystem listening requires
     /// a secure channel (a subsystem that does not may share the port; Connect then refuses
     /// plaintext to the others).

@@ -595,11 +595,10 @@ impl QPair {
                 self.store_generated_psk(ci);
             }
         }
-        let was = self.auth_ok;
         if let Some(a) = self.auth.as_ref() {
             self.auth_ok = a.authenticated();
         }
-        if self.auth_ok && (!was || sqe.fctype() == fctype::AUTH_RECV || sqe.fctype() == fctype::AUTH_SEND) {
+        if self.auth_ok {
             self.note_auth_done();
         }
     }

@@ -74,25 +74,66 @@ pub enum TlsError {
     Io(#[from] io::Error),
 }
 
-/// The socket as OpenSSL's BIO sees it: plain read/write on a descriptor the connection owns.
-pub struct Fd(pub RawFd);
+/// The socket as OpenSSL's BIO sees it: reads go straight to the descriptor (the connection owns
+/// it); writes collect OpenSSL's records in `out` and [`Fd::push`] sends them, many records per
+/// `send`. OpenSSL writes each 16 KiB record on its own, and one `send` per record costs as much
+/// in the kernel as the encryption does in user space.
+pub struct Fd {
+    fd: RawFd,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl Fd {
+    fn new(fd: RawFd) -> Fd {
+        Fd { fd, out: Vec::new(), sent: 0 }
+    }
+
+    fn pending(&self) -> bool {
+        self.sent < self.out.len()
+    }
+
+    /// Send collected records: Ok(true) when none is left.
+    fn push(&mut self) -> io::Result<bool> {
+        while self.sent < self.out.len() {
+            let b = &self.out[self.sent..];
+            // SAFETY: `b` is a live slice. MSG_NOSIGNAL: a reset peer is an error, not SIGPIPE.
+            let r = unsafe { libc::send(self.fd, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(false),
+                    _ => return Err(e),
+                }
+            }
+            self.sent += r as usize;
+        }
+        self.out.clear();
+        self.sent = 0;
+        Ok(true)
+    }
+}
 
 impl Read for Fd {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `b` is a live exclusive slice; the fd stays open while the connection lives.
-        let r = unsafe { libc::read(self.0, b.as_mut_ptr().cast(), b.len()) };
+        let r = unsafe { libc::read(self.fd, b.as_mut_ptr().cast(), b.len()) };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
     }
 }
 
 impl Write for Fd {
+    /// Collect a record. Callers push before handing OpenSSL more than [`STAGE`] bytes, so this
+    /// stays bounded (a stage's records and their overhead).
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        // SAFETY: `b` is a live slice. MSG_NOSIGNAL: a reset peer is an error, not SIGPIPE.
-        let r = unsafe { libc::send(self.0, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+        self.out.extend_from_slice(b);
+        Ok(b.len())
     }
+    /// OpenSSL flushes after each handshake flight (and alert): send it now, or say WANT_WRITE.
+    /// A blocking client would otherwise wait for an answer to a flight still held here.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if self.push()? { Ok(()) } else { Err(io::ErrorKind::WouldBlock.into()) }
     }
 }
 
@@ -172,7 +213,7 @@ impl TlsStream {
     pub fn server(fd: RawFd, lookup: Arc<dyn PskLookup>) -> Result<TlsStream, TlsError> {
         let mut ssl = Ssl::new(server_ctx()?)?;
         ssl.set_ex_data(server_index(), ServerState { lookup, matched: None });
-        Ok(TlsStream { s: SslStream::new(ssl, Fd(fd))?, server: true, done: false, stage: Vec::new() })
+        Ok(TlsStream { s: SslStream::new(ssl, Fd::new(fd))?, server: true, done: false, stage: Vec::new() })
     }
 
     /// The client side, offering `identity` with `psk` (and only that PSK's cipher suite).
@@ -181,7 +222,7 @@ impl TlsStream {
         ssl.set_ciphersuites(psk.suite.name())?;
         ssl.set_ex_data(client_index(), ClientState { identity: identity.as_bytes().to_vec(), psk });
         ffi::install_client_callback(&mut ssl);
-        Ok(TlsStream { s: SslStream::new(ssl, Fd(fd))?, server: false, done: false, stage: Vec::new() })
+        Ok(TlsStream { s: SslStream::new(ssl, Fd::new(fd))?, server: false, done: false, stage: Vec::new() })
     }
 
     /// Advance the handshake: Ok(true) when complete, Ok(false) when it waits for the socket.
@@ -189,16 +230,30 @@ impl TlsStream {
         if self.done {
             return Ok(true);
         }
+        self.push()?;
         let r = if self.server { self.s.accept() } else { self.s.connect() };
+        // This flight's records go out now; what the socket does not take waits for writable.
+        self.push()?;
         match r {
             Ok(()) => {
                 self.done = true;
                 self.stage.reserve_exact(STAGE);
+                self.s.get_mut().out.reserve(STAGE + STAGE / 64);
                 Ok(true)
             }
             Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(false),
             Err(e) => Err(TlsError::Handshake(e.ssl_error().map_or_else(|| e.to_string(), |s| s.to_string()))),
         }
+    }
+
+    /// Encrypted bytes wait for the socket (the caller pushes them when it is writable).
+    pub fn pending(&self) -> bool {
+        self.s.get_ref().pending()
+    }
+
+    /// Send encrypted bytes waiting for the socket: Ok(true) when none is left.
+    pub fn push(&mut self) -> io::Result<bool> {
+        self.s.get_mut().push()
     }
 
     pub fn established(&self) -> bool {
@@ -218,6 +273,15 @@ impl TlsStream {
     /// Decrypt into `a` then `b` (either may be empty), like one `readv`: Ok(0) is the end of the
     /// stream, WouldBlock means nothing is decrypted and the socket has nothing more.
     pub fn read2(&mut self, a: &mut [u8], b: &mut [u8]) -> io::Result<usize> {
+        let r = self.read2_inner(a, b);
+        // Reading can make OpenSSL answer (a KeyUpdate): send it along.
+        if self.pending() {
+            self.push()?;
+        }
+        r
+    }
+
+    fn read2_inner(&mut self, a: &mut [u8], b: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         for buf in [a, b] {
             if buf.is_empty() {
@@ -245,6 +309,7 @@ impl TlsStream {
     pub fn shutdown(&mut self) {
         if self.done {
             let _ = self.s.shutdown();
+            let _ = self.push();
         }
     }
 }
@@ -289,6 +354,10 @@ impl Write for TlsStream {
     /// is full the staged bytes stay: the caller retries with the same front (its queue did not
     /// advance), and the retry finishes the same SSL_write before anything new is taken.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // Records of the previous call first: they bound what is held here.
+        if !self.push()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         if self.stage.is_empty() {
             for b in bufs {
                 let room = STAGE - self.stage.len();
@@ -305,14 +374,18 @@ impl Write for TlsStream {
             Ok(_) => {
                 let n = self.stage.len();
                 self.stage.clear();
+                // The bytes are taken (encrypted here); what the socket refuses goes on the next
+                // call or [`TlsStream::push`].
+                self.push()?;
                 Ok(n)
             }
             Err(e) => map_err(e),
         }
     }
 
+    /// Push the encrypted bytes still held: WouldBlock if the socket does not take them all.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if self.push()? { Ok(()) } else { Err(io::ErrorKind::WouldBlock.into()) }
     }
 }
 
@@ -478,6 +551,7 @@ mod tests {
                         sent += n;
                     }
                 }
+                let _ = c.flush();
                 match s.read2(&mut x, &mut y) {
                     Ok(n) => {
                         let k = n.min(x.len());

@@ -81,6 +81,11 @@ enum HostSock {
 }
 
 impl HostSock {
+    /// Encrypted bytes wait for the socket.
+    fn pending_out(&self) -> bool {
+        matches!(self, HostSock::Tls(_, t) if t.pending())
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             HostSock::Plain(s) | HostSock::Tls(s, _) => s,
@@ -373,13 +378,16 @@ impl Queue {
         }
         self.wbuf.clear();
         self.wpos = 0;
+        if let HostSock::Tls(_, t) = &mut self.sock {
+            t.push()?;
+        }
         Ok(())
     }
 
     fn wait_fd(&self, timeout: Duration) -> Result<bool> {
         let mut pfd = libc::pollfd {
             fd: self.sock.tcp().as_raw_fd(),
-            events: libc::POLLIN | if self.wpos < self.wbuf.len() { libc::POLLOUT } else { 0 },
+            events: libc::POLLIN | if self.wpos < self.wbuf.len() || self.sock.pending_out() { libc::POLLOUT } else { 0 },
             revents: 0,
         };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;

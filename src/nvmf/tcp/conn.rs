@@ -411,7 +411,8 @@ impl Conn {
             return;
         }
         let r = match self.tls.as_mut() {
-            Some(tls) => self.tx.out.write_to(&mut **tls),
+            // Everything taken may still sit encrypted in the stream until the socket takes it.
+            Some(tls) => self.tx.out.write_to(&mut **tls).and_then(|all| if all { tls.push() } else { Ok(false) }),
             None => self.tx.out.write_to(&mut self.sock),
         };
         self.q.on_sent(core, &mut self.tx);
@@ -448,7 +449,7 @@ impl Handler for Conn {
         if matches!(self.phase, Phase::Sniff | Phase::Handshake) {
             return self.read_socket(core, true);
         }
-        if ev.is_writable() && self.tx.out.pending() {
+        if ev.is_writable() && (self.tx.out.pending() || self.tls.as_ref().is_some_and(|t| t.pending())) {
             self.flush(core);
         }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {

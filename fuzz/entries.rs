@@ -547,7 +547,8 @@ pub fn rpc_params(data: &[u8]) {
 
 // ---- NVMe in-band authentication (DH-HMAC-CHAP) ------------------------------------------------
 
-/// Input: byte 0 = flags (bit 0: the target also allows ffdhe2048; bit 1: a controller key);
+/// Input: byte 0 = flags (bit 0: the target also allows ffdhe2048; bit 1: a controller key;
+/// bits 2-3: the queue's secure channel concatenation: off, offer, require, replace);
 /// then records of `[op, len_lo, len_hi, bytes...]`: op bit 0 set = an AUTH_Receive, clear = an
 /// AUTH_Send of `bytes`. Every record's bytes also go through every message decoder.
 ///
@@ -556,15 +557,16 @@ pub fn rpc_params(data: &[u8]) {
 /// the queue is dead and stays dead.
 pub fn nvme_auth(data: &[u8]) {
     use palisade::nvme::auth::{Challenge, Failure, Message, Negotiate, Reply, Success1, Success2};
-    use palisade::nvmf::auth::target::{SendResult, Step, TargetAuth, TargetKeys};
+    use palisade::nvmf::auth::target::{Concat, SendResult, Step, TargetAuth, TargetKeys};
     use palisade::nvmf::auth::{DhGroup, Digest, Secret};
     let Some((&flags, mut rest)) = data.split_first() else { return };
     let mut groups = vec![DhGroup::Null];
     if flags & 1 != 0 {
         groups.push(DhGroup::Ffdhe2048);
     }
+    let concat = [Concat::Off, Concat::Offer, Concat::Require, Concat::Replace][(flags >> 2 & 3) as usize];
     let key = |b: u8| Secret { transform: 0, key: vec![b; 32] };
-    let keys = TargetKeys { host: key(0x11), ctrl: (flags & 2 != 0).then(|| key(0x22)), digests: Digest::ALL.to_vec(), groups, offer_concat: false };
+    let keys = TargetKeys { host: key(0x11), ctrl: (flags & 2 != 0).then(|| key(0x22)), digests: Digest::ALL.to_vec(), groups, concat };
     let now = std::time::Instant::now();
     let mut t = TargetAuth::new(keys, "nqn.fuzz.host", "nqn.fuzz.sub", now);
     let mut dead = false;

@@ -516,16 +516,16 @@ fn nvme_auth_seeds() {
     use palisade::nvme::auth::{msg, Failure, Negotiate, Success2};
     use palisade::nvmf::auth::host::{HostAuthConfig, HostTransaction};
     use palisade::nvmf::auth::{DhGroup, Secret};
-    use palisade::nvmf::auth::target::{TargetAuth, TargetKeys};
+    use palisade::nvmf::auth::target::{Concat, TargetAuth, TargetKeys};
     let rec = |op: u8, b: &[u8]| [&[op, b.len() as u8, (b.len() >> 8) as u8][..], b].concat();
     let key = Secret { transform: 0, key: vec![0x11; 32] };
     for (flags, group) in [(0u8, DhGroup::Null), (1, DhGroup::Ffdhe2048), (3, DhGroup::Null)] {
         let mut cfg = HostAuthConfig::new(key.clone(), (flags & 2 != 0).then(|| Secret { transform: 0, key: vec![0x22; 32] }));
         cfg.groups = vec![group];
-        let keys = TargetKeys { host: key.clone(), ctrl: cfg.ctrl_secret.clone(), digests: cfg.digests.clone(), groups: vec![group], offer_concat: false };
+        let keys = TargetKeys { host: key.clone(), ctrl: cfg.ctrl_secret.clone(), digests: cfg.digests.clone(), groups: vec![group], concat: Concat::Off };
         let now = std::time::Instant::now();
         let mut t = TargetAuth::new(keys, "nqn.fuzz.host", "nqn.fuzz.sub", now);
-        let mut h = HostTransaction::new(&cfg, "nqn.fuzz.host", "nqn.fuzz.sub", 1);
+        let mut h = HostTransaction::new(&cfg, "nqn.fuzz.host", "nqn.fuzz.sub", 1, 0);
         let neg = h.negotiate();
         t.on_send(&neg, now);
         let reply = h.reply(&t.on_receive(now)).unwrap();

@@ -428,6 +428,24 @@ impl Target {
         !subs.is_empty() && subs.iter().all(|s| s.listener_secure(addr))
     }
 
+    /// A plaintext connection may go on to Connect on `addr`: some subsystem there takes
+    /// plaintext, or one has a host with a DH-HMAC-CHAP key, whose plaintext admin queue may
+    /// generate the TLS PSK it reconnects with (secure channel concatenation; Connect decides).
+    pub fn plaintext_admissible(&self, addr: &ListenAddr) -> bool {
+        !self.plaintext_refused(addr)
+            || self.subsystems().iter().any(|s| s.subtype == SubType::Nvme && s.listens_on(addr) && s.hosts.lock().unwrap().iter().any(|h| h.dhchap_key.is_some()))
+    }
+
+    /// Drop the TLS PSKs secure channel concatenation generated for `hostnqn` on `subnqn` (a
+    /// newer one replaces them, or the host lost its key or its access). Connections already
+    /// made with them stay up, as with any PSK.
+    pub fn forget_generated_psks(&self, hostnqn: &str, subnqn: &str) {
+        self.generated_psks.lock().unwrap().retain(|id, _| {
+            let mut f = id.split(' ').skip(1);
+            !(f.next() == Some(hostnqn) && f.next() == Some(subnqn))
+        });
+    }
+
     /// Add a listen address to a subsystem, opening the socket on first use.
     pub fn add_listener(self: &Arc<Self>, s: &Arc<Subsystem>, addr: ListenAddr) -> Result<(), NvmfError> {
         if self.transport().is_none() {

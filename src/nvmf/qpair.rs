@@ -13,7 +13,7 @@ use super::fabrics;
 use super::transport::{CmdData, QpError, Transport};
 use super::{Ctrlr, ListenAddr, Namespace, SubType, Target, TransportOpts};
 use super::auth::target::{SendResult, Step, TargetAuth};
-use crate::nvme::auth::{AuthSqe, CONNECT_AUTHREQ_ATR, SC_AUTH_REQUIRED};
+use crate::nvme::auth::{AuthSqe, CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, SC_AUTH_REQUIRED};
 use crate::nvme::io::{self as nio, Dir};
 use crate::nvme::reservation as nv;
 use crate::nvme::spec::{admin as aop, fctype, io as iop, sc, sgl, Cqe, Sqe, Status};
@@ -125,7 +125,7 @@ pub struct QPair {
     /// data path pays (a plain field, no lock).
     auth_ok: bool,
     /// Host and subsystem NQNs of the TLS PSK identity this connection was secured with.
-    tls_peer: Option<(String, String)>,
+    tls_peer: Option<fabrics::TlsPeer>,
 }
 
 impl QPair {
@@ -168,8 +168,8 @@ impl QPair {
 
     /// The connection completed a TLS handshake with a PSK identity naming these NQNs: Connect
     /// must name the same (NVMe/TCP §3.6.1.5).
-    pub fn set_tls_peer(&mut self, hostnqn: String, subnqn: String) {
-        self.tls_peer = Some((hostnqn, subnqn));
+    pub fn set_tls_peer(&mut self, p: fabrics::TlsPeer) {
+        self.tls_peer = Some(p);
     }
 
     pub fn peer(&self) -> &str {
@@ -457,9 +457,16 @@ impl QPair {
                         let mut dw0 = cntlid as u32;
                         if let Some(keys) = c.auth {
                             let ctrlr = self.ctrlr.as_ref().unwrap();
-                            self.auth = Some(Box::new(TargetAuth::new(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now)));
-                            self.auth_ok = false;
-                            dw0 |= CONNECT_AUTHREQ_ATR;
+                            if c.authenticated {
+                                self.auth = Some(Box::new(TargetAuth::already_authenticated(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now)));
+                            } else {
+                                self.auth = Some(Box::new(TargetAuth::new(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now)));
+                                self.auth_ok = false;
+                                dw0 |= CONNECT_AUTHREQ_ATR;
+                                if c.ascr {
+                                    dw0 |= CONNECT_AUTHREQ_ASCR;
+                                }
+                            }
                         }
                         self.respond(core, tx, idx, Status::SUCCESS, dw0, 0);
                     }
@@ -565,7 +572,7 @@ impl QPair {
             // A Negotiate starts a transaction: keys changed by nvmf_subsystem_set_keys apply now.
             if data.len() >= 2 && data[..2] == [0, 0] {
                 let c = self.ctrlr.as_ref().unwrap();
-                let concat = self.auth.as_ref().unwrap().offers_concat();
+                let concat = self.auth.as_ref().unwrap().concat();
                 if let Ok(Some(k)) = fabrics::auth_keys(&self.t, &c.sub, &c.hostnqn, concat) {
                     self.auth.as_mut().unwrap().set_keys(k);
                 }
@@ -618,12 +625,14 @@ impl QPair {
     }
 
     /// Secure channel concatenation succeeded: derive the TLS PSK (as Linux does) and leave it,
-    /// by identity, for the TLS handshake of the host's next connection.
+    /// by identity, for the TLS handshakes of the host's next connections. It replaces the
+    /// host's earlier one for this subsystem (connections made with that one stay up).
     fn store_generated_psk(&mut self, ci: super::auth::target::ConcatInfo) {
         let Some(c) = self.ctrlr.as_ref() else { return };
         match super::auth::psk::tls_psk_for(ci.digest, &ci.skey, &ci.c1, &ci.c2, &c.hostnqn, &c.sub.nqn) {
             Ok((identity, psk)) => {
                 tracing::info!(%identity, "generated TLS PSK (secure channel concatenation)");
+                self.t.forget_generated_psks(&c.hostnqn, &c.sub.nqn);
                 self.t.generated_psks.lock().unwrap().insert(identity, psk);
             }
             Err(e) => tracing::warn!(hostnqn = %c.hostnqn, "secure channel concatenation: {e}"),

@@ -235,6 +235,8 @@ pub struct QpairAuth {
 
 impl QpairAuth {
     pub const AWAIT: QpairAuth = QpairAuth { state: "await-negotiate", digest: "", dhgroup: "" };
+    /// Authenticated by its TLS handshake on a PSK an earlier transaction generated.
+    pub const BY_GENERATED_PSK: QpairAuth = QpairAuth { state: "completed", digest: "", dhgroup: "" };
 }
 
 /// Mutable controller state, touched only from management paths (admin commands, Connect, AEN).

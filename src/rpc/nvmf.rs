@@ -485,6 +485,7 @@ async fn nvmf_subsystem_remove_host(c: Call) -> RpcResult {
     let _g = c.app.mgmt.lock().await;
     let s = sub_of(&c.app, &p.nqn)?;
     s.hosts.lock().unwrap().retain(|h| h.nqn != p.host);
+    c.app.nvmf.forget_generated_psks(&p.host, &p.nqn);
     // SPDK disconnects the host's controllers when it loses access.
     if !s.allow_any_host.load(std::sync::atomic::Ordering::Acquire) {
         for ctrl in s.ctrlrs.lock().unwrap().iter().filter(|c| c.hostnqn == p.host) {
@@ -520,6 +521,9 @@ async fn nvmf_subsystem_set_keys(c: Call) -> RpcResult {
         .ok_or_else(|| RpcError::errno(libc::ENOENT, format!("host {} is not allowed on {}", p.host, p.nqn)))?;
     h.dhchap_key = p.dhchap_key;
     h.dhchap_ctrlr_key = p.dhchap_ctrlr_key;
+    drop(hosts);
+    // A PSK generated with the old key must not outlive it.
+    c.app.nvmf.forget_generated_psks(&p.host, &p.nqn);
     ok()
 }
 

@@ -178,6 +178,10 @@ pub struct PerfArgs {
     /// DH groups to offer, comma-separated (null,ffdhe2048,…,ffdhe8192; default all).
     #[arg(long = "dhchap-dhgroup", value_delimiter = ',')]
     pub dhchap_dhgroup: Vec<String>,
+    /// Secure channel concatenation (nvme-cli's --concat): authenticate on a plaintext admin
+    /// queue asking for a generated TLS PSK, then connect every queue over TLS 1.3 with it.
+    #[arg(long, requires = "dhchap_secret", conflicts_with = "tls")]
+    pub concat: bool,
     /// Re-authenticate the admin queue this often during the run (e.g. 2s).
     #[arg(long = "reauth-every", value_parser = parse_duration, requires = "dhchap_secret")]
     pub reauth_every: Option<Duration>,

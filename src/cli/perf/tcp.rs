@@ -89,10 +89,11 @@ impl Session {
         if last.elapsed() < every {
             return Ok(());
         }
-        let o = &self.ctrlr.opts;
-        let cfg = o.dhchap.as_ref().ok_or("--reauth-every needs --dhchap-secret")?;
-        self.ctrlr.admin.authenticate(cfg, &o.hostnqn, &o.subnqn).map_err(|e| format!("re-authentication: {e}"))?;
-        eprintln!("re-authenticated (DH-HMAC-CHAP)");
+        self.ctrlr.reauthenticate().map_err(|e| format!("re-authentication: {e}"))?;
+        match &self.ctrlr.opts.tls {
+            Some(t) if t.generated => eprintln!("re-authenticated (DH-HMAC-CHAP); TLS PSK replaced: {}", t.identity),
+            _ => eprintln!("re-authenticated (DH-HMAC-CHAP)"),
+        }
         self.reauth = Some((every, Instant::now()));
         Ok(())
     }
@@ -123,6 +124,9 @@ pub fn open(a: &PerfArgs) -> Result<(Session, Vec<Box<dyn PerfQueue>>), String> 
     o.kato_ms = 30_000;
     o.dhchap = dhchap_config(a)?;
     let mut c = Controller::connect(&o).map_err(|e| format!("connect to {addr} {nqn}: {e}"))?;
+    if let Some(t) = c.opts.tls.as_ref().filter(|t| t.generated) {
+        eprintln!("secure channel concatenation: TLS on generated PSK {}", t.identity);
+    }
     let nsid = match a.nsid {
         Some(n) => n,
         None => *c.namespaces().map_err(|e| format!("identify: {e}"))?.first().ok_or("the subsystem has no namespace")?,
@@ -164,5 +168,6 @@ fn dhchap_config(a: &PerfArgs) -> Result<Option<HostAuthConfig>, String> {
     if !a.dhchap_dhgroup.is_empty() {
         cfg.groups = a.dhchap_dhgroup.iter().map(|n| DhGroup::from_name(n).ok_or_else(|| format!("unknown DH group {n}"))).collect::<Result<_, _>>()?;
     }
+    cfg.concat = a.concat;
     Ok(Some(cfg))
 }

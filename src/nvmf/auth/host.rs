@@ -15,8 +15,8 @@ pub struct HostAuthConfig {
     pub ctrl_secret: Option<Secret>,
     pub digests: Vec<Digest>,
     pub groups: Vec<DhGroup>,
-    /// Ask for secure channel concatenation (SC_C = NEWTLSPSK): a TLS PSK generated from the
-    /// exchange ([`HostTransaction::generated_psk`]).
+    /// Secure channel concatenation on the admin queue: a TLS PSK generated from the exchange
+    /// ([`HostTransaction::generated_psk`]) for the TLS connections that follow.
     pub concat: bool,
 }
 
@@ -24,11 +24,14 @@ impl HostAuthConfig {
     pub fn new(secret: Secret, ctrl_secret: Option<Secret>) -> HostAuthConfig {
         HostAuthConfig { secret, ctrl_secret, digests: Digest::ALL.to_vec(), groups: DhGroup::ALL.to_vec(), concat: false }
     }
-    fn sc_c(&self) -> u8 {
-        if self.concat {
-            crate::nvme::auth::sc_c::NEWTLSPSK
-        } else {
-            crate::nvme::auth::sc_c::NOSC
+    /// SC_C for a transaction on queue `qid`, as Linux asks it: concatenation on the admin queue
+    /// only, a new PSK in plaintext, a replacement over TLS on a generated PSK.
+    pub fn sc_c(&self, qid: u16, tls_generated: bool) -> u8 {
+        use crate::nvme::auth::sc_c;
+        match (self.concat && qid == 0, tls_generated) {
+            (false, _) => sc_c::NOSC,
+            (true, false) => sc_c::NEWTLSPSK,
+            (true, true) => sc_c::REPLACETLSPSK,
         }
     }
 }
@@ -53,6 +56,7 @@ pub struct HostTransaction<'a> {
     hostnqn: &'a str,
     subnqn: &'a str,
     t_id: u16,
+    sc_c: u8,
     digest: Digest,
     skey: Option<Vec<u8>>,
     c2: Option<(Vec<u8>, u32)>,
@@ -63,12 +67,23 @@ pub struct HostTransaction<'a> {
 }
 
 impl<'a> HostTransaction<'a> {
-    pub fn new(cfg: &'a HostAuthConfig, hostnqn: &'a str, subnqn: &'a str, t_id: u16) -> HostTransaction<'a> {
-        HostTransaction { cfg, hostnqn, subnqn, t_id, digest: Digest::Sha256, skey: None, c2: None, c1: Vec::new(), sent_c2: Vec::new(), chosen: None }
+    /// `sc_c`: [`HostAuthConfig::sc_c`] (NOSC unless concatenating).
+    pub fn new(cfg: &'a HostAuthConfig, hostnqn: &'a str, subnqn: &'a str, t_id: u16, sc_c: u8) -> HostTransaction<'a> {
+        HostTransaction { cfg, hostnqn, subnqn, t_id, sc_c, digest: Digest::Sha256, skey: None, c2: None, c1: Vec::new(), sent_c2: Vec::new(), chosen: None }
+    }
+
+    /// A generated PSK needs a DH session key and a hash naming a TLS suite: with SC_C set, the
+    /// NULL group and SHA-512 are not offered.
+    fn offered(&self) -> (Vec<Digest>, Vec<DhGroup>) {
+        let sc = self.sc_c != crate::nvme::auth::sc_c::NOSC;
+        let d = self.cfg.digests.iter().copied().filter(|d| !(sc && *d == Digest::Sha512)).collect();
+        let g = self.cfg.groups.iter().copied().filter(|g| !(sc && *g == DhGroup::Null)).collect();
+        (d, g)
     }
 
     pub fn negotiate(&self) -> Vec<u8> {
-        Negotiate { t_id: self.t_id, sc_c: self.cfg.sc_c(), hashes: self.cfg.digests.iter().map(|d| d.id()).collect(), dhgroups: self.cfg.groups.iter().map(|g| g.id()).collect() }.encode()
+        let (d, g) = self.offered();
+        Negotiate { t_id: self.t_id, sc_c: self.sc_c, hashes: d.iter().map(|d| d.id()).collect(), dhgroups: g.iter().map(|g| g.id()).collect() }.encode()
     }
 
     fn challenge(b: &[u8]) -> Result<Challenge, HostAuthError> {
@@ -84,7 +99,8 @@ impl<'a> HostTransaction<'a> {
         let c = Self::challenge(challenge)?;
         let d = Digest::from_id(c.hash_id).map_err(|_| HostAuthError::Protocol("unknown hash"))?;
         let g = DhGroup::from_id(c.dhgid).map_err(|_| HostAuthError::Protocol("unknown DH group"))?;
-        if c.t_id != self.t_id || !self.cfg.digests.contains(&d) || !self.cfg.groups.contains(&g) || c.c1.len() != d.len() {
+        let (ds, gs) = self.offered();
+        if c.t_id != self.t_id || !ds.contains(&d) || !gs.contains(&g) || c.c1.len() != d.len() {
             return Err(HostAuthError::Protocol("challenge does not match the negotiation"));
         }
         self.digest = d;
@@ -96,7 +112,7 @@ impl<'a> HostTransaction<'a> {
         } else if !c.dhv.is_empty() {
             return Err(HostAuthError::Protocol("DH value with the NULL group"));
         }
-        let t = Transcript { digest: d, skey: self.skey.as_deref(), challenge: &c.c1, seqnum: c.seqnum, t_id: self.t_id, sc_c: self.cfg.sc_c() };
+        let t = Transcript { digest: d, skey: self.skey.as_deref(), challenge: &c.c1, seqnum: c.seqnum, t_id: self.t_id, sc_c: self.sc_c };
         self.c1 = c.c1.clone();
         let key = self.cfg.secret.transformed(self.hostnqn)?;
         let r1 = host_response(&t, &key, self.hostnqn, self.subnqn)?;
@@ -133,7 +149,7 @@ impl<'a> HostTransaction<'a> {
         if !s.rvalid {
             return Err(HostAuthError::CtrlMismatch);
         }
-        let t = Transcript { digest: self.digest, skey: self.skey.as_deref(), challenge: c2, seqnum: *s2, t_id: self.t_id, sc_c: self.cfg.sc_c() };
+        let t = Transcript { digest: self.digest, skey: self.skey.as_deref(), challenge: c2, seqnum: *s2, t_id: self.t_id, sc_c: self.sc_c };
         let key = self.cfg.ctrl_secret.as_ref().unwrap().transformed(self.subnqn)?;
         let want = ctrl_response(&t, &key, self.hostnqn, self.subnqn)?;
         if !ct_eq(&want, &s.r2) {
@@ -156,19 +172,19 @@ impl<'a> HostTransaction<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::target::{SendResult, Step, TargetAuth, TargetKeys};
+    use super::super::target::{Concat, SendResult, Step, TargetAuth, TargetKeys};
     use super::*;
     use std::time::Instant;
 
     fn keys(host: &Secret, ctrl: Option<&Secret>) -> TargetKeys {
-        TargetKeys { host: host.clone(), ctrl: ctrl.cloned(), digests: Digest::ALL.to_vec(), groups: DhGroup::ALL.to_vec(), offer_concat: false }
+        TargetKeys { host: host.clone(), ctrl: ctrl.cloned(), digests: Digest::ALL.to_vec(), groups: DhGroup::ALL.to_vec(), concat: Concat::Off }
     }
 
     /// Run one transaction between a host and a target; Ok(()) when both agree.
     fn run(cfg: &HostAuthConfig, tk: TargetKeys, t_id: u16) -> Result<TargetAuth, HostAuthError> {
         let now = Instant::now();
         let mut t = TargetAuth::new(tk, "nqn.h", "nqn.s", now);
-        let mut h = HostTransaction::new(cfg, "nqn.h", "nqn.s", t_id);
+        let mut h = HostTransaction::new(cfg, "nqn.h", "nqn.s", t_id, 0);
         assert_eq!(t.on_send(&h.negotiate(), now), SendResult::Ok);
         let reply = h.reply(&t.on_receive(now))?;
         assert_eq!(t.on_send(&reply, now), SendResult::Ok);
@@ -219,7 +235,7 @@ mod tests {
         let cfg = HostAuthConfig::new(hk.clone(), None);
         let now = Instant::now();
         let mut t = TargetAuth::new(keys(&hk, None), "nqn.h", "nqn.s", now);
-        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 5);
+        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 5, cfg.sc_c(0, false));
         t.on_send(&h.negotiate(), now);
         let reply = h.reply(&t.on_receive(now)).unwrap();
         t.on_send(&reply, now);
@@ -238,30 +254,60 @@ mod tests {
 
     #[test]
     fn secure_channel_concatenation_agrees_or_is_refused() {
+        use crate::nvme::auth::sc_c;
         let hk = Secret { transform: 0, key: random(32) };
         let mut cfg = HostAuthConfig::new(hk.clone(), None);
         cfg.concat = true;
-        cfg.digests = vec![Digest::Sha256];
-        cfg.groups = vec![DhGroup::Ffdhe2048];
+        // SHA-512 and the NULL group cannot generate a TLS PSK: neither is offered or chosen.
+        cfg.digests = vec![Digest::Sha256, Digest::Sha384, Digest::Sha512];
+        cfg.groups = vec![DhGroup::Null, DhGroup::Ffdhe2048];
         let now = Instant::now();
         let mut tk = keys(&hk, None);
-        tk.offer_concat = true;
+        tk.concat = Concat::Offer;
         let mut t = TargetAuth::new(tk, "nqn.h", "nqn.s", now);
-        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 2);
+        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 2, cfg.sc_c(0, false));
         t.on_send(&h.negotiate(), now);
         let r = h.reply(&t.on_receive(now)).unwrap();
+        assert_eq!(h.chosen, Some((Digest::Sha384, DhGroup::Ffdhe2048)));
         t.on_send(&r, now);
         assert_eq!(h.success1(&t.on_receive(now)).unwrap(), None);
         let c = t.concat_done.clone().expect("concat info");
         let target_side = crate::nvmf::auth::psk::tls_psk_for(c.digest, &c.skey, &c.c1, &c.c2, "nqn.h", "nqn.s").unwrap();
         let host_side = h.generated_psk().unwrap().unwrap();
         assert_eq!(target_side, host_side);
-        assert!(host_side.0.starts_with("NVMe1G01 nqn.h nqn.s "));
-        // Not offered: refused with the concatenation-mismatch explanation.
-        let mut t = TargetAuth::new(keys(&hk, None), "nqn.h", "nqn.s", now);
-        t.on_send(&h.negotiate(), now);
-        let f = Failure::decode(&t.on_receive(now)).unwrap();
-        assert_eq!(f.explanation, reason::EXP_CONCAT_MISMATCH);
+        assert!(host_side.0.starts_with("NVMe1G02 nqn.h nqn.s "));
+        // What each queue kind allows; anything else fails with the concatenation mismatch.
+        let cases = [
+            (Concat::Off, sc_c::NEWTLSPSK, false),
+            (Concat::Off, sc_c::NOSC, true),
+            (Concat::Require, sc_c::NOSC, false),
+            (Concat::Require, sc_c::NEWTLSPSK, true),
+            (Concat::Replace, sc_c::NEWTLSPSK, false),
+            (Concat::Replace, sc_c::REPLACETLSPSK, true),
+            (Concat::Offer, sc_c::REPLACETLSPSK, false),
+            (Concat::Offer, 7, false),
+        ];
+        for (concat, sc, ok) in cases {
+            let mut tk = keys(&hk, None);
+            tk.concat = concat;
+            let mut t = TargetAuth::new(tk, "nqn.h", "nqn.s", now);
+            t.on_send(&Negotiate { t_id: 3, sc_c: sc, hashes: vec![1], dhgroups: vec![1] }.encode(), now);
+            let out = t.on_receive(now);
+            match Message::decode(&out).unwrap() {
+                Message::Challenge(_) => assert!(ok, "{concat:?} accepted SC_C {sc}"),
+                Message::Failure(f) => {
+                    assert!(!ok, "{concat:?} refused SC_C {sc}");
+                    assert_eq!(f.explanation, reason::EXP_CONCAT_MISMATCH);
+                }
+                _ => panic!("unexpected answer"),
+            }
+        }
+        // With SC_C set, a host offering only SHA-512 finds no usable hash.
+        let mut tk = keys(&hk, None);
+        tk.concat = Concat::Offer;
+        let mut t = TargetAuth::new(tk, "nqn.h", "nqn.s", now);
+        t.on_send(&Negotiate { t_id: 4, sc_c: sc_c::NEWTLSPSK, hashes: vec![3], dhgroups: vec![1] }.encode(), now);
+        assert_eq!(Failure::decode(&t.on_receive(now)).unwrap().explanation, reason::EXP_HASH_UNUSABLE);
     }
 
     #[test]
@@ -273,7 +319,7 @@ mod tests {
         tk.digests = vec![Digest::Sha256, Digest::Sha384];
         let now = Instant::now();
         let mut t = TargetAuth::new(tk, "nqn.h", "nqn.s", now);
-        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 1);
+        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 1, cfg.sc_c(0, false));
         t.on_send(&h.negotiate(), now);
         let _ = h.reply(&t.on_receive(now)).unwrap();
         assert_eq!(h.chosen, Some((Digest::Sha384, DhGroup::Ffdhe2048)));

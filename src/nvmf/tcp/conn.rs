@@ -282,7 +282,7 @@ impl Conn {
             }
             return;
         }
-        if self.t.plaintext_refused(&self.listen) {
+        if !self.t.plaintext_admissible(&self.listen) {
             sec::refused(&format!("plaintext connection from {} refused on secure listener {:?}", self.q.peer(), self.listen));
             return self.gone(core);
         }
@@ -301,7 +301,8 @@ impl Conn {
                     return self.gone(core);
                 };
                 tracing::debug!(peer = %self.q.peer(), cipher = tls.cipher().unwrap_or("?"), "TLS secure channel for {} {}", id.hostnqn, id.subnqn);
-                self.q.set_tls_peer(id.hostnqn, id.subnqn);
+                let generated = id.kind == crate::nvme::tls_psk::PskKind::Generated;
+                self.q.set_tls_peer(crate::nvmf::fabrics::TlsPeer { hostnqn: id.hostnqn, subnqn: id.subnqn, generated });
                 self.phase = Phase::AwaitIcReq;
                 // The ICReq may have come with the handshake's last flight.
                 self.read_socket(core, true);

@@ -548,7 +548,8 @@ pub fn rpc_params(data: &[u8]) {
 // ---- NVMe in-band authentication (DH-HMAC-CHAP) ------------------------------------------------
 
 /// Input: byte 0 = flags (bit 0: the target also allows ffdhe2048; bit 1: a controller key;
-/// bits 2-3: the queue's secure channel concatenation: off, offer, require, replace);
+/// bits 2-3: the queue's secure channel concatenation: off, offer, require, replace; bit 4: DH
+/// work offloaded, its result handed back by the next record whose op has bit 1 set);
 /// then records of `[op, len_lo, len_hi, bytes...]`: op bit 0 set = an AUTH_Receive, clear = an
 /// AUTH_Send of `bytes`. Every record's bytes also go through every message decoder.
 ///
@@ -569,6 +570,12 @@ pub fn nvme_auth(data: &[u8]) {
     let keys = TargetKeys { host: key(0x11), ctrl: (flags & 2 != 0).then(|| key(0x22)), digests: Digest::ALL.to_vec(), groups, concat };
     let now = std::time::Instant::now();
     let mut t = TargetAuth::new(keys, "nqn.fuzz.host", "nqn.fuzz.sub", now);
+    if flags & 0x10 != 0 {
+        t = t.offload();
+    }
+    // Offloaded work comes back when a record says so: records before it break into the
+    // computing step.
+    let mut work = None;
     let mut dead = false;
     while rest.len() >= 3 {
         let op = rest[0];
@@ -590,8 +597,17 @@ pub fn nvme_auth(data: &[u8]) {
         }
         if op & 1 != 0 {
             let _ = t.on_receive(now);
-        } else if t.on_send(b, now) == SendResult::Abort {
-            dead = true;
+        } else {
+            match t.on_send(b, now) {
+                SendResult::Abort => dead = true,
+                SendResult::Pending => work = work.or(t.take_work()),
+                _ => {}
+            }
+        }
+        if op & 2 != 0 {
+            if let Some(w) = work.take() {
+                let _ = t.finish_work(w.run(), now);
+            }
         }
         if t.step() == Step::Dead {
             dead = true;

@@ -146,6 +146,7 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
         _ => {}
     }
     let authenticated = tls.is_some_and(|p| p.generated);
+    let qauth = auth.as_ref().map(|_| if authenticated { QpairAuth::BY_GENERATED_PSK } else { QpairAuth::AWAIT });
     let max_entries = if qid == 0 { opts.max_aq_depth } else { opts.max_queue_depth };
     if sqsize == 0 || sqsize as u32 + 1 > max_entries {
         return Err(invalid_param(false, 44));
@@ -161,7 +162,7 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
         let ana = sub.listener_ana(listen).unwrap_or_default();
         let c = Arc::new(Ctrlr::new(cntlid, sub.clone(), d.hostnqn, d.hostid, kato, max_io).on_listener(ana));
         c.touch_keepalive();
-        c.state.lock().unwrap().qpairs.push(QpairInfo { qid: 0, reactor, listen: listen.clone(), peer: peer.to_string(), auth: auth.as_ref().map(|_| if authenticated { QpairAuth::BY_GENERATED_PSK } else { QpairAuth::AWAIT }) });
+        c.state.lock().unwrap().qpairs.push(QpairInfo { qid: 0, reactor, listen: listen.clone(), peer: peer.to_string(), auth: qauth });
         sub.ctrlrs.lock().unwrap().push(c.clone());
         return Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled, auth, authenticated, ascr });
     }
@@ -177,7 +178,7 @@ pub fn connect(t: &Target, opts: &TransportOpts, listen: &ListenAddr, sqe: &Sqe,
     if qid > st.num_io_queues || st.qpairs.iter().any(|q| q.qid == qid) {
         return Err(invalid_param(false, 42));
     }
-    st.qpairs.push(QpairInfo { qid, reactor, listen: listen.clone(), peer: peer.to_string(), auth: auth.as_ref().map(|_| if authenticated { QpairAuth::BY_GENERATED_PSK } else { QpairAuth::AWAIT }) });
+    st.qpairs.push(QpairInfo { qid, reactor, listen: listen.clone(), peer: peer.to_string(), auth: qauth });
     drop(st);
     Ok(Connected { ctrlr: c, qid, sq_entries: sqsize as u32 + 1, sqflow_disabled, auth, authenticated, ascr })
 }

@@ -12,7 +12,7 @@ use super::admin::{self, Outcome};
 use super::fabrics;
 use super::transport::{CmdData, QpError, Transport};
 use super::{Ctrlr, ListenAddr, Namespace, SubType, Target, TransportOpts};
-use super::auth::target::{SendResult, Step, TargetAuth};
+use super::auth::target::{DhDone, SendResult, Step, TargetAuth};
 use crate::nvme::auth::{AuthSqe, CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, SC_AUTH_REQUIRED};
 use crate::nvme::io::{self as nio, Dir};
 use crate::nvme::reservation as nv;
@@ -88,6 +88,13 @@ impl Slot {
 
 /// Message to an admin queue pair: an asynchronous event is pending.
 pub struct AenKick;
+
+/// Message to a queue pair: the DH work of the AUTH_Send in slot `idx` is done.
+struct AuthWorkDone {
+    idx: u16,
+    seq: u16,
+    done: DhDone,
+}
 
 /// The queue pair's view of one connection, shared by every transport.
 pub struct QPair {
@@ -458,9 +465,9 @@ impl QPair {
                         if let Some(keys) = c.auth {
                             let ctrlr = self.ctrlr.as_ref().unwrap();
                             if c.authenticated {
-                                self.auth = Some(Box::new(TargetAuth::already_authenticated(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now)));
+                                self.auth = Some(Box::new(TargetAuth::already_authenticated(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now).offload()));
                             } else {
-                                self.auth = Some(Box::new(TargetAuth::new(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now)));
+                                self.auth = Some(Box::new(TargetAuth::new(keys, &ctrlr.hostnqn, &ctrlr.sub.nqn, core.now).offload()));
                                 self.auth_ok = false;
                                 dw0 |= CONNECT_AUTHREQ_ATR;
                                 if c.ascr {
@@ -579,14 +586,7 @@ impl QPair {
             }
             let r = self.auth.as_mut().unwrap().on_send(data, now);
             drop(buf);
-            match r {
-                SendResult::Ok => self.respond(core, tx, idx, Status::SUCCESS, 0, 0),
-                SendResult::InvalidField => self.respond(core, tx, idx, Status::generic(sc::INVALID_FIELD), 0, 0),
-                SendResult::Abort => {
-                    self.respond(core, tx, idx, Status::SUCCESS, 0, 0);
-                    self.auth_failed(core, tx);
-                }
-            }
+            return self.auth_send_done(core, tx, idx, r);
         } else {
             let auth = self.auth.as_mut().unwrap();
             let out = auth.on_receive(now);
@@ -602,6 +602,51 @@ impl QPair {
                 self.store_generated_psk(ci);
             }
         }
+        self.sync_auth();
+    }
+
+    /// Complete an AUTH_Send, or hand its DH work to the authentication thread: the command
+    /// completes when the result comes back ([`AuthWorkDone`]).
+    fn auth_send_done<T: Transport>(&mut self, core: &mut Core, tx: &mut T, idx: usize, r: SendResult) {
+        match r {
+            SendResult::Ok => self.respond(core, tx, idx, Status::SUCCESS, 0, 0),
+            SendResult::InvalidField => self.respond(core, tx, idx, Status::generic(sc::INVALID_FIELD), 0, 0),
+            SendResult::Abort => {
+                self.respond(core, tx, idx, Status::SUCCESS, 0, 0);
+                self.auth_failed(core, tx);
+            }
+            SendResult::Pending => {
+                let Some(work) = self.auth.as_mut().and_then(|a| a.take_work()) else {
+                    return self.respond(core, tx, idx, Status::generic(sc::INTERNAL_ERROR), 0, 0);
+                };
+                let reactors = self.t.reactors.clone();
+                let me = self.me;
+                let seq = self.slots[idx].seq;
+                super::auth::worker::submit(move || {
+                    let msg = AuthWorkDone { idx: idx as u16, seq, done: work.run() };
+                    reactors.send(me.reactor, move |r| {
+                        r.send_to_handler(me, Box::new(msg));
+                    });
+                });
+                return;
+            }
+        }
+        self.sync_auth();
+    }
+
+    /// The authentication thread finished the DH work of the AUTH_Send in slot `idx`.
+    fn on_auth_work<T: Transport>(&mut self, core: &mut Core, tx: &mut T, d: AuthWorkDone) {
+        let idx = d.idx as usize;
+        if self.closing || self.slots.get(idx).is_none_or(|s| s.seq != d.seq) {
+            return;
+        }
+        let Some(a) = self.auth.as_mut() else { return };
+        let r = a.finish_work(d.done, core.now);
+        self.auth_send_done(core, tx, idx, r);
+    }
+
+    /// The queue's view of its transaction: commands run once it is authenticated.
+    fn sync_auth(&mut self) {
         if let Some(a) = self.auth.as_ref() {
             self.auth_ok = a.authenticated();
         }
@@ -816,8 +861,12 @@ impl QPair {
             Ok(_) => return self.deliver_aens(core, tx),
             Err(m) => m,
         };
-        if let Ok(d) = msg.downcast::<super::resv_cmd::ResvDone>() {
-            self.on_resv_done(core, tx, *d);
+        let msg = match msg.downcast::<super::resv_cmd::ResvDone>() {
+            Ok(d) => return self.on_resv_done(core, tx, *d),
+            Err(m) => m,
+        };
+        if let Ok(d) = msg.downcast::<AuthWorkDone>() {
+            self.on_auth_work(core, tx, *d);
         }
     }
 

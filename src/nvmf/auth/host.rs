@@ -310,6 +310,39 @@ mod tests {
         assert_eq!(Failure::decode(&t.on_receive(now)).unwrap().explanation, reason::EXP_HASH_UNUSABLE);
     }
 
+    /// Offloaded DH work: AUTH_Send answers Pending until the result comes back; a result for a
+    /// step the queue has left (the host broke the protocol meanwhile) changes nothing.
+    #[test]
+    fn offloaded_dh_work_and_stale_results() {
+        let hk = Secret { transform: 0, key: random(32) };
+        let mut cfg = HostAuthConfig::new(hk.clone(), None);
+        cfg.groups = vec![DhGroup::Ffdhe2048];
+        let now = Instant::now();
+        let mut t = TargetAuth::new(keys(&hk, None), "nqn.h", "nqn.s", now).offload();
+        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 5, 0);
+        assert_eq!(t.on_send(&h.negotiate(), now), SendResult::Pending);
+        assert_eq!(t.step(), Step::Computing);
+        let w = t.take_work().expect("work");
+        assert!(t.take_work().is_none());
+        assert_eq!(t.finish_work(w.run(), now), SendResult::Ok);
+        let r = h.reply(&t.on_receive(now)).unwrap();
+        assert_eq!(t.on_send(&r, now), SendResult::Pending);
+        let w = t.take_work().unwrap();
+        assert_eq!(t.finish_work(w.run(), now), SendResult::Ok);
+        assert_eq!(h.success1(&t.on_receive(now)).unwrap(), None);
+        assert!(t.authenticated());
+        // Re-authentication, and a second AUTH_Send while the first one's work is out.
+        let mut h = HostTransaction::new(&cfg, "nqn.h", "nqn.s", 6, 0);
+        assert_eq!(t.on_send(&h.negotiate(), now), SendResult::Pending);
+        let w = t.take_work().unwrap();
+        t.on_send(&h.negotiate(), now);
+        assert_eq!(t.step(), Step::Failure1);
+        assert_eq!(t.finish_work(w.run(), now), SendResult::Ok);
+        assert_eq!(t.step(), Step::Failure1, "a stale result does not revive the transaction");
+        assert!(h.reply(&t.on_receive(now)).is_err());
+        assert_eq!(t.step(), Step::Dead);
+    }
+
     #[test]
     fn strongest_common_choice_and_timeouts() {
         let hk = Secret { transform: 0, key: random(32) };

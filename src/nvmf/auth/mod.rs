@@ -16,6 +16,7 @@ pub mod host;
 pub mod psk;
 pub mod secret;
 pub mod target;
+pub mod worker;
 
 pub use crypto::{DhGroup, Digest};
 pub use secret::Secret;

@@ -6,6 +6,12 @@
 //! Success1 or Failure1 (receive) → Success2 (send, bidirectional only). A failure is reported
 //! by the next AUTH_Receive as AUTH_Failure1, after which the queue is torn down
 //! ([`Step::Dead`]); Linux does the same (nvmet_ctrl_fatal_error).
+//!
+//! The DH exponentiations (milliseconds each in the larger FFDHE groups: about 10 ms for
+//! ffdhe8192 here) can run off the caller's thread: with [`TargetAuth::offload`] an AUTH_Send that
+//! needs one answers [`SendResult::Pending`], the caller runs [`TargetAuth::take_work`] elsewhere
+//! and feeds the result to [`TargetAuth::finish_work`]. A reactor then never stalls its other
+//! connections for a host's authentication.
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +63,8 @@ impl Concat {
 pub enum Step {
     /// Waiting for AUTH_Negotiate (also after success: re-authentication).
     Negotiate,
+    /// The AUTH_Send just taken waits for its DH work ([`TargetAuth::take_work`]).
+    Computing,
     /// AUTH_Receive will return the Challenge.
     Challenge,
     Reply,
@@ -76,6 +84,43 @@ pub enum SendResult {
     InvalidField,
     /// The host gave up (AUTH_Failure2): tear the queue down.
     Abort,
+    /// The command completes after [`TargetAuth::finish_work`] (offloaded DH work).
+    Pending,
+}
+
+/// DH work taken off the queue's thread: run it anywhere, hand the result back.
+pub struct DhWork {
+    gen: u64,
+    op: DhOp,
+}
+
+enum DhOp {
+    Generate(DhGroup),
+    Shared(DhKey, Vec<u8>),
+}
+
+/// The result of [`DhWork::run`].
+pub struct DhDone {
+    gen: u64,
+    out: DhOut,
+}
+
+enum DhOut {
+    Generated(Result<Option<DhKey>, super::AuthError>),
+    Shared(DhKey, Result<Vec<u8>, super::AuthError>),
+}
+
+impl DhWork {
+    pub fn run(self) -> DhDone {
+        let out = match self.op {
+            DhOp::Generate(g) => DhOut::Generated(DhKey::generate(g)),
+            DhOp::Shared(k, peer) => {
+                let r = k.shared(&peer);
+                DhOut::Shared(k, r)
+            }
+        };
+        DhDone { gen: self.gen, out }
+    }
 }
 
 pub struct TargetAuth {
@@ -99,6 +144,14 @@ pub struct TargetAuth {
     fail_exp: u8,
     /// After a successful SC_C exchange: the session key material the PSK derivation uses.
     pub concat_done: Option<ConcatInfo>,
+    /// Hand DH work to the caller instead of doing it inline.
+    offload: bool,
+    /// DH work waiting to be taken, and the generation a result must carry to be used (a
+    /// result for an abandoned step is dropped).
+    work: Option<DhWork>,
+    work_gen: u64,
+    /// The Reply whose check waits for the shared secret.
+    pending_reply: Option<Reply>,
 }
 
 /// What secure channel concatenation needs from a finished transaction.
@@ -133,6 +186,64 @@ impl TargetAuth {
             reply_c2: Vec::new(),
             fail_exp: 0,
             concat_done: None,
+            offload: false,
+            work: None,
+            work_gen: 0,
+            pending_reply: None,
+        }
+    }
+
+    /// Hand DH work to the caller ([`SendResult::Pending`]) instead of doing it inline.
+    pub fn offload(mut self) -> TargetAuth {
+        self.offload = true;
+        self
+    }
+
+    /// The DH work a [`SendResult::Pending`] is waiting for.
+    pub fn take_work(&mut self) -> Option<DhWork> {
+        self.work.take()
+    }
+
+    /// Do `op` inline, or leave it for the caller.
+    fn compute(&mut self, op: DhOp, now: Instant) -> SendResult {
+        self.work_gen += 1;
+        let w = DhWork { gen: self.work_gen, op };
+        if !self.offload {
+            return self.finish_work(w.run(), now);
+        }
+        self.step = Step::Computing;
+        self.work = Some(w);
+        SendResult::Pending
+    }
+
+    /// The DH work came back: finish the AUTH_Send that waited for it. A result for a step the
+    /// queue has left (it failed or timed out meanwhile) changes nothing.
+    pub fn finish_work(&mut self, done: DhDone, now: Instant) -> SendResult {
+        if done.gen != self.work_gen || (self.offload && self.step != Step::Computing) {
+            return SendResult::Ok;
+        }
+        self.work = None;
+        match done.out {
+            DhOut::Generated(Ok(k)) => {
+                self.dh = k;
+                self.c1 = random(self.digest.len());
+                self.s1 = next_seqnum();
+                self.step = Step::Challenge;
+                self.deadline = Some(now + STEP_TIMEOUT);
+                SendResult::Ok
+            }
+            DhOut::Generated(Err(_)) => self.fail(reason::EXP_FAILED, now),
+            DhOut::Shared(k, r) => {
+                self.dh = Some(k);
+                let Some(reply) = self.pending_reply.take() else { return self.fail(reason::EXP_FAILED, now) };
+                match r {
+                    Ok(s) => {
+                        self.skey = Some(s);
+                        self.check_reply(reply, now)
+                    }
+                    Err(_) => self.fail(reason::EXP_INCORRECT_PAYLOAD, now),
+                }
+            }
         }
     }
 
@@ -232,31 +343,29 @@ impl TargetAuth {
         };
         self.digest = d;
         self.group = g;
-        self.dh = match DhKey::generate(g) {
-            Ok(k) => k,
-            Err(_) => return self.fail(reason::EXP_FAILED, now),
-        };
-        self.c1 = random(d.len());
-        self.s1 = next_seqnum();
-        self.step = Step::Challenge;
-        self.deadline = Some(now + STEP_TIMEOUT);
-        SendResult::Ok
+        self.dh = None;
+        self.compute(DhOp::Generate(g), now)
     }
 
-    fn reply(&mut self, r: Reply, now: Instant) -> SendResult {
+    fn reply(&mut self, mut r: Reply, now: Instant) -> SendResult {
         // A reply of another transaction (replayed, or stale) names another T_ID or answers
         // another C1: both fail here.
         if r.t_id != self.t_id || r.r1.len() != self.digest.len() {
             return self.fail(reason::EXP_INCORRECT_PAYLOAD, now);
         }
-        if let Some(k) = &self.dh {
-            match k.shared(&r.dhv) {
-                Ok(s) => self.skey = Some(s),
-                Err(_) => return self.fail(reason::EXP_INCORRECT_PAYLOAD, now),
+        match self.dh.take() {
+            Some(k) => {
+                let peer = std::mem::take(&mut r.dhv);
+                self.pending_reply = Some(r);
+                self.compute(DhOp::Shared(k, peer), now)
             }
-        } else if !r.dhv.is_empty() {
-            return self.fail(reason::EXP_INCORRECT_PAYLOAD, now);
+            None if !r.dhv.is_empty() => self.fail(reason::EXP_INCORRECT_PAYLOAD, now),
+            None => self.check_reply(r, now),
         }
+    }
+
+    /// The reply's response, with the session key (if any) in place.
+    fn check_reply(&mut self, r: Reply, now: Instant) -> SendResult {
         let key = match self.keys.host.transformed(&self.hostnqn) {
             Ok(k) => k,
             Err(_) => return self.fail(reason::EXP_FAILED, now),

@@ -204,10 +204,18 @@ fn two_nodes_one_layout_state() {
     for w in all.windows(2) {
         assert!(w[0].0 + w[0].1 <= w[1].0, "blocks handed out twice: {:?} and {:?}", w[0], w[1]);
     }
-    let la = a.rpc("layout_volume_list", json!({"name": "lv0"}));
-    b.rpc("client_list", json!({"volume": "lv0"}));
-    let lb = b.rpc("layout_volume_list", json!({"name": "lv0"}));
-    assert_eq!(la[0]["free_blocks"], lb[0]["free_blocks"], "one free space: {la} {lb}");
+    // Each node's view follows the other's allocations through its etcd watch: they agree once
+    // the watches have delivered (a loaded machine can take a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let la = a.rpc("layout_volume_list", json!({"name": "lv0"}));
+        let lb = b.rpc("layout_volume_list", json!({"name": "lv0"}));
+        if la[0]["free_blocks"] == lb[0]["free_blocks"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "one free space: {la} {lb}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // 5. A fence through B stops the client on A too: its grant is revoked (A's subscriber is
     // told), its writes through A are refused.
     let g5 = a.rpc("layout_get", json!({"volume": "lv0", "file": 2, "client": "C1", "offset": 0, "length": 2 * BS, "iomode": "rw"}));

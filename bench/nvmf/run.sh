@@ -4,7 +4,8 @@
 # Records IOPS, MiB/s, p99 latency, target CPU seconds per million I/Os (from /proc/PID/stat),
 # perf's own CPU, and allocations per I/O when the binary was built with the count-alloc feature.
 #
-# Usage: bench/nvmf/run.sh [seconds per case, default 15]   (env: BIN, PORT, OUT, POLL)
+# Usage: bench/nvmf/run.sh [seconds per case, default 15]   (env: BIN, PERF_BIN, PORT, OUT, POLL)
+# PERF_BIN: the client binary (default BIN), so two targets can be compared with one client.
 # Writes a markdown table to $OUT (default bench/nvmf/results-<date>.md) and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +27,7 @@ if [ -z "${BIN:-}" ]; then
 else
   ALLOC_BUILD="${ALLOC_BUILD:-0}"
 fi
+PERF_BIN="${PERF_BIN:-$BIN}"
 CORES=$(nproc)
 PERF_CPU=1
 [ "$CORES" -ge 2 ] || PERF_CPU=0
@@ -87,10 +89,10 @@ print(tot if seen else "")'
 run_case() {
   local name="$1"; shift
   # Short warm-up so pools and buffers reach steady state before measuring.
-  taskset -c "$PERF_CPU" "$BIN" perf --port "$PORT" --nqn "$NQN" --time 1s "$@" >/dev/null 2>&1 || true
+  taskset -c "$PERF_CPU" "$PERF_BIN" perf --port "$PORT" --nqn "$NQN" --time 1s "$@" >/dev/null 2>&1 || true
   local c0 a0 c1 a1 json
   c0=$(target_cpu); a0=$(allocs)
-  json=$(taskset -c "$PERF_CPU" "$BIN" perf --port "$PORT" --nqn "$NQN" --time "${SECS}s" --json "$@" 2>/dev/null)
+  json=$(taskset -c "$PERF_CPU" "$PERF_BIN" perf --port "$PORT" --nqn "$NQN" --time "${SECS}s" --json "$@" 2>/dev/null)
   c1=$(target_cpu); a1=$(allocs)
   python3 - "$name" "$c0" "$c1" "$a0" "$a1" "$json" >>"$OUT" <<'PY'
 import json, sys

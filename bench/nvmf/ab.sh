@@ -35,7 +35,7 @@ cases = list(dict.fromkeys(k[0] for k in rows))
 now = datetime.datetime.now(datetime.timezone.utc)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 lines = [f"# NVMe/TCP A/B, {now:%Y-%m-%d %H:%M} UTC", "",
-         f"{os.cpu_count()} CPUs ({cpu}); load before: {open('/proc/loadavg').read().split()[:3]}.",
+         f"{os.cpu_count()} CPUs ({cpu}); load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.",
          f"A = `{a}`, B = `{b}`; `bash bench/nvmf/ab.sh A B {secs} {rounds}` (target `serve -m 0x1 --poll busy`, B's perf on core 1).", "",
          "| case | round IOPS A | round IOPS B | median IOPS A | median IOPS B | B / A | CPU per 1M I/O A | B | B / A |",
          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -208,8 +208,9 @@ impl TargetAuth {
     fn compute(&mut self, op: DhOp, now: Instant) -> SendResult {
         self.work_gen += 1;
         let w = DhWork { gen: self.work_gen, op };
-        if !self.offload {
-            return self.finish_work(w.run(), now);
+        // The NULL group has nothing to compute: no round trip for it.
+        if !self.offload || matches!(w.op, DhOp::Generate(DhGroup::Null)) {
+            return self.apply_work(w.run().out, now);
         }
         self.step = Step::Computing;
         self.work = Some(w);
@@ -219,11 +220,15 @@ impl TargetAuth {
     /// The DH work came back: finish the AUTH_Send that waited for it. A result for a step the
     /// queue has left (it failed or timed out meanwhile) changes nothing.
     pub fn finish_work(&mut self, done: DhDone, now: Instant) -> SendResult {
-        if done.gen != self.work_gen || (self.offload && self.step != Step::Computing) {
+        if done.gen != self.work_gen || self.step != Step::Computing {
             return SendResult::Ok;
         }
         self.work = None;
-        match done.out {
+        self.apply_work(done.out, now)
+    }
+
+    fn apply_work(&mut self, out: DhOut, now: Instant) -> SendResult {
+        match out {
             DhOut::Generated(Ok(k)) => {
                 self.dh = k;
                 self.c1 = random(self.digest.len());

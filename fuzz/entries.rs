@@ -551,7 +551,8 @@ pub fn rpc_params(data: &[u8]) {
 /// bits 2-3: the queue's secure channel concatenation: off, offer, require, replace; bit 4: DH
 /// work offloaded, its result handed back by the next record whose op has bit 1 set);
 /// then records of `[op, len_lo, len_hi, bytes...]`: op bit 0 set = an AUTH_Receive, clear = an
-/// AUTH_Send of `bytes`. Every record's bytes also go through every message decoder.
+/// AUTH_Send of `bytes`. Every record's bytes also go through every message decoder and the
+/// TLS PSK identity parser.
 ///
 /// Asserts: decoded messages re-encode to something that decodes to the same message; a
 /// stranger (who does not know the key) never gets the queue authenticated; after AUTH_Failure1
@@ -582,6 +583,11 @@ pub fn nvme_auth(data: &[u8]) {
         let n = (u16::from_le_bytes([rest[1], rest[2]]) as usize).min(rest.len() - 3);
         let b = &rest[3..3 + n];
         rest = &rest[3 + n..];
+        // A TLS PSK identity is a stranger's bytes too (the ClientHello's): what parses is exactly
+        // what it encodes to.
+        if let Ok(id) = palisade::nvme::tls_psk::PskIdentity::parse(b) {
+            assert_eq!(id.encode().as_bytes(), b, "PSK identity round trip");
+        }
         if let Ok(m) = Message::decode(b) {
             let again = match &m {
                 Message::Negotiate(x) => Negotiate::decode(&x.encode()).map(Message::Negotiate),

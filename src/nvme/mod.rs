@@ -2,6 +2,7 @@
 //! into volume I/O (io), Asymmetric Namespace Access (ana). Knows nothing of the transport (nvmf/ sits above).
 
 pub mod ana;
+pub mod keyblob;
 pub mod auth;
 pub mod io;
 pub mod spec;

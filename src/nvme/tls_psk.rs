@@ -19,6 +19,7 @@
 //! `h` is the hash of the cipher suite: 1 = SHA-256 (TLS_AES_128_GCM_SHA256), 2 = SHA-384
 //! (TLS_AES_256_GCM_SHA384).
 
+use super::keyblob::KeyBlobError;
 use openssl::md::Md;
 use openssl::pkey::PKey;
 use openssl::pkey_ctx::PkeyCtx;
@@ -131,22 +132,17 @@ impl ConfiguredPsk {
         if b64.is_empty() || b64.contains(':') {
             return Err(PskError::Format);
         }
-        let raw = openssl::base64::decode_block(b64).map_err(|_| PskError::Base64)?;
-        if raw.len() != 36 && raw.len() != 52 {
-            return Err(PskError::Length(raw.len()));
-        }
-        let (key, crc) = raw.split_at(raw.len() - 4);
-        if crc32(key).to_le_bytes() != crc {
-            return Err(PskError::Crc);
-        }
-        Ok(ConfiguredPsk { hash, key: key.to_vec() })
+        let key = super::keyblob::decode(b64, &[32, 48]).map_err(|e| match e {
+            KeyBlobError::Base64 => PskError::Base64,
+            KeyBlobError::Length(n) => PskError::Length(n),
+            KeyBlobError::Crc => PskError::Crc,
+        })?;
+        Ok(ConfiguredPsk { hash, key })
     }
 
     /// The interchange string of this key.
     pub fn encode(&self) -> String {
-        let mut raw = self.key.clone();
-        raw.extend_from_slice(&crc32(&self.key).to_le_bytes());
-        format!("NVMeTLSkey-1:{:02}:{}:", self.hash.map_or(0, |h| h.id()), openssl::base64::encode_block(&raw))
+        format!("NVMeTLSkey-1:{:02}:{}:", self.hash.map_or(0, |h| h.id()), super::keyblob::encode(&self.key))
     }
 
     /// The cipher suite hash this key is used with: the interchange hash, else by key length.
@@ -162,18 +158,6 @@ impl ConfiguredPsk {
             Some(h) => hkdf_label(h, &self.key, "HostNQN", hostnqn.as_bytes(), h.len()),
         }
     }
-}
-
-/// CRC-32 (IEEE 802.3, reflected, as zlib computes it) of the interchange format.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 /// HKDF-Extract(salt = 0, ikm) then HKDF-Expand-Label(PRK, label, context, len) (RFC 5869,
@@ -341,11 +325,6 @@ mod tests {
         // Case 3: empty salt and info, as the NVMe derivations use an empty (zero) salt.
         let okm = hkdf(PskHash::Sha256, &hex("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b"), &[], &[], 42).unwrap();
         assert_eq!(okm, hex("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"));
-    }
-
-    #[test]
-    fn crc32_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use super::crypto::{hmac, Digest};
 use super::AuthError;
-use openssl::base64;
+use crate::nvme::keyblob::{self, KeyBlobError};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -30,21 +30,18 @@ impl Secret {
         if hh.len() != 2 || transform > 3 {
             return Err(AuthError::Secret("hash field must be 00..03"));
         }
-        let raw = base64::decode_block(b64).map_err(|_| AuthError::Secret("bad base64"))?;
-        if ![36, 52, 68].contains(&raw.len()) {
-            return Err(AuthError::Secret("key must be 32, 48 or 64 bytes"));
-        }
-        let (key, crc) = raw.split_at(raw.len() - 4);
-        if crc32fast::hash(key).to_le_bytes() != crc {
-            return Err(AuthError::Secret("CRC mismatch"));
-        }
-        Ok(Secret { transform, key: key.to_vec() })
+        let key = keyblob::decode(b64, &[32, 48, 64]).map_err(|e| {
+            AuthError::Secret(match e {
+                KeyBlobError::Base64 => "bad base64",
+                KeyBlobError::Length(_) => "key must be 32, 48 or 64 bytes",
+                KeyBlobError::Crc => "CRC mismatch",
+            })
+        })?;
+        Ok(Secret { transform, key })
     }
 
     pub fn encode(&self) -> String {
-        let mut raw = self.key.clone();
-        raw.extend_from_slice(&crc32fast::hash(&self.key).to_le_bytes());
-        format!("DHHC-1:{:02x}:{}:", self.transform, base64::encode_block(&raw))
+        format!("DHHC-1:{:02x}:{}:", self.transform, keyblob::encode(&self.key))
     }
 
     /// The key HMACs are keyed with (Linux `nvme_auth_transform_key`): the secret itself, or
@@ -60,6 +57,7 @@ impl Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openssl::base64;
 
     #[test]
     fn roundtrip_and_crc() {
